@@ -1,0 +1,30 @@
+# Two entry points: `make run` (fetch data, train, export, serve) and `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+MODELS_DIR ?= models
+RUN_DIR ?= runs/cddae
+PORT ?= 8000
+
+.PHONY: run test lint install
+
+$(BIN)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/cddae data fetch ml-100k --dest $(DATA_DIR)
+	$(BIN)/cddae train --model cddae --data $(DATA_DIR)/ml-100k --output $(RUN_DIR)
+	$(BIN)/cddae export --checkpoint $(RUN_DIR) --models-dir $(MODELS_DIR) --promote
+	$(BIN)/cddae serve --models-dir $(MODELS_DIR) --port $(PORT)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,68 @@
+"""Every metric against values worked out by hand (see the comments for the arithmetic)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from training.metrics import evaluate_lists, evaluate_scores, mask_seen, top_n
+
+
+def _csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
+    dense = np.zeros((len(rows), n_items), dtype=np.float32)
+    for r, items in enumerate(rows):
+        dense[r, items] = 1
+    return sp.csr_matrix(dense)
+
+
+# User A ranks [0, 1, 2] with test items {1, 4}; user B ranks [3, 4, 5] with test item {3}.
+LISTS = np.array([[0, 1, 2], [3, 4, 5]])
+TEST = _csr([[1, 4], [3]], 6)
+L3 = 1 / math.log2(3)  # discount at rank 2
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        ("P", [(0 + 1) / 2, (1 / 2 + 1 / 2) / 2, (1 / 3 + 1 / 3) / 2]),
+        ("R", [(0 / 2 + 1 / 1) / 2, (1 / 2 + 1) / 2, (1 / 2 + 1) / 2]),
+        ("PU", [1 / 2, 1, 1]),
+        ("RU", [1 / 3, 2 / 3, 2 / 3]),
+        # A: DCG 0, L3, L3 over ideal 1, 1 + L3, 1 + L3 (|G_A| = 2); B: DCG 1 over ideal 1.
+        ("NDCG", [(0 + 1) / 2, (L3 / (1 + L3) + 1) / 2, (L3 / (1 + L3) + 1) / 2]),
+        # A: precision 1/2 at its hit (rank 2) over min(N, 2); B: 1 over min(N, 1).
+        ("MAP", [(0 + 1) / 2, (0.5 / 2 + 1) / 2, (0.5 / 2 + 1) / 2]),
+        ("COV", [2 / 6, 4 / 6, 6 / 6]),
+    ],
+)
+def test_metric_by_hand(metric: str, expected: list[float]) -> None:
+    result = evaluate_lists(LISTS, TEST)
+    np.testing.assert_allclose(result[metric], expected, rtol=1e-12)
+
+
+def test_users_without_test_items_are_not_evaluated() -> None:
+    with_empty = _csr([[1, 4], [], [3]], 6)
+    lists = np.array([[0, 1, 2], [0, 1, 2], [3, 4, 5]])
+    full = evaluate_lists(lists, with_empty)
+    np.testing.assert_allclose(full["P"], evaluate_lists(LISTS, TEST)["P"])
+
+
+def test_top_n_orders_best_first_and_breaks_ties_by_index() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.9, 0.0]])
+    assert top_n(scores, 3).tolist() == [[1, 3, 2]]
+
+
+def test_mask_seen_removes_training_items_from_ranking() -> None:
+    scores = np.array([[5.0, 4.0, 3.0, 2.0]])
+    masked = mask_seen(scores, _csr([[0, 2]], 4))
+    assert top_n(masked, 2).tolist() == [[1, 3]]
+    assert scores[0, 0] == 5.0  # the input is untouched
+
+
+def test_evaluate_scores_excludes_seen_items() -> None:
+    # The best-scored item is in training: it must not count, the next two are test items.
+    scores = np.array([[9.0, 8.0, 7.0, 1.0]])
+    result = evaluate_scores(scores, _csr([[0]], 4), _csr([[1, 2]], 4), max_n=2)
+    np.testing.assert_allclose(result["P"], [1.0, 1.0])
+    np.testing.assert_allclose(result["R"], [0.5, 1.0])

@@ -1,0 +1,186 @@
+"""`cddae`: the project's one command-line tool.
+
+Heavy imports (torch, scipy) happen inside the commands that need them, so `cddae serve` runs
+in the serving image, which has neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from training.report import metrics_table
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    """A JSON or TOML file with optional sections `model`, `train`, `protocol`, `preset`."""
+    if path is None:
+        return {}
+    text = path.read_text()
+    config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    if unknown := set(config) - {"model", "train", "protocol", "preset"}:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}")
+    return config
+
+
+def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from training.fetch import fetch_ml100k
+
+    fetch_ml100k(args.dest, args.source)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.pipeline import ProtocolConfig, prepare, protocol_meta, train_and_evaluate
+
+    config = _load_config(args.config)
+    protocol = ProtocolConfig(**{**config.get("protocol", {}), "seed": args.seed})
+    if args.protocol:
+        protocol.name = args.protocol
+    prepared = prepare(args.data, protocol, args.train_file, args.test_file)
+    _, checkpoint = train_and_evaluate(
+        args.model,
+        prepared,
+        seed=args.seed,
+        preset=args.preset or config.get("preset", "default"),
+        model=config.get("model"),
+        train=config.get("train"),
+        progress=not args.quiet,
+    )
+    checkpoint.meta["protocol"] = protocol_meta(protocol, args.train_file is not None)
+    if args.output:
+        checkpoint.save(args.output)
+    meta = checkpoint.meta
+    print(
+        f"{args.model} on {meta['data']['source']} — protocol {checkpoint.meta['protocol']['name']}"
+        f", seed {args.seed}, {meta['evaluated_users']} users evaluated, "
+        f"fit {meta['fit_seconds']:.1f} s"
+    )
+    print(metrics_table(meta["metrics"]))
+    _write_json(args.json, {"model": args.model, **meta})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from training.checkpoint import Checkpoint
+    from training.data import load_interactions_csv
+    from training.metrics import evaluate_scores
+    from training.pipeline import restore
+
+    checkpoint = Checkpoint.load(args.checkpoint)
+    test = checkpoint.test
+    if args.test_file is not None:
+        test = _map_test_file(checkpoint, load_interactions_csv(args.test_file))
+    recommender = restore(checkpoint)
+    users = np.arange(len(checkpoint.user_ids))
+    scores = recommender.score(checkpoint.train, users, checkpoint.user_features)
+    results = {k: v.tolist() for k, v in evaluate_scores(scores, checkpoint.train, test).items()}
+    print(f"{checkpoint.kind} from {args.checkpoint}")
+    print(metrics_table(results))
+    _write_json(args.json, {"model": checkpoint.kind, "metrics": results})
+
+
+def _map_test_file(checkpoint, inter):
+    """Positives of a test CSV under the checkpoint's id maps, training items removed."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    threshold = checkpoint.meta["data"]["threshold"]
+    users = {u: n for n, u in enumerate(checkpoint.user_ids)}
+    items = {i: n for n, i in enumerate(checkpoint.item_ids)}
+    rows, cols = [], []
+    for user, item, rating in zip(inter.users, inter.items, inter.ratings, strict=True):
+        if rating >= threshold and user in users and item in items:
+            rows.append(users[user])
+            cols.append(items[item])
+    shape = checkpoint.train.shape
+    test = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
+    test.data[:] = 1.0
+    return (test - test.multiply(checkpoint.train)).tocsr()
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from training.checkpoint import Checkpoint
+    from training.metrics import mask_seen, top_n
+    from training.pipeline import restore
+
+    checkpoint = Checkpoint.load(args.checkpoint)
+    recommender = restore(checkpoint)
+    users = np.arange(len(checkpoint.user_ids))
+    scores = recommender.score(checkpoint.train, users, checkpoint.user_features)
+    masked = mask_seen(scores, checkpoint.train)
+    lists = top_n(masked, args.n)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w") as out:
+        out.write("user\titem\trank\tscore\n")
+        for user, row in zip(checkpoint.user_ids, range(len(users)), strict=True):
+            for rank, item in enumerate(lists[row], start=1):
+                out.write(f"{user}\t{checkpoint.item_ids[item]}\t{rank}\t{scores[row, item]:.6g}\n")
+    print(f"wrote {len(users)} users × {args.n} items to {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.names import KINDS, PRESETS, PROTOCOLS
+
+    parser = argparse.ArgumentParser(prog="cddae", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
+    fetch = data.add_parser("fetch", help="fetch MovieLens-100K into a cache folder")
+    fetch.add_argument("dataset", choices=["ml-100k"])
+    fetch.add_argument("--dest", type=Path, default=Path("data"))
+    fetch.add_argument("--from", dest="source", type=Path, help="copy from local files instead")
+    fetch.set_defaults(func=cmd_fetch)
+
+    train = sub.add_parser("train", help="train and evaluate one model")
+    train.add_argument("--model", choices=KINDS, required=True)
+    train.add_argument("--data", type=Path, required=True, help="a folder in any supported layout")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--config", type=Path, help="JSON or TOML: model, train, protocol")
+    train.add_argument("--preset", choices=PRESETS, help="default (tuned) or paper (Experiment 1)")
+    train.add_argument("--protocol", choices=PROTOCOLS)
+    train.add_argument("--output", type=Path, help="checkpoint folder")
+    train.add_argument("--json", type=Path, help="write the results as JSON")
+    train.add_argument("--train-file", type=Path, help="interactions CSV replacing the split")
+    train.add_argument("--test-file", type=Path)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint")
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--test-file", type=Path)
+    evaluate.add_argument("--json", type=Path)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    recommend = sub.add_parser("recommend", help="top-N lists of every training user as TSV")
+    recommend.add_argument("--checkpoint", type=Path, required=True)
+    recommend.add_argument("--n", type=int, default=10)
+    recommend.add_argument("--output", type=Path, required=True)
+    recommend.set_defaults(func=cmd_recommend)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"cddae: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

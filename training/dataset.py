@@ -1,0 +1,129 @@
+"""Implicit-feedback view of a `RawDataset`: stable id maps, sparse positives, encoded profiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from service.features import FeatureSpec, fit_field
+from training.data import Interactions, RawDataset
+
+DEFAULT_THRESHOLD = 4.0
+YEAR_EDGES = (1930.0, 1940.0, 1950.0, 1960.0, 1970.0, 1980.0, 1990.0, 1995.0)
+
+
+def _natural_order(ids: set[str]) -> np.ndarray:
+    """Raw ids sorted numerically where they all are numbers, else as text: stable across runs."""
+    if all(i.isdigit() for i in ids):
+        return np.array(sorted(ids, key=int), dtype=object)
+    return np.array(sorted(ids), dtype=object)
+
+
+def fit_user_spec(profiles: dict[str, dict[str, Any]]) -> FeatureSpec:
+    """Gender and occupation one-hot, age as MovieLens age bands; only fields the data has."""
+    fields = []
+    column = lambda name: [p.get(name) for p in profiles.values()]  # noqa: E731
+    if any(column("gender")):
+        fields.append(fit_field("gender", "categorical", column("gender")))
+    if any(column("occupation")):
+        fields.append(fit_field("occupation", "categorical", column("occupation")))
+    if any(v is not None for v in column("age")):
+        fields.append(fit_field("age", "bucket", column("age")))
+    return FeatureSpec(tuple(fields))
+
+
+def fit_item_spec(profiles: dict[str, dict[str, Any]]) -> FeatureSpec:
+    """Genres multi-hot and release year in bands (title text is not used)."""
+    fields = []
+    genres = [p.get("genres") for p in profiles.values()]
+    if any(genres):
+        fields.append(fit_field("genres", "multi", genres))
+    if any(p.get("year") is not None for p in profiles.values()):
+        fields.append(fit_field("year", "bucket", [], edges=YEAR_EDGES))
+    return FeatureSpec(tuple(fields))
+
+
+@dataclass
+class ImplicitDataset:
+    """Users × items positives (CSR of ones) with the timestamps of the same cells."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    positives: sp.csr_matrix
+    timestamps: sp.csr_matrix
+    user_spec: FeatureSpec
+    item_spec: FeatureSpec
+    user_features: np.ndarray
+    item_features: np.ndarray
+    raw: RawDataset
+    threshold: float
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def from_raw(
+        cls, raw: RawDataset, threshold: float = DEFAULT_THRESHOLD, *extra: Interactions
+    ) -> ImplicitDataset:
+        """Id maps cover every user and item in `raw` and in `extra` (e.g. explicit test files)."""
+        sources = (raw.interactions, *extra)
+        users = {u for inter in sources for u in inter.users}
+        items = {i for inter in sources for i in inter.items} | set(raw.item_profiles)
+        user_ids, item_ids = _natural_order(users), _natural_order(items)
+        user_spec = fit_user_spec(raw.user_profiles)
+        item_spec = fit_item_spec(raw.item_profiles)
+        data = cls(
+            user_ids=user_ids,
+            item_ids=item_ids,
+            positives=sp.csr_matrix((len(user_ids), len(item_ids)), dtype=np.float32),
+            timestamps=sp.csr_matrix((len(user_ids), len(item_ids)), dtype=np.float64),
+            user_spec=user_spec,
+            item_spec=item_spec,
+            user_features=user_spec.encode_many(
+                _select(raw.user_profiles.get(u), user_spec) for u in user_ids
+            ),
+            item_features=item_spec.encode_many(
+                _select(raw.item_profiles.get(i), item_spec) for i in item_ids
+            ),
+            raw=raw,
+            threshold=threshold,
+        )
+        data.positives, data.timestamps = data.to_matrices(raw.interactions)
+        return data
+
+    def to_matrices(self, inter: Interactions) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """Positives (rating ≥ threshold) of `inter` under this dataset's id maps.
+
+        A pair rated twice keeps its latest rating."""
+        users, items, ratings, times = inter.arrays()
+        u = _lookup(self.user_ids, users)
+        i = _lookup(self.item_ids, items)
+        order = np.lexsort((times, i, u))
+        u, i, ratings, times = u[order], i[order], ratings[order], times[order]
+        last = np.ones(len(u), dtype=bool)
+        last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+        keep = last & (ratings >= self.threshold)
+        shape = (self.n_users, self.n_items)
+        ones = sp.csr_matrix((np.ones(keep.sum(), np.float32), (u[keep], i[keep])), shape=shape)
+        stamps = sp.csr_matrix((times[keep], (u[keep], i[keep])), shape=shape)
+        ones.sort_indices()
+        stamps.sort_indices()
+        return ones, stamps
+
+
+def _select(profile: dict[str, Any] | None, spec: FeatureSpec) -> dict[str, Any]:
+    """The part of a profile that the spec encodes (zip codes and titles are kept, not encoded)."""
+    return {k: v for k, v in (profile or {}).items() if k in spec.names}
+
+
+def _lookup(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    index = {key: n for n, key in enumerate(ids)}
+    return np.fromiter((index[r] for r in raw), dtype=np.int64, count=len(raw))
