@@ -6,7 +6,7 @@ MODELS_DIR ?= models
 RUN_DIR ?= runs/cddae
 PORT ?= 8000
 
-.PHONY: run test lint install
+.PHONY: run test install
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,8 +23,5 @@ run: install
 	$(BIN)/cddae serve --models-dir $(MODELS_DIR) --port $(PORT)
 
 test: install
-	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
-
-lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/python -m pytest

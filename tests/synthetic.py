@@ -26,7 +26,9 @@ def write_grouplens(
     lines, t = [], 880_000_000
     for user in range(1, n_users + 1):
         group = (user - 1) % groups
-        liked = rng.choice(np.arange(group * block, (group + 1) * block), size=block // 2, replace=False)
+        liked = rng.choice(
+            np.arange(group * block, (group + 1) * block), size=block // 2, replace=False
+        )
         disliked = rng.choice(np.setdiff1d(np.arange(n_items), liked), size=3, replace=False)
         for item in liked:
             t += 1
@@ -36,7 +38,7 @@ def write_grouplens(
             lines.append(f"{user}\t{item + 1}\t2\t{t}")
     (folder / "u.data").write_text("\n".join(lines) + "\n")
     users = [
-        f"{u}|{20 + (u % 40)}|{'MF'[((u - 1) % groups) % 2]}|{OCCUPATIONS[(u - 1) % groups]}|0{u:04d}"
+        f"{u}|{20 + u % 40}|{'MF'[(u - 1) % groups % 2]}|{OCCUPATIONS[(u - 1) % groups]}|0{u:04d}"
         for u in range(1, n_users + 1)
     ]
     (folder / "u.user").write_text("\n".join(users) + "\n")

@@ -7,7 +7,9 @@ import scipy.sparse as sp
 from training.splits import holdout_count, split, train_valid_test
 
 
-def _random_matrix(seed: int = 0, users: int = 50, items: int = 40) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def _random_matrix(
+    seed: int = 0, users: int = 50, items: int = 40
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     rng = np.random.default_rng(seed)
     dense = (rng.random((users, items)) < 0.2).astype(np.float32)
     dense[0] = 0

@@ -30,7 +30,9 @@ def test_models_learn_the_planted_pattern(synthetic_dir: Path, kind: str) -> Non
         assert recall > 0.7, f"{kind}: R@10 = {recall:.3f}, chance ≈ {chance:.2f}"
 
 
-def test_same_seed_same_metrics_and_checkpoint_round_trip(synthetic_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_same_metrics_and_checkpoint_round_trip(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=1))
     runs = [
         train_and_evaluate("cddae", prepared, seed=5, model=TINY, train=FAST, progress=False)
@@ -45,5 +47,7 @@ def test_same_seed_same_metrics_and_checkpoint_round_trip(synthetic_dir: Path, t
     users = np.arange(prepared.dataset.n_users)
     feats = prepared.dataset.user_features
     np.testing.assert_allclose(
-        restored.score(prepared.train, users, feats), model.score(prepared.train, users, feats), rtol=1e-6
+        restored.score(prepared.train, users, feats),
+        model.score(prepared.train, users, feats),
+        rtol=1e-6,
     )

@@ -177,7 +177,7 @@ def load_recbole(folder: Path) -> RawDataset:
             data.user_profiles[user] = _user_profile(users, n, row)
     items = path.with_suffix(".item")
     if items.exists():
-        for n, row in _atomic(items, {"item", *ITEM_FIELDS}):
+        for _, row in _atomic(items, {"item", *ITEM_FIELDS}):
             item = row.pop("item")
             data.item_profiles[item] = _item_profile(row, sep=" ")
     return data
@@ -229,7 +229,7 @@ def load_csv(ratings: Path, users: Path | None = None, items: Path | None = None
             user = row.pop("user")
             data.user_profiles[user] = _user_profile(users, n, row)
     if items is not None:
-        for n, row in _csv(items, {"item", *ITEM_FIELDS}, {"item"}):
+        for _, row in _csv(items, {"item", *ITEM_FIELDS}, {"item"}):
             item = row.pop("item")
             data.item_profiles[item] = _item_profile(row, sep="|")
     return data
