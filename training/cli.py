@@ -131,6 +131,50 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     print(f"wrote {len(users)} users × {args.n} items to {args.output}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from service.bundle import promote
+    from training.checkpoint import Checkpoint
+    from training.export import export_checkpoint
+
+    version, figures = export_checkpoint(Checkpoint.load(args.checkpoint), args.models_dir)
+    print(
+        f"wrote bundle {version} to {args.models_dir}: parity max |Δ| "
+        f"{figures['max_abs_diff']:.2e}, top-10 agreement {figures['top10_agreement']:.2%}"
+    )
+    if args.promote:
+        promote(args.models_dir, version)
+        print(f"promoted {version}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from service import bundle
+
+    models_dir = args.models_dir
+    if args.action == "list":
+        current = bundle.current_version(models_dir)
+        print(f"{'':2}{'version':<34}{'kind':<8}{'created':<27}{'P@10':>8}{'R@10':>8}")
+        for version in bundle.list_versions(models_dir):
+            try:
+                m = bundle.read_manifest(models_dir / version)
+            except bundle.BundleError as error:
+                print(f"  {version:<34}unreadable: {error}")
+                continue
+            metrics = m.get("metrics", {})
+            print(
+                f"{'*' if version == current else ' '} {version:<34}{m['model']['kind']:<8}"
+                f"{m['created_at']:<27}{metrics.get('P@10', float('nan')):>8.4f}"
+                f"{metrics.get('R@10', float('nan')):>8.4f}"
+            )
+    elif args.action == "promote":
+        bundle.promote(models_dir, args.version)
+        print(f"promoted {args.version}")
+    elif args.action == "rollback":
+        print(f"rolled back to {bundle.rollback(models_dir)}")
+    elif args.action == "gc":
+        removed = bundle.gc(models_dir, args.keep)
+        print(f"removed {len(removed)} version(s): {' '.join(removed) or '-'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.names import KINDS, PRESETS, PROTOCOLS
 
@@ -169,14 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--n", type=int, default=10)
     recommend.add_argument("--output", type=Path, required=True)
     recommend.set_defaults(func=cmd_recommend)
+
+    export = sub.add_parser("export", help="export a checkpoint to ONNX as a model bundle")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--models-dir", type=Path, default=Path("models"))
+    export.add_argument("--promote", action="store_true", help="put the new version in service")
+    export.set_defaults(func=cmd_export)
+
+    models = sub.add_parser("models", help="list, promote, roll back, clean up model versions")
+    models.add_argument("action", choices=["list", "promote", "rollback", "gc"])
+    models.add_argument("version", nargs="?", help="with promote: the version")
+    models.add_argument("--models-dir", type=Path, default=Path("models"))
+    models.add_argument("--keep", type=int, default=3, help="with gc: newest versions to keep")
+    models.set_defaults(func=cmd_models)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "models" and args.action == "promote" and not args.version:
+        parser.error("models promote needs a VERSION")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"cddae: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,272 @@
+"""The model bundle: the one contract between training (writer) and the service (reader).
+
+A bundle is a folder `<models_dir>/<version>/` holding:
+  manifest.json   format and model version, model kind and hyper-parameters, data fingerprint,
+                  metrics and protocol, ONNX input/output names and shapes, sha256 of each file
+  model.onnx      the inference path: inputs named in the manifest, output "scores"
+  items.json      the catalogue in matrix order: id, title, genres, year
+  users.json      user ids in matrix order and their raw profiles
+  arrays.npz      training history (CSR indptr/indices), encoded user features, popularity
+  features.json   the user and item feature specs (service.features.FeatureSpec)
+`<models_dir>/CURRENT` names the version in service; `HISTORY` lists promotions, newest last.
+Every write goes to a temporary name, is flushed, then renamed: no reader sees half of anything.
+Standard library and numpy only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.features import FeatureSpec
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+HISTORY = "HISTORY"
+FILES = ("model.onnx", "items.json", "users.json", "arrays.npz", "features.json")
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, incomplete, corrupt or from a future format."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_synced(path: Path, payload: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Atomically replace a small text file (pointer, history)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _write_synced(tmp, text.encode())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def new_version(fingerprint: str, now: dt.datetime | None = None) -> str:
+    """Sortable: UTC timestamp to the microsecond, then a short hash of the content."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S%fZ}-{fingerprint[:8]}"
+
+
+def arrays_payload(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_bundle(
+    models_dir: Path,
+    files: Mapping[str, bytes],
+    manifest: Mapping[str, Any],
+    version: str | None = None,
+) -> str:
+    """Write a complete bundle and return its version. `files` must hold every name in FILES."""
+    if missing := set(FILES) - set(files):
+        raise BundleError(f"cannot write a bundle without {sorted(missing)}")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    version = version or new_version(hashlib.sha256(files["model.onnx"]).hexdigest())
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=models_dir))
+    try:
+        for name in FILES:
+            _write_synced(staging / name, files[name])
+        full = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "model_version": version,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "files": {name: hashlib.sha256(files[name]).hexdigest() for name in FILES},
+        }
+        _write_synced(staging / MANIFEST, json.dumps(full, indent=2).encode())
+        _fsync_dir(staging)
+        os.rename(staging, models_dir / version)
+        _fsync_dir(models_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return version
+
+
+# --- Versions and the pointer ------------------------------------------------------------------
+
+
+def list_versions(models_dir: Path) -> list[str]:
+    """Complete bundle folders (those with a manifest), oldest first."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in models_dir.iterdir()
+        if not p.name.startswith(".") and (p / MANIFEST).is_file()
+    )
+
+
+def current_version(models_dir: Path) -> str | None:
+    try:
+        return (models_dir / CURRENT).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def promotion_history(models_dir: Path) -> list[str]:
+    try:
+        return (models_dir / HISTORY).read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def promote(models_dir: Path, version: str) -> None:
+    """Point CURRENT at `version` (checked first) and record the promotion."""
+    read_manifest(models_dir / version)
+    verify_files(models_dir / version)
+    history = promotion_history(models_dir)
+    _replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
+    _replace_text(models_dir / CURRENT, version + "\n")
+
+
+def rollback(models_dir: Path) -> str:
+    """Return to the version promoted before the current one."""
+    history = promotion_history(models_dir)
+    if len(history) < 2:
+        raise BundleError("nothing to roll back to: fewer than two promotions recorded")
+    previous = history[-2]
+    verify_files(models_dir / previous)
+    _replace_text(models_dir / HISTORY, "\n".join(history[:-1]) + "\n")
+    _replace_text(models_dir / CURRENT, previous + "\n")
+    return previous
+
+
+def gc(models_dir: Path, keep: int) -> list[str]:
+    """Remove all versions but the newest `keep` and the current one; return the removed."""
+    versions = list_versions(models_dir)
+    current = current_version(models_dir)
+    keep_set = set(versions[-keep:] if keep > 0 else []) | {current}
+    removed = [v for v in versions if v not in keep_set]
+    for version in removed:
+        shutil.rmtree(models_dir / version)
+    for stale in models_dir.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return removed
+
+
+# --- Reading -----------------------------------------------------------------------------------
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{folder}: missing {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from None
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: format version {version!r} is newer than this reader's {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_files(folder: Path) -> dict[str, Any]:
+    """Check the manifest and the sha256 of every file it lists; return the manifest."""
+    manifest = read_manifest(folder)
+    listed = manifest.get("files", {})
+    if missing_entries := set(FILES) - set(listed):
+        raise BundleError(f"{folder}: manifest lists no checksum for {sorted(missing_entries)}")
+    for name, expected in listed.items():
+        path = folder / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing file")
+        if (actual := _sha256(path)) != expected:
+            raise BundleError(f"{path}: sha256 {actual[:12]}… does not match the manifest")
+    return manifest
+
+
+@dataclass
+class Bundle:
+    """A verified bundle, loaded: what the service needs besides the ONNX session."""
+
+    path: Path
+    manifest: dict[str, Any]
+    item_ids: list[str]
+    items: list[dict[str, Any]]
+    user_ids: list[str]
+    user_profiles: list[dict[str, Any]]
+    history_indptr: np.ndarray
+    history_indices: np.ndarray
+    user_features: np.ndarray
+    popularity: np.ndarray
+    user_spec: FeatureSpec
+    item_spec: FeatureSpec
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model_version"]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / "model.onnx"
+
+    def history(self, user: int) -> np.ndarray:
+        """Item indices of a known user's training history."""
+        return self.history_indices[self.history_indptr[user] : self.history_indptr[user + 1]]
+
+
+def load_bundle(folder: Path) -> Bundle:
+    manifest = verify_files(folder)
+    try:
+        items = json.loads((folder / "items.json").read_text())
+        users = json.loads((folder / "users.json").read_text())
+        features = json.loads((folder / "features.json").read_text())
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            data = {k: arrays[k] for k in arrays.files}
+        bundle = Bundle(
+            path=folder,
+            manifest=manifest,
+            item_ids=[str(item["id"]) for item in items],
+            items=items,
+            user_ids=[str(u) for u in users["ids"]],
+            user_profiles=users["profiles"],
+            history_indptr=data["history_indptr"],
+            history_indices=data["history_indices"],
+            user_features=data["user_features"],
+            popularity=data["popularity"],
+            user_spec=FeatureSpec.from_dict(features["user_spec"]),
+            item_spec=FeatureSpec.from_dict(features["item_spec"]),
+        )
+    except (KeyError, ValueError, TypeError, OSError) as error:
+        raise BundleError(f"{folder}: unreadable content ({error})") from None
+    if len(bundle.history_indptr) != len(bundle.user_ids) + 1:
+        raise BundleError(f"{folder}: history and user table disagree")
+    return bundle

@@ -1,0 +1,132 @@
+"""The bundle contract: round trip, refused corruptions, atomic writes, promote and roll back."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import bundle
+from service.bundle import BundleError, load_bundle, write_bundle
+from service.features import FeatureSpec, fit_field
+
+
+def _files(onnx: bytes = b"fake onnx graph") -> dict[str, bytes]:
+    spec = FeatureSpec((fit_field("gender", "categorical", ["F", "M"]),))
+    return {
+        "model.onnx": onnx,
+        "items.json": json.dumps([{"id": "10", "title": "A", "genres": [], "year": 1995}]).encode(),
+        "users.json": json.dumps({"ids": ["1", "2"], "profiles": [{"gender": "F"}, {}]}).encode(),
+        "arrays.npz": bundle.arrays_payload(
+            {
+                "history_indptr": np.array([0, 1, 1]),
+                "history_indices": np.array([0], dtype=np.int32),
+                "user_features": np.array([[1, 0], [0, 0]], dtype=np.float32),
+                "popularity": np.array([1.0], dtype=np.float32),
+            }
+        ),
+        "features.json": json.dumps(
+            {"user_spec": spec.to_dict(), "item_spec": FeatureSpec().to_dict()}
+        ).encode(),
+    }
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    version = write_bundle(tmp_path, _files(), {"model": {"kind": "dae"}})
+    loaded = load_bundle(tmp_path / version)
+    assert loaded.version == version and loaded.manifest["model"] == {"kind": "dae"}
+    assert loaded.item_ids == ["10"] and loaded.user_ids == ["1", "2"]
+    assert loaded.history(0).tolist() == [0] and loaded.history(1).tolist() == []
+    assert loaded.user_spec.encode({"gender": "M"}).tolist() == [0.0, 1.0]
+    assert loaded.onnx_path.read_bytes() == b"fake onnx graph"
+    assert bundle.list_versions(tmp_path) == [version]
+
+
+def _corrupt_truncate(folder: Path) -> None:
+    (folder / "model.onnx").write_bytes(b"fake")
+
+
+def _corrupt_items(folder: Path) -> None:
+    (folder / "items.json").write_text("[]")
+
+
+def _corrupt_missing(folder: Path) -> None:
+    (folder / "users.json").unlink()
+
+
+def _corrupt_future(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = bundle.FORMAT_VERSION + 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_corrupt_truncate, r"model\.onnx: sha256 .* does not match"),
+        (_corrupt_items, r"items\.json: sha256 .* does not match"),
+        (_corrupt_missing, r"users\.json: missing file"),
+        (_corrupt_future, r"format version 2 is newer than this reader's 1"),
+    ],
+)
+def test_corrupt_bundles_are_refused_with_the_reason(tmp_path: Path, corrupt, message: str) -> None:
+    version = write_bundle(tmp_path, _files(), {})
+    corrupt(tmp_path / version)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(tmp_path / version)
+    with pytest.raises(BundleError, match=message):
+        bundle.promote(tmp_path, version)
+
+
+def test_interrupted_write_leaves_no_version_and_pointer_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = write_bundle(tmp_path, _files(), {})
+    bundle.promote(tmp_path, first)
+
+    def crash(*_args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        write_bundle(tmp_path, _files(b"another graph"), {})
+    assert bundle.list_versions(tmp_path) == [first]
+    assert bundle.current_version(tmp_path) == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_promote_rollback_and_gc(tmp_path: Path) -> None:
+    versions = [write_bundle(tmp_path, _files(bytes([n])), {}) for n in range(4)]
+    assert versions == sorted(versions)
+    with pytest.raises(BundleError, match="nothing to roll back"):
+        bundle.rollback(tmp_path)
+    bundle.promote(tmp_path, versions[0])
+    bundle.promote(tmp_path, versions[2])
+    assert bundle.current_version(tmp_path) == versions[2]
+    assert bundle.rollback(tmp_path) == versions[0]
+    assert bundle.current_version(tmp_path) == versions[0]
+    removed = bundle.gc(tmp_path, keep=1)
+    assert removed == versions[1:3]
+    assert bundle.list_versions(tmp_path) == [versions[0], versions[3]]
+
+
+def test_promote_refuses_an_unknown_version(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="missing manifest.json"):
+        bundle.promote(tmp_path, "20990101T000000000000Z-deadbeef")
+    assert bundle.current_version(tmp_path) is None
+
+
+def test_service_imports_no_torch() -> None:
+    code = (
+        "import sys, service, service.bundle, service.features\n"
+        "import importlib, pkgutil\n"
+        "for m in pkgutil.iter_modules(service.__path__):\n"
+        "    importlib.import_module('service.' + m.name)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "print(len(sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
