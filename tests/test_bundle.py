@@ -114,7 +114,7 @@ def test_promote_rollback_and_gc(tmp_path: Path) -> None:
 
 
 def test_promote_refuses_an_unknown_version(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="missing manifest.json"):
+    with pytest.raises(BundleError, match=r"missing manifest\.json"):
         bundle.promote(tmp_path, "20990101T000000000000Z-deadbeef")
     assert bundle.current_version(tmp_path) is None
 
