@@ -1,0 +1,47 @@
+"""Settings: one validated object, read from CDDAE_* environment variables.
+
+A bad value stops the service at start with a message naming the variable, rather than
+failing later on a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDDAE_", extra="ignore")
+
+    models_dir: Path = Path("models")
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db; unset: in-process cache and stores"
+    )
+    redis_timeout_seconds: float = Field(default=0.05, gt=0, le=5)
+    redis_retry_seconds: float = Field(
+        default=1.0, gt=0, description="after a Redis failure, bypass it this long, then retry"
+    )
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+    cache_ttl_jitter: float = Field(default=0.1, ge=0, le=1, description="± share of the TTL")
+    local_cache_size: int = Field(default=10_000, ge=1)
+    max_n: int = Field(default=100, ge=1)
+    max_batch: int = Field(default=64, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    admin_token: SecretStr | None = None
+    ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    reload_interval_seconds: float = Field(default=2.0, gt=0)
+    interactions_log: Path = Field(
+        default=Path("data/interactions.jsonl"),
+        description="append-only store for new interactions and profiles when Redis is unset",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value

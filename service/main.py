@@ -1,0 +1,83 @@
+"""The app factory: wires settings, model holder, cache, store and routes together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from service.cache import Cache, LocalCache, RedisCache, redis_client
+from service.config import Settings
+from service.holder import ModelHolder
+from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestMetrics
+from service.recommendations import Recommendations
+from service.routes import router
+from service.store import FileStore, RedisStore, Store
+
+log = logging.getLogger("cddae.service")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    holder: ModelHolder
+    cache: Cache
+    store: Store
+    store_backend: str
+    metrics: Metrics
+    recommendations: Recommendations
+
+
+def build_state(settings: Settings) -> AppState:
+    holder = ModelHolder(settings.models_dir, settings.ort_threads)
+    metrics = Metrics()
+    cache: Cache
+    store: Store
+    if settings.redis_url:
+        client = redis_client(settings.redis_url, settings.redis_timeout_seconds)
+        cache = RedisCache(
+            client,
+            settings.cache_ttl_seconds,
+            settings.cache_ttl_jitter,
+            settings.redis_retry_seconds,
+        )
+        store, backend = RedisStore(client), "redis"
+    else:
+        cache = LocalCache(
+            settings.local_cache_size, settings.cache_ttl_seconds, settings.cache_ttl_jitter
+        )
+        store, backend = FileStore(settings.interactions_log), "file"
+    recommendations = Recommendations(holder, cache, store, metrics, settings.max_n)
+    return AppState(settings, holder, cache, store, backend, metrics, recommendations)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = build_state(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("model: %s", await asyncio.to_thread(state.holder.refresh))
+        watcher = asyncio.create_task(state.holder.watch(settings.reload_interval_seconds))
+        yield
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await state.cache.close()
+
+    app = FastAPI(
+        title="cddae",
+        summary="Top-N recommendations from a Collaborative Deep Denoising Autoencoder",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.cddae = state
+    app.include_router(router)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

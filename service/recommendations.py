@@ -1,0 +1,231 @@
+"""What the endpoints do, without HTTP: look up, cache, score, rank, record.
+
+Raises `NotFound`, `InputError` (→ 422), `StoreUnavailable` and `NoModel` (→ 503); routes map
+them to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.cache import Cache, cache_key
+from service.holder import ModelHolder
+from service.metrics import Metrics
+from service.recommender import InputError, Model, Query
+from service.schemas import ScoreRequest
+from service.store import Store
+
+
+class NotFound(LookupError):
+    pass
+
+
+class NoModel(RuntimeError):
+    pass
+
+
+class Recommendations:
+    def __init__(
+        self, holder: ModelHolder, cache: Cache, store: Store, metrics: Metrics, max_n: int
+    ):
+        self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
+        self.max_n = max_n
+        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+
+    def model(self) -> Model:
+        model = self.holder.model
+        if model is None:
+            raise NoModel("no model loaded yet")
+        self.metrics.set_version(model.version)
+        return model
+
+    # --- caching with single flight ------------------------------------------------------------
+
+    async def _cached(
+        self, key: str, field: str, compute: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        hit = await self.cache.get(key, field)
+        if hit is not None:
+            self.metrics.cache.labels("hit").inc()
+            return {**json.loads(hit), "cached": True}
+        self.metrics.cache.labels("miss").inc()
+        flight = self._inflight.get((key, field))
+        if flight is not None:  # the same miss is being computed: wait for it
+            return {**await asyncio.shield(flight), "cached": False}
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[(key, field)] = future
+        try:
+            result = await compute()
+            future.set_result(result)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else need
+            raise
+        finally:
+            del self._inflight[(key, field)]
+        await self.cache.set(key, field, json.dumps(result).encode())
+        return {**result, "cached": False}
+
+    async def _scores(self, model: Model, queries: Sequence[Query]):
+        started = time.perf_counter()
+        scores = await asyncio.to_thread(model.scores, queries)
+        elapsed = time.perf_counter() - started
+        self.metrics.inference_latency.labels(Metrics.batch_label(len(queries))).observe(elapsed)
+        return scores
+
+    def _check_n(self, n: int) -> None:
+        if not 1 <= n <= self.max_n:
+            raise InputError(f"n must be between 1 and {self.max_n}, got {n}")
+
+    # --- known users ---------------------------------------------------------------------------
+
+    async def for_user(self, user_id: str, n: int, exclude_seen: bool) -> dict[str, Any]:
+        self._check_n(n)
+        model = self.model()
+        key = cache_key(model.version, f"user:{user_id}")
+        return await self._cached(
+            key, f"{n}:{int(exclude_seen)}", lambda: self._for_user(model, user_id, n, exclude_seen)
+        )
+
+    async def _user_query(self, model: Model, user_id: str) -> Query:
+        added, profile = await asyncio.gather(
+            self.store.added_items(user_id), self.store.profile(user_id)
+        )
+        added_idx = [model.item_index[i] for i in added if i in model.item_index]
+        index = model.user_index.get(user_id)
+        if index is None and profile is None and not added:
+            raise NotFound(f"unknown user {user_id!r}")
+        if index is not None:
+            query = model.known_user(index, added_idx)
+        else:
+            query = Query(dict.fromkeys(added_idx, 1.0), model.encode_profile(None))
+        if profile is not None:
+            query.features, query.has_profile = model.encode_profile(profile), bool(profile)
+        return query
+
+    async def _for_user(
+        self, model: Model, user_id: str, n: int, exclude_seen: bool
+    ) -> dict[str, Any]:
+        query = await self._user_query(model, user_id)
+        scores = None
+        if model.source(query) != "popularity":
+            scores = (await self._scores(model, [query]))[0]
+        ranked = model.rank(query, scores, n, exclude=list(query.weights) if exclude_seen else [])
+        return self._response(model, ranked)
+
+    def _response(self, model: Model, ranked) -> dict[str, Any]:
+        return {
+            "model_version": model.version,
+            "items": model.describe(ranked),
+            "source": ranked.source,
+        }
+
+    async def invalidate_user(self, user_id: str) -> None:
+        model = self.holder.model
+        if model is not None:
+            await self.cache.invalidate(cache_key(model.version, f"user:{user_id}"))
+
+    async def add_interactions(
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float] | None
+    ) -> int:
+        model = self.model()
+        model.item_indices(items)  # unknown items: 422 before anything is written
+        known = user_id in model.user_index or await self.store.profile(user_id) is not None
+        if not known:
+            raise NotFound(f"unknown user {user_id!r}; create it with PUT /users/{{id}}/profile")
+        now = time.time()
+        await self.store.add_interactions(
+            user_id, list(items), list(timestamps or [now] * len(items))
+        )
+        await self.invalidate_user(user_id)
+        return len(items)
+
+    async def set_profile(self, user_id: str, profile: dict[str, Any]) -> bool:
+        model = self.model()
+        model.encode_profile(profile)  # unknown values: 422 before anything is written
+        created = user_id not in model.user_index and await self.store.profile(user_id) is None
+        await self.store.set_profile(user_id, profile)
+        await self.invalidate_user(user_id)
+        return created
+
+    # --- ad-hoc users --------------------------------------------------------------------------
+
+    def _adhoc_query(self, model: Model, request: ScoreRequest) -> Query:
+        if request.vector is not None:
+            if len(request.vector) != model.n_items:
+                raise InputError(
+                    f"vector has {len(request.vector)} entries, the catalogue has {model.n_items}"
+                )
+            weights = {i: 1.0 for i, v in enumerate(request.vector) if v}
+        elif request.weights is not None:
+            indices = model.item_indices(list(request.weights))
+            weights = {i: float(w) for i, w in zip(indices, request.weights.values(), strict=True)}
+            weights = {i: w for i, w in weights.items() if w}
+        else:
+            weights = dict.fromkeys(model.item_indices(request.items or []), 1.0)
+        profile = request.profile.fields() if request.profile else None
+        return Query(weights, model.encode_profile(profile), -1, bool(profile))
+
+    def _prepare(self, model: Model, request: ScoreRequest, where: str) -> _Prepared:
+        try:
+            self._check_n(request.n)
+            query = self._adhoc_query(model, request)
+            exclude = model.item_indices(request.exclude)
+            candidates = model.item_indices(request.candidates) if request.candidates else None
+        except InputError as error:
+            raise InputError(f"{where}{error}") from None
+        if request.exclude_seen:
+            exclude = [*exclude, *query.weights]
+        digest = hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:32]
+        key = cache_key(model.version, f"score:{digest}")
+        return _Prepared(query, exclude, candidates, request.n, key)
+
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[dict[str, Any]]:
+        """Cached entries from the cache; all misses scored in one onnxruntime batch."""
+        model = self.model()
+        batch = len(requests) > 1
+        prepared = [
+            self._prepare(model, r, f"users[{i}]: " if batch else "")
+            for i, r in enumerate(requests)
+        ]
+        hits = await asyncio.gather(*(self.cache.get(p.key, "") for p in prepared))
+        results: list[dict[str, Any] | None] = [None] * len(prepared)
+        misses = []
+        for i, hit in enumerate(hits):
+            self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+            if hit is not None:
+                results[i] = {**json.loads(hit), "cached": True}
+            else:
+                misses.append(i)
+        to_score = [i for i in misses if model.source(prepared[i].query) != "popularity"]
+        scores = (
+            await self._scores(model, [prepared[i].query for i in to_score]) if to_score else None
+        )
+        row = {i: r for r, i in enumerate(to_score)}
+        fresh = []
+        for i in misses:
+            p = prepared[i]
+            ranked = model.rank(
+                p.query, scores[row[i]] if i in row else None, p.n, p.exclude, p.candidates
+            )
+            results[i] = {**self._response(model, ranked), "cached": False}
+            fresh.append((p.key, results[i]))
+        await asyncio.gather(
+            *(self.cache.set(k, "", json.dumps({**r, "cached": False}).encode()) for k, r in fresh)
+        )
+        return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Prepared:
+    query: Query
+    exclude: list[int]
+    candidates: list[int] | None
+    n: int
+    key: str

@@ -1,0 +1,151 @@
+"""A loaded model: onnxruntime session, input building and top-N. No web code, no I/O but the
+bundle it is built from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.bundle import Bundle, load_bundle
+from service.features import FeatureError
+
+
+class InputError(ValueError):
+    """A request that names unknown items or profile values; the message lists them."""
+
+
+@dataclass
+class Query:
+    """One user to score: interaction weights by item index, encoded profile, user index."""
+
+    weights: dict[int, float]
+    features: np.ndarray
+    user_index: int = -1  # -1: a user the model never saw
+    has_profile: bool = False
+
+
+@dataclass
+class Ranked:
+    items: list[tuple[int, float]]  # (item index, score), best first
+    source: str  # model | profile | popularity
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Small-machine tuning: few intra-op threads, no spinning (it burns the other core)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+class Model:
+    """A bundle and its session, immutable once built; the service swaps whole instances."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1):
+        self.bundle = bundle
+        self.session = ort.InferenceSession(
+            str(bundle.onnx_path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        names = {i.name for i in self.session.get_inputs()}
+        expected = {i["name"] for i in bundle.manifest.get("inputs", [])}
+        if names != expected:
+            raise ValueError(f"ONNX inputs {sorted(names)} differ from the manifest's")
+        self.version = bundle.version
+        self.n_items = len(bundle.item_ids)
+        self.item_index = {item: n for n, item in enumerate(bundle.item_ids)}
+        self.user_index = {user: n for n, user in enumerate(bundle.user_ids)}
+        self.uses_profile = (
+            bundle.manifest["model"]["kind"] == "cddae" and bundle.user_spec.width > 0
+        )
+        # Popularity as a share of the most popular item's count: a score in [0, 1].
+        self.popularity = bundle.popularity / max(float(bundle.popularity.max(initial=0)), 1.0)
+
+    @classmethod
+    def load(cls, folder: Path, threads: int = 1) -> Model:
+        return cls(load_bundle(folder), threads)
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def item_indices(self, item_ids: Sequence[str]) -> list[int]:
+        unknown = [i for i in item_ids if i not in self.item_index]
+        if unknown:
+            raise InputError(f"unknown item id(s): {unknown[:20]}")
+        return [self.item_index[i] for i in item_ids]
+
+    def encode_profile(self, profile: Mapping[str, Any] | None) -> np.ndarray:
+        try:
+            return self.bundle.user_spec.encode(profile)
+        except FeatureError as error:
+            raise InputError(f"profile: {error}") from None
+
+    def known_user(self, user: int, extra_items: Sequence[int] = ()) -> Query:
+        weights = dict.fromkeys(self.bundle.history(user).tolist(), 1.0)
+        weights.update(dict.fromkeys(extra_items, 1.0))
+        profile = self.bundle.user_profiles[user]
+        return Query(weights, self.bundle.user_features[user], user, bool(profile))
+
+    # --- scoring -------------------------------------------------------------------------------
+
+    def scores(self, queries: Sequence[Query]) -> np.ndarray:
+        batch = len(queries)
+        interactions = np.zeros((batch, self.n_items), dtype=np.float32)
+        for row, query in enumerate(queries):
+            if query.weights:
+                interactions[row, list(query.weights)] = list(query.weights.values())
+        features = np.stack([q.features for q in queries]).astype(np.float32, copy=False)
+        feeds = {
+            "interactions": interactions,
+            "user_features": features.reshape(batch, -1),
+            "user_index": np.array([q.user_index for q in queries], dtype=np.int64),
+        }
+        return self.session.run(["scores"], feeds)[0]
+
+    def rank(
+        self,
+        query: Query,
+        scores: np.ndarray | None,
+        n: int,
+        exclude: Sequence[int] = (),
+        candidates: Sequence[int] | None = None,
+    ) -> Ranked:
+        """Top-n of one user. `scores` is None where the popularity fallback serves."""
+        source = self.source(query)
+        values = self.popularity if source == "popularity" or scores is None else scores
+        pool = np.arange(self.n_items) if candidates is None else np.unique(candidates)
+        if len(exclude):
+            pool = pool[~np.isin(pool, exclude)]
+        if len(pool) == 0:
+            return Ranked([], source)
+        pool_scores = values[pool]
+        k = min(n, len(pool))
+        best = np.argpartition(-pool_scores, k - 1)[:k]
+        best = best[np.lexsort((pool[best], -pool_scores[best]))]
+        return Ranked([(int(pool[b]), float(pool_scores[b])) for b in best], source)
+
+    def source(self, query: Query) -> str:
+        if query.weights:
+            return "model"
+        if query.has_profile and self.uses_profile:
+            return "profile"
+        return "popularity"
+
+    def describe(self, ranked: Ranked) -> list[dict[str, Any]]:
+        items = self.bundle.items
+        return [
+            {
+                "item_id": items[i]["id"],
+                "score": round(score, 6),
+                "title": items[i].get("title", ""),
+                "genres": items[i].get("genres", []),
+            }
+            for i, score in ranked.items
+        ]

@@ -1,0 +1,166 @@
+"""HTTP only: parse, call `Recommendations`, map its errors to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import AppStateDep
+from service.recommendations import NoModel, NotFound
+from service.recommender import InputError
+from service.schemas import (
+    BatchScoreRequest,
+    BatchScoreResponse,
+    Health,
+    InteractionsRequest,
+    InteractionsResponse,
+    Profile,
+    ProfileResponse,
+    RecommendationsResponse,
+    ScoreRequest,
+)
+from service.store import StoreUnavailable
+
+router = APIRouter()
+UserId = Annotated[str, Path(min_length=1, max_length=128, examples=["196"])]
+ERRORS = {
+    404: {"description": "unknown user"},
+    413: {"description": "body too large"},
+    422: {"description": "invalid input; the detail names the offending values"},
+    503: {"description": "no model loaded, or the interaction store is unavailable"},
+}
+
+
+def _http_error(error: Exception) -> HTTPException:
+    if isinstance(error, NotFound):
+        return HTTPException(404, str(error))
+    if isinstance(error, InputError):
+        return HTTPException(422, str(error))
+    return HTTPException(503, str(error))
+
+
+HANDLED = (NotFound, InputError, NoModel, StoreUnavailable)
+
+
+@router.get(
+    "/users/{user_id}/recommendations", response_model=RecommendationsResponse, responses=ERRORS
+)
+async def get_recommendations(
+    state: AppStateDep,
+    user_id: UserId,
+    n: Annotated[int, Query(ge=1, description="list length, up to the configured maximum")] = 10,
+    exclude_seen: bool = True,
+) -> dict:
+    """Top-N items for a known user, without the items the user has already interacted with."""
+    try:
+        return await state.recommendations.for_user(user_id, n, exclude_seen)
+    except HANDLED as error:
+        raise _http_error(error) from None
+
+
+@router.post(
+    "/score",
+    response_model=RecommendationsResponse | BatchScoreResponse,
+    responses=ERRORS,
+)
+async def post_score(state: AppStateDep, body: ScoreRequest | BatchScoreRequest) -> dict:
+    """Recommendations for ad-hoc users: one request, or a batch as {"users": [...]}."""
+    batch = isinstance(body, BatchScoreRequest)
+    requests = body.users if batch else [body]
+    if len(requests) > state.settings.max_batch:
+        raise HTTPException(
+            422, f"batch of {len(requests)} users exceeds the maximum of {state.settings.max_batch}"
+        )
+    try:
+        results = await state.recommendations.score(requests)
+    except HANDLED as error:
+        raise _http_error(error) from None
+    return {"results": results} if batch else results[0]
+
+
+@router.post(
+    "/users/{user_id}/interactions",
+    response_model=InteractionsResponse,
+    status_code=201,
+    responses=ERRORS,
+)
+async def post_interactions(state: AppStateDep, user_id: UserId, body: InteractionsRequest) -> dict:
+    """Record new positive interactions; the user's next recommendations take them in at once."""
+    try:
+        count = await state.recommendations.add_interactions(user_id, body.items, body.timestamps)
+    except HANDLED as error:
+        raise _http_error(error) from None
+    return {"user_id": user_id, "recorded": count, "store": state.store_backend}
+
+
+@router.put("/users/{user_id}/profile", response_model=ProfileResponse, responses=ERRORS)
+async def put_profile(state: AppStateDep, user_id: UserId, body: Profile, response: Response):
+    """Create a user, or replace the profile of one: recommendations then use this profile."""
+    try:
+        created = await state.recommendations.set_profile(user_id, body.fields())
+    except HANDLED as error:
+        raise _http_error(error) from None
+    response.status_code = 201 if created else 200
+    return {"user_id": user_id, "profile": body.fields(), "created": created}
+
+
+@router.get("/healthz", response_model=Health)
+async def get_healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"description": "no model"}})
+async def get_readyz(state: AppStateDep, response: Response) -> dict:
+    """Readiness: a model is loaded; Redis reachable, or reported as degraded."""
+    model = state.holder.model
+    try:
+        cache_ok = await asyncio.wait_for(state.cache.check(), timeout=1.0)
+    except TimeoutError:
+        cache_ok = False
+    status = "ok" if model is not None and cache_ok else "degraded"
+    if model is None:
+        status, response.status_code = "unavailable", 503
+    return {
+        "status": status,
+        "model_version": model.version if model else None,
+        "cache": f"{state.cache.backend}:{'ok' if cache_ok else 'unreachable'}",
+        "detail": {"refused_versions": state.holder.refused},
+    }
+
+
+@router.get("/model", responses={503: {"description": "no model"}})
+async def get_model(state: AppStateDep) -> dict:
+    """The manifest of the bundle in service, files and parity included."""
+    model = state.holder.model
+    if model is None:
+        raise HTTPException(503, "no model loaded yet")
+    return model.bundle.manifest
+
+
+@router.get("/metrics", response_class=Response)
+async def get_metrics(state: AppStateDep) -> Response:
+    """Prometheus metrics: request and inference latency, cache hits and misses, model version."""
+    if state.holder.model is not None:
+        state.metrics.set_version(state.holder.model.version)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/admin/reload", responses={401: {"description": "bad token"}, 404: {}})
+async def post_admin_reload(
+    state: AppStateDep, authorization: Annotated[str | None, Header()] = None
+) -> dict:
+    """Load the promoted version now (bearer token from CDDAE_ADMIN_TOKEN; off when unset)."""
+    token = state.settings.admin_token
+    if token is None:
+        raise HTTPException(404, "admin endpoints are off: no CDDAE_ADMIN_TOKEN configured")
+    expected = f"Bearer {token.get_secret_value()}"
+    if authorization is None or not secrets.compare_digest(authorization, expected):
+        raise HTTPException(401, "missing or wrong bearer token")
+    outcome = await asyncio.to_thread(state.holder.refresh, True)
+    model = state.holder.model
+    return {"outcome": outcome, "model_version": model.version if model else None}

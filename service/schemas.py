@@ -1,0 +1,131 @@
+"""Request and response bodies, with the examples the OpenAPI page shows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+ItemId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"age": 31, "gender": "F", "occupation": "writer"}},
+    )
+
+    age: int | None = Field(default=None, ge=1, le=120)
+    gender: str | None = None
+    occupation: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    title: str
+    genres: list[str]
+
+
+class RecommendationsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "model_version": "20261126T051500123456Z-1a2b3c4d",
+                "items": [
+                    {"item_id": "50", "score": 0.91, "title": "Star Wars", "genres": ["Action"]}
+                ],
+                "source": "model",
+                "cached": False,
+            }
+        }
+    )
+
+    model_version: str
+    items: list[RecommendedItem]
+    source: Literal["model", "profile", "popularity"]
+    cached: bool
+
+
+class ScoreRequest(BaseModel):
+    """One ad-hoc user: at most one of items / vector / weights, an optional profile."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"items": ["50", "181", "258"], "profile": {"gender": "F"}, "n": 5}
+        },
+    )
+
+    items: list[ItemId] | None = Field(default=None, max_length=10_000)
+    vector: list[float] | None = None
+    weights: dict[str, float] | None = None
+    profile: Profile | None = None
+    n: int = Field(default=10, ge=1)
+    exclude: list[ItemId] = Field(default_factory=list, max_length=10_000)
+    exclude_seen: bool = True
+    candidates: list[ItemId] | None = Field(default=None, min_length=1, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _one_history(self) -> ScoreRequest:
+        given = [k for k in ("items", "vector", "weights") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of items, vector, weights (got {given})")
+        if self.vector is not None and any(v not in (0, 1) for v in self.vector):
+            raise ValueError("vector entries must be 0 or 1")
+        return self
+
+
+class BatchScoreRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"users": [{"items": ["50"]}, {"profile": {"age": 25}}]}},
+    )
+
+    users: list[ScoreRequest] = Field(min_length=1)
+
+
+class BatchScoreResponse(BaseModel):
+    results: list[RecommendationsResponse]
+
+
+class InteractionsRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"items": ["50", "172"], "timestamps": [1764133200, 1764133260]}
+        },
+    )
+
+    items: list[ItemId] = Field(min_length=1, max_length=1000)
+    timestamps: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _aligned(self) -> InteractionsRequest:
+        if self.timestamps is not None and len(self.timestamps) != len(self.items):
+            raise ValueError(
+                f"timestamps has {len(self.timestamps)} entries, items has {len(self.items)}"
+            )
+        return self
+
+
+class InteractionsResponse(BaseModel):
+    user_id: str
+    recorded: int
+    store: str
+
+
+class ProfileResponse(BaseModel):
+    user_id: str
+    profile: dict[str, Any]
+    created: bool
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None = None
+    cache: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
