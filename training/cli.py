@@ -175,6 +175,16 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"removed {len(removed)} version(s): {' '.join(removed) or '-'}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.config import Settings
+    from service.main import create_app
+
+    settings = Settings(models_dir=args.models_dir)  # every other setting: CDDAE_* variables
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.names import KINDS, PRESETS, PROTOCOLS
 
@@ -226,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models-dir", type=Path, default=Path("models"))
     models.add_argument("--keep", type=int, default=3, help="with gc: newest versions to keep")
     models.set_defaults(func=cmd_models)
+
+    serve = sub.add_parser("serve", help="serve recommendations over HTTP (uvicorn)")
+    serve.add_argument("--models-dir", type=Path, default=Path("models"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""Real processes: uvicorn serving a bundle built here, against the real Redis or embedded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.bundle import promote
+from training.export import export_checkpoint
+from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
+
+REDIS_URL = "redis://127.0.0.1:6379/9"  # a database of its own, flushed by each server start
+ADMIN_TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_models(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
+    """A models folder with one promoted CDDAE bundle trained on the synthetic data."""
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    _, checkpoint = train_and_evaluate(
+        "cddae", prepared, model={"hidden": [16]}, train={"epochs": 5}, progress=False
+    )
+    models = tmp_path_factory.mktemp("models")
+    version, _ = export_checkpoint(checkpoint, models)
+    promote(models, version)
+    return models
+
+
+class Server:
+    def __init__(self, models: Path, redis_url: str | None, workdir: Path, **settings: str):
+        self.models, self.port = models, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "CDDAE_REDIS_URL": redis_url or "",
+            "CDDAE_INTERACTIONS_LOG": str(workdir / "interactions.jsonl"),
+            "CDDAE_RELOAD_INTERVAL_SECONDS": "0.3",
+            "CDDAE_MAX_BATCH": "8",
+            "CDDAE_MAX_N": "50",
+            "CDDAE_MAX_BODY_BYTES": "20000",
+            "CDDAE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "CDDAE_REDIS_RETRY_SECONDS": "0.3",
+            **settings,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        command = [sys.executable, "-m", "training.cli", "serve", "--models-dir", str(self.models),
+                   "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        self.process = subprocess.Popen(command, env=self.env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready in 30 s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@contextlib.contextmanager
+def running(
+    base_models: Path, tmp: Path, redis_url: str | None, **settings: str
+) -> Iterator[Server]:
+    models = tmp / "models"
+    shutil.copytree(base_models, models)
+    if redis_url:
+        redis.Redis.from_url(redis_url).flushdb()
+    server = Server(models, redis_url, tmp, **settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=["redis", "embedded"])
+def server(request, base_models: Path, tmp_path_factory) -> Iterator[Server]:
+    url = REDIS_URL if request.param == "redis" else None
+    with running(base_models, tmp_path_factory.mktemp(request.param), url) as srv:
+        yield srv
