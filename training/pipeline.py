@@ -35,12 +35,13 @@ def make_recommender(
     """A fresh model of `kind`; `model`/`train` override the preset's options."""
     if kind not in KINDS:
         raise ValueError(f"unknown model {kind!r}; choose from {KINDS}")
-    if kind == "pop":
-        return MostPopular()
-    if kind == "itemknn":
-        return ItemKNN(**(model or {}))
-    if kind == "ease":
-        return EASE(**{k: tuple(v) if k == "lambdas" else v for k, v in (model or {}).items()})
+    if kind in ("pop", "itemknn", "ease"):
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in (model or {}).items()}
+        baseline = {"pop": MostPopular, "itemknn": ItemKNN, "ease": EASE}[kind]
+        try:
+            return baseline(**options)
+        except TypeError:
+            raise ValueError(f"{kind} takes no option(s) {sorted(options)}") from None
     from training.train import AutoencoderRecommender, TrainConfig
 
     if preset not in PRESETS:
