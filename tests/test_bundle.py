@@ -119,13 +119,16 @@ def test_promote_refuses_an_unknown_version(tmp_path: Path) -> None:
     assert bundle.current_version(tmp_path) is None
 
 
-def test_service_imports_no_torch() -> None:
+def test_service_and_cli_import_no_torch() -> None:
     code = (
         "import sys, service, service.bundle, service.features\n"
         "import importlib, pkgutil\n"
         "for m in pkgutil.iter_modules(service.__path__):\n"
         "    importlib.import_module('service.' + m.name)\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "import training.cli\n"
+        "training.cli.build_parser()  # what `cddae serve` runs before serving\n"
+        "for heavy in ('torch', 'scipy'):\n"
+        "    assert heavy not in sys.modules, heavy + ' imported'\n"
         "print(len(sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -63,7 +63,9 @@ def _example(checkpoint: Checkpoint, rows: int = 2) -> tuple[torch.Tensor, ...]:
     )
 
 
-def to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...]) -> bytes:
+def to_onnx(
+    module: nn.Module, example: tuple[torch.Tensor, ...], outputs: tuple[str, ...] = ("scores",)
+) -> bytes:
     batch = torch.export.Dim("batch", min=1)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -76,7 +78,7 @@ def to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...]) -> bytes:
             example,
             str(path),
             input_names=list(INPUTS),
-            output_names=["scores"],
+            output_names=list(outputs),
             dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
             dynamo=True,
             external_data=False,

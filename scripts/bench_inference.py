@@ -1,0 +1,130 @@
+"""Inference speed, onnxruntime against PyTorch eager, in one run on this machine.
+
+    python scripts/bench_inference.py --checkpoint runs/cddae --models-dir models
+
+Measures: bundle load (verify + onnxruntime session), parity, all users in one batch, and one
+user at a time (median and p99 per call), for both runtimes, with the same threads (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from service.bundle import current_version
+from service.recommender import Model, session_options
+from training.checkpoint import Checkpoint
+from training.export import _example, _full_inputs, _Scores, to_onnx
+from training.pipeline import restore
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    return _timed_each(lambda _: fn(), range(repeats))
+
+
+def _timed_each(fn, arguments) -> list[float]:
+    """Seconds per call of fn(a) for each a."""
+    out = []
+    for argument in arguments:
+        start = time.perf_counter()
+        fn(argument)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--single-calls", type=int, default=2000)
+    parser.add_argument("--batch-repeats", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    version = current_version(args.models_dir)
+    folder = args.models_dir / version
+    loads = _timed(lambda: Model.load(folder, threads=1), 5)
+    model = Model.load(folder, threads=1)
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    print(f"bundle {version}: {size / 1e6:.2f} MB; load (verify + session) median "
+          f"{statistics.median(loads) * 1e3:.1f} ms")  # fmt: skip
+    print(f"parity (recorded at export): {model.bundle.manifest['parity']}")
+
+    checkpoint = Checkpoint.load(args.checkpoint)
+    module = _Scores(restore(checkpoint), checkpoint.kind).eval()
+    inputs = _full_inputs(checkpoint)
+    feeds = {"interactions": inputs[0].numpy(), "user_features": inputs[1].numpy(),
+             "user_index": inputs[2].numpy()}  # fmt: skip
+    n = inputs[0].shape[0]
+
+    with torch.no_grad():
+        torch_batch = _timed(lambda: module(*inputs), args.batch_repeats)
+    ort_batch = _timed(lambda: model.session.run(["scores"], feeds), args.batch_repeats)
+    print(f"\nall {n} users in one batch (median of {args.batch_repeats}):")
+    print(f"  torch eager   {_p(torch_batch, 50):8.2f} ms")
+    print(f"  onnxruntime   {_p(ort_batch, 50):8.2f} ms   ratio torch/ort "
+          f"{_p(torch_batch, 50) / _p(ort_batch, 50):.2f}")  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, n, size=args.single_calls)
+    one = [tuple(t[u : u + 1] for t in inputs) for u in users]
+    with torch.no_grad():
+        torch_single = _timed_each(lambda a: module(*a), one)
+    queries = [model.known_user(int(u)) for u in users]
+    ort_single = _timed_each(lambda q: model.scores([q]), queries)
+    raw_feeds = [{k: v[u : u + 1] for k, v in feeds.items()} for u in users]
+    ort_raw = _timed_each(lambda f: model.session.run(["scores"], f), raw_feeds)
+    print(f"\none user per call ({args.single_calls} calls): median / p99")
+    print(f"  torch eager             {_p(torch_single, 50):6.3f} / {_p(torch_single, 99):6.3f} ms")
+    print(f"  onnxruntime (session)   {_p(ort_raw, 50):6.3f} / {_p(ort_raw, 99):6.3f} ms   "
+          f"ratio torch/ort {_p(torch_single, 50) / _p(ort_raw, 50):.2f}")  # fmt: skip
+    print(f"  onnxruntime (+ input)   {_p(ort_single, 50):6.3f} / {_p(ort_single, 99):6.3f} ms")
+    rank = _timed_each(lambda q: model.rank(q, model.scores([q])[0], 10, list(q.weights)), queries)
+    print(f"  service path (input + run + top-10)  {_p(rank, 50):6.3f} / {_p(rank, 99):6.3f} ms")
+
+    # Masking and TopK inside the graph, against scores out of the graph and top-10 in numpy.
+    topk_session = ort.InferenceSession(
+        to_onnx(_MaskedTopK(module), _example(checkpoint), ("values", "indices")),
+        session_options(1), providers=["CPUExecutionProvider"],
+    )  # fmt: skip
+
+    def numpy_topk(feed):
+        scores = model.session.run(["scores"], feed)[0]
+        scores[feed["interactions"] > 0] = -np.inf
+        part = np.argpartition(-scores, 9, axis=1)[:, :10]
+        return np.take_along_axis(scores, part, axis=1).argsort(axis=1)
+
+    print("\nmasking + top-10: in the graph vs numpy after the graph (median / p99)")
+    for label, fn in (
+        ("in graph", lambda f: topk_session.run(None, f)),
+        ("numpy", numpy_topk),
+    ):
+        single = _timed_each(fn, raw_feeds)
+        batch = _timed(lambda fn=fn: fn(feeds), args.batch_repeats)
+        print(f"  {label:<9} one user {_p(single, 50):6.3f} / {_p(single, 99):6.3f} ms; "
+              f"all users {_p(batch, 50):7.2f} ms")  # fmt: skip
+
+
+class _MaskedTopK(torch.nn.Module):
+    def __init__(self, scores: torch.nn.Module):
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, interactions, user_features, user_index):
+        scores = self.scores(interactions, user_features, user_index)
+        masked = torch.where(interactions > 0, torch.full_like(scores, -1e9), scores)
+        return torch.topk(masked, 10, dim=1)
+
+
+if __name__ == "__main__":
+    main()
