@@ -185,6 +185,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
 
 
+def cmd_experiments(args: argparse.Namespace) -> None:
+    import shlex
+
+    from training.data import load_dataset
+    from training.experiments import paper_settings, run_all
+    from training.paper_report import write_report
+
+    source = load_dataset(args.data).source  # fails early, with the file and line, if malformed
+    settings = paper_settings(quick=args.quick)
+    seeds = list(range(args.seeds))
+    train = {"epochs": args.epochs} if args.epochs else {}
+    print(f"{len(settings)} settings × {len(seeds)} seeds = {len(settings) * len(seeds)} runs")
+    results = run_all(args.data, settings, seeds, train, workers=args.workers)
+    command = "cddae " + shlex.join(args.argv)
+    report = write_report(results, settings, args.output, command, seeds, source)
+    minutes = results["_elapsed"][0]["seconds"] / 60
+    print(f"wrote {report} in {minutes:.1f} min")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.names import KINDS, PRESETS, PROTOCOLS
 
@@ -243,12 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
+
+    experiments = sub.add_parser("experiments", help="reproduce the paper's experiments")
+    experiments.add_argument("suite", choices=["paper"])
+    experiments.add_argument("--data", type=Path, required=True)
+    experiments.add_argument("--seeds", type=int, default=5)
+    experiments.add_argument("--output", type=Path, default=Path("reports/paper"))
+    experiments.add_argument("--quick", action="store_true", help="fewer settings")
+    experiments.add_argument("--epochs", type=int, help="cap on training epochs per run")
+    experiments.add_argument("--workers", type=int, default=2, help="parallel runs")
+    experiments.set_defaults(func=cmd_experiments)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command == "models" and args.action == "promote" and not args.version:
         parser.error("models promote needs a VERSION")
     try:

@@ -106,6 +106,26 @@ def fingerprint(matrix: sp.csr_matrix, ids: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def fit_and_evaluate(
+    recommender: Recommender,
+    prepared: Prepared,
+    seed: int = 0,
+    progress: bool = True,
+    user_features: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], float]:
+    """Fit on training-minus-validation, score the full training history, evaluate on test.
+
+    `user_features` replaces the dataset's encoded profiles (experiments use a subset)."""
+    ds = prepared.dataset
+    features = ds.user_features if user_features is None else user_features
+    ctx = FitContext(prepared.fit, prepared.valid, features, ds.item_features, seed, progress)
+    started = time.perf_counter()
+    recommender.fit(ctx)
+    fit_seconds = time.perf_counter() - started
+    scores = recommender.score(prepared.train, np.arange(ds.n_users), features)
+    return evaluate_scores(scores, prepared.train, prepared.test), fit_seconds
+
+
 def train_and_evaluate(
     kind: str,
     prepared: Prepared,
@@ -117,14 +137,7 @@ def train_and_evaluate(
 ) -> tuple[Recommender, Checkpoint]:
     ds = prepared.dataset
     recommender = make_recommender(kind, preset, model, train)
-    ctx = FitContext(
-        prepared.fit, prepared.valid, ds.user_features, ds.item_features, seed, progress
-    )
-    started = time.perf_counter()
-    recommender.fit(ctx)
-    fit_seconds = time.perf_counter() - started
-    scores = recommender.score(prepared.train, np.arange(ds.n_users), ds.user_features)
-    results = evaluate_scores(scores, prepared.train, prepared.test)
+    results, fit_seconds = fit_and_evaluate(recommender, prepared, seed, progress)
     meta = {
         "params": recommender.params(),
         "preset": preset,
