@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     admin_token: SecretStr | None = None
     ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    micro_batch_ms: float = Field(
+        default=0, ge=0, le=100, description="0: one onnxruntime call per request, in a thread"
+    )
     reload_interval_seconds: float = Field(default=2.0, gt=0)
     interactions_log: Path = Field(
         default=Path("data/interactions.jsonl"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
+from service.batcher import MicroBatcher
 from service.cache import Cache, LocalCache, RedisCache, redis_client
 from service.config import Settings
 from service.holder import ModelHolder
@@ -52,7 +53,12 @@ def build_state(settings: Settings) -> AppState:
             settings.local_cache_size, settings.cache_ttl_seconds, settings.cache_ttl_jitter
         )
         store, backend = FileStore(settings.interactions_log), "file"
-    recommendations = Recommendations(holder, cache, store, metrics, settings.max_n)
+    batcher = (
+        MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
+        if settings.micro_batch_ms
+        else None
+    )
+    recommendations = Recommendations(holder, cache, store, metrics, settings.max_n, batcher)
     return AppState(settings, holder, cache, store, backend, metrics, recommendations)
 
 

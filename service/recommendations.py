@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.batcher import MicroBatcher
 from service.cache import Cache, cache_key
 from service.holder import ModelHolder
 from service.metrics import Metrics
@@ -32,10 +33,16 @@ class NoModel(RuntimeError):
 
 class Recommendations:
     def __init__(
-        self, holder: ModelHolder, cache: Cache, store: Store, metrics: Metrics, max_n: int
+        self,
+        holder: ModelHolder,
+        cache: Cache,
+        store: Store,
+        metrics: Metrics,
+        max_n: int,
+        batcher: MicroBatcher | None = None,
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
-        self.max_n = max_n
+        self.max_n, self.batcher = max_n, batcher
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
 
     def model(self) -> Model:
@@ -74,7 +81,10 @@ class Recommendations:
 
     async def _scores(self, model: Model, queries: Sequence[Query]):
         started = time.perf_counter()
-        scores = await asyncio.to_thread(model.scores, queries)
+        if self.batcher is not None:
+            scores = await self.batcher.scores(model, list(queries))
+        else:
+            scores = await asyncio.to_thread(model.scores, queries)
         elapsed = time.perf_counter() - started
         self.metrics.inference_latency.labels(Metrics.batch_label(len(queries))).observe(elapsed)
         return scores

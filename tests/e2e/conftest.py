@@ -99,8 +99,9 @@ def running(
         server.stop()
 
 
-@pytest.fixture(scope="module", params=["redis", "embedded"])
+@pytest.fixture(scope="module", params=["redis", "embedded", "redis-microbatch"])
 def server(request, base_models: Path, tmp_path_factory) -> Iterator[Server]:
-    url = REDIS_URL if request.param == "redis" else None
-    with running(base_models, tmp_path_factory.mktemp(request.param), url) as srv:
+    url = REDIS_URL if request.param.startswith("redis") else None
+    extra = {"CDDAE_MICRO_BATCH_MS": "2"} if request.param.endswith("microbatch") else {}
+    with running(base_models, tmp_path_factory.mktemp(request.param), url, **extra) as srv:
         yield srv
