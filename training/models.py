@@ -38,10 +38,6 @@ class ModelConfig:
     input_norm: bool = False  # departure: L2-normalise the interaction vector (Mult-DAE)
     use_user_profile: bool = True  # CDDAE: feed E_u (ignored when the data has no profiles)
     use_item_profile: bool = True  # CDDAE: feed E_i pooled over the user's items
-    # Departure: add a linear item-item prior (EASE, fitted in closed form on the training data,
-    # λ chosen on validation) to the item logits with a learned scale; the autoencoder then
-    # learns what the linear model misses, profiles included.
-    item_prior: bool = False
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -83,7 +79,6 @@ class Sizes:
     n_users: int
     user_features: int = 0
     item_features: torch.Tensor | None = field(default=None, repr=False)  # items × F_i
-    item_prior: torch.Tensor | None = field(default=None, repr=False)  # items × items
 
 
 class Autoencoder(nn.Module):
@@ -125,13 +120,6 @@ class Autoencoder(nn.Module):
         )
         last = (config.hidden[-1], *config.decoder_hidden)[-1]
         self.out = nn.Linear(last, sizes.n_items + sum(self.side_widths))
-        if config.item_prior and sizes.item_prior is None:
-            raise ValueError("item_prior needs the prior matrix")
-        self.register_buffer("item_prior", sizes.item_prior if config.item_prior else None)
-        self.prior_scale = nn.Parameter(torch.ones(())) if config.item_prior else None
-        if config.item_prior:  # start from the prior alone: the network learns a residual
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
 
     def pooled_item_profile(self, x: torch.Tensor) -> torch.Tensor:
         """E_i: the mean item-profile vector of the items in x (zeros for an empty history)."""
@@ -143,12 +131,8 @@ class Autoencoder(nn.Module):
         x: torch.Tensor,
         user_features: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
-        clean: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits over items followed by the side reconstructions (see `split_output`).
-
-        `clean` is the uncorrupted input during training: the item prior reads it (its zero
-        diagonal keeps an item from predicting itself), the encoder reads the corrupted `x`."""
+        """Logits over items followed by the side reconstructions (see `split_output`)."""
         inputs = F.normalize(x, dim=1) if self.config.input_norm else x
         h = self.item_in(inputs)
         if self.user_in is not None and user_features is not None:
@@ -159,11 +143,7 @@ class Autoencoder(nn.Module):
             unseen = torch.full_like(user_index, self.n_users)
             h = h + self.user_vector(torch.where(user_index < 0, unseen, user_index))
         h = self.encoder(torch.relu(h))
-        output = self.out(self.decoder(h))
-        if self.item_prior is None:
-            return output
-        prior = self.prior_scale * ((x if clean is None else clean) @ self.item_prior)
-        return torch.cat([output[:, : self.n_items] + prior, output[:, self.n_items :]], dim=1)
+        return self.out(self.decoder(h))
 
     def split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return output[:, : self.n_items], output[:, self.n_items :]
@@ -204,7 +184,7 @@ class Autoencoder(nn.Module):
     ) -> torch.Tensor:
         """Denoising objective on one batch: item loss + side loss + L2 penalty."""
         noisy = self.corrupt(x)
-        logits, side = self.split_output(self(noisy, user_features, user_index, clean=x))
+        logits, side = self.split_output(self(noisy, user_features, user_index))
         item_loss = reconstruction_loss(logits, x, self.config.output, self.config.loss)
         total = item_loss.mean()
         if side.shape[1]:

@@ -11,7 +11,6 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from training.baselines import EASE
 from training.metrics import evaluate_scores
 from training.models import Autoencoder, ModelConfig, Sizes
 from training.recommender import FitContext
@@ -51,41 +50,23 @@ class AutoencoderRecommender:
         self.net: Autoencoder | None = None
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
-        self.prior_lambda: float | None = None
 
-    def _prior(self, ctx: FitContext, train: sp.csr_matrix) -> torch.Tensor | None:
-        """With `item_prior`: EASE fitted on `train`, λ chosen once on the validation set."""
-        if not self.model_config.item_prior:
-            return None
-        if self.prior_lambda is None:
-            ease = EASE()
-            ease.fit(ctx)
-            self.prior_lambda = ease.chosen
-        return torch.from_numpy(EASE.closed_form(train, self.prior_lambda))
-
-    def _build(self, ctx: FitContext, prior: torch.Tensor | None) -> Autoencoder:
+    def _build(self, ctx: FitContext) -> Autoencoder:
         sizes = Sizes(
             n_items=ctx.train.shape[1],
             n_users=ctx.train.shape[0],
             user_features=ctx.user_features.shape[1],
             item_features=torch.from_numpy(np.ascontiguousarray(ctx.item_features, np.float32)),
-            item_prior=prior,
         )
         return Autoencoder(self.model_config, sizes)
 
     def fit(self, ctx: FitContext) -> None:
         cfg = self.train_config
         torch.manual_seed(ctx.seed)
-        net, best_state, best, stale = (
-            self._build(ctx, self._prior(ctx, ctx.train)),
-            None,
-            -np.inf,
-            0,
-        )
+        net, best_state, best, stale = self._build(ctx), None, -np.inf, 0
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         rng = np.random.default_rng(ctx.seed)
-        # Epoch 0 scores the untrained network, so a model that starts from a prior keeps it
-        # unless training beats it on validation.
+        # Epoch 0 scores the untrained network: the baseline any training must beat.
         bar = tqdm(range(cfg.epochs + 1), desc=self.kind, disable=not ctx.progress, leave=False)
         for epoch in bar:
             loss = self._epoch(net, optimizer, ctx, ctx.train, rng) if epoch else float("nan")
@@ -104,7 +85,7 @@ class AutoencoderRecommender:
         net.load_state_dict(best_state)
         if cfg.refit:
             torch.manual_seed(ctx.seed)
-            net = self._build(ctx, self._prior(ctx, ctx.full_train))
+            net = self._build(ctx)
             optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
             full = ctx.full_train
             for _ in tqdm(
@@ -157,7 +138,6 @@ class AutoencoderRecommender:
             "model": self.model_config.to_dict(),
             "train": self.train_config.to_dict(),
             "best_epoch": self.best_epoch,
-            "prior_lambda": self.prior_lambda,
         }
 
     def state(self) -> dict[str, np.ndarray]:
@@ -166,8 +146,6 @@ class AutoencoderRecommender:
 
     def load_state(self, state: dict[str, np.ndarray], ctx: FitContext | None = None) -> None:
         assert ctx is not None, "the autoencoder needs the feature sizes to rebuild"
-        n_items = ctx.train.shape[1]
-        placeholder = torch.zeros(n_items, n_items) if self.model_config.item_prior else None
-        self.net = self._build(ctx, placeholder)  # the state overwrites the prior
+        self.net = self._build(ctx)
         self.net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
         self.net.eval()
