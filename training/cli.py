@@ -194,7 +194,7 @@ def cmd_experiments(args: argparse.Namespace) -> None:
 
     source = load_dataset(args.data).source  # fails early, with the file and line, if malformed
     settings = paper_settings(quick=args.quick)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.seeds if args.seeds is not None else 2 if args.quick else 5))
     train = {"epochs": args.epochs} if args.epochs else {}
     print(f"{len(settings)} settings × {len(seeds)} seeds = {len(settings) * len(seeds)} runs")
     results = run_all(args.data, settings, seeds, train, workers=args.workers)
@@ -266,9 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiments = sub.add_parser("experiments", help="reproduce the paper's experiments")
     experiments.add_argument("suite", choices=["paper"])
     experiments.add_argument("--data", type=Path, required=True)
-    experiments.add_argument("--seeds", type=int, default=5)
+    experiments.add_argument("--seeds", type=int, help="split seeds (default 5, --quick 2)")
     experiments.add_argument("--output", type=Path, default=Path("reports/paper"))
-    experiments.add_argument("--quick", action="store_true", help="fewer settings")
+    experiments.add_argument("--quick", action="store_true", help="fewer settings and seeds")
     experiments.add_argument("--epochs", type=int, help="cap on training epochs per run")
     experiments.add_argument("--workers", type=int, default=2, help="parallel runs")
     experiments.set_defaults(func=cmd_experiments)

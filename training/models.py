@@ -30,9 +30,9 @@ class ModelConfig:
     decoder_hidden: tuple[int, ...] = ()  # extra decoder layers before the output
     corruption: float = 0.5  # mask-out probability on the interaction input
     rescale: bool = True  # survivors scaled by 1/(1 - corruption), as inverted dropout
-    l2: float = 0.01  # λ in (λ/2)·Σθ² added to the per-batch mean of per-user losses
-    output: Output = "softmax"
-    loss: Loss = "cce"
+    l2: float = 0.05  # λ in (λ/2)·Σθ² added to the per-batch mean of per-user losses
+    output: Output = "sigmoid"
+    loss: Loss = "bce"
     side_weight: float = 1.0  # weight of the side-information reconstruction loss
     user_node: bool = False  # Experiment 1: the user's index as an extra input, reconstructed
     input_norm: bool = False  # departure: L2-normalise the interaction vector (Mult-DAE)
