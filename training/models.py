@@ -8,12 +8,14 @@ and side-information reconstructions, and it computes its own loss.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from training.options import Options
 
 Kind = Literal["dae", "cdae", "cddae"]
 Output = Literal["sigmoid", "softmax"]
@@ -21,9 +23,11 @@ Loss = Literal["bce", "cce", "mae", "mse"]
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Options):
     """Architecture and objective. Defaults are the project's tuned CDDAE (docs/MODELS.md);
     `paper_config()` gives the paper's Experiment-1 setting."""
+
+    what = "model option"
 
     kind: Kind = "cddae"
     hidden: tuple[int, ...] = (200,)  # encoder widths, the last one is the code
@@ -55,16 +59,6 @@ class ModelConfig:
             "mse",
         ):
             raise ValueError(f"unknown output/loss {self.output}/{self.loss}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        if unknown := set(data) - known:
-            raise ValueError(f"unknown model option(s): {sorted(unknown)}")
-        return cls(**data)
 
 
 def paper_config(kind: Kind = "cddae", **overrides: Any) -> ModelConfig:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,27 +13,20 @@ from tqdm.auto import tqdm
 
 from training.metrics import evaluate_scores
 from training.models import Autoencoder, ModelConfig, Sizes
+from training.options import Options
 from training.recommender import FitContext
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
+    what = "training option"
+
     epochs: int = 200
     batch_size: int = 64
     lr: float = 1e-3
     patience: int = 15  # epochs without a better validation metric before stopping
     metric: str = "NDCG"  # early-stopping metric, at N = 10 on the validation set
     refit: bool = True  # after early stopping, retrain on train + validation for the best epochs
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        if unknown := set(data) - known:
-            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
-        return cls(**data)
 
 
 def _dense(rows: sp.csr_matrix) -> torch.Tensor:
