@@ -34,7 +34,7 @@ class ModelConfig(Options):
     decoder_hidden: tuple[int, ...] = ()  # extra decoder layers before the output
     corruption: float = 0.5  # mask-out probability on the interaction input
     rescale: bool = True  # survivors scaled by 1/(1 - corruption), as inverted dropout
-    l2: float = 0.05  # λ in (λ/2)·Σθ² added to the per-batch mean of per-user losses
+    l2: float = 0.05  # λ in (λ/2)·Σθ² on all weights and biases, beside the per-batch loss
     output: Output = "sigmoid"
     loss: Loss = "bce"
     side_weight: float = 1.0  # weight of the side-information reconstruction loss
@@ -176,7 +176,9 @@ class Autoencoder(nn.Module):
         user_features: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Denoising objective on one batch: item loss + side loss + L2 penalty."""
+        """Denoising objective on one batch: item loss + weighted side loss. The L2 penalty
+        (λ/2)·Σθ² is left to the optimiser as coupled weight decay, which adds exactly its
+        gradient λθ, without building it into the graph every step."""
         noisy = self.corrupt(x)
         logits, side = self.split_output(self(noisy, user_features, user_index))
         item_loss = reconstruction_loss(logits, x, self.config.output, self.config.loss)
@@ -184,8 +186,6 @@ class Autoencoder(nn.Module):
         if side.shape[1]:
             target = self.side_targets(x, user_features, user_index)
             total = total + self.config.side_weight * ((side - target) ** 2).sum(dim=1).mean()
-        if self.config.l2:
-            total = total + 0.5 * self.config.l2 * sum((p**2).sum() for p in self.parameters())
         return total
 
 

@@ -53,11 +53,18 @@ class AutoencoderRecommender:
         )
         return Autoencoder(self.model_config, sizes)
 
+    def _optimizer(self, net: Autoencoder) -> torch.optim.Optimizer:
+        """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4)."""
+        return torch.optim.Adam(
+            net.parameters(), lr=self.train_config.lr, weight_decay=self.model_config.l2,
+            fused=True,
+        )  # fmt: skip
+
     def fit(self, ctx: FitContext) -> None:
         cfg = self.train_config
         torch.manual_seed(ctx.seed)
         net, best_state, best, stale = self._build(ctx), None, -np.inf, 0
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        optimizer = self._optimizer(net)
         rng = np.random.default_rng(ctx.seed)
         # Epoch 0 scores the untrained network: the baseline any training must beat.
         bar = tqdm(range(cfg.epochs + 1), desc=self.kind, disable=not ctx.progress, leave=False)
@@ -79,7 +86,7 @@ class AutoencoderRecommender:
         if cfg.refit:
             torch.manual_seed(ctx.seed)
             net = self._build(ctx)
-            optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+            optimizer = self._optimizer(net)
             full = ctx.full_train
             for _ in tqdm(
                 range(self.best_epoch), desc="refit", disable=not ctx.progress, leave=False
