@@ -115,6 +115,18 @@ class Autoencoder(nn.Module):
         last = (config.hidden[-1], *config.decoder_hidden)[-1]
         self.out = nn.Linear(last, sizes.n_items + sum(self.side_widths))
 
+    @torch.no_grad()
+    def init_output_bias(self, item_rates: torch.Tensor) -> None:
+        """Start the item outputs at each item's training rate (logit for sigmoid, log-share for
+        softmax): epoch 0 is then the most-popular ranking, not a flat 0.5 the first epochs
+        spend unlearning."""
+        rates = item_rates.clamp(1e-4, 1 - 1e-4)
+        if self.config.output == "sigmoid":
+            start = torch.log(rates / (1 - rates))
+        else:
+            start = torch.log(rates / rates.sum())
+        self.out.bias[: self.n_items] = start
+
     def pooled_item_profile(self, x: torch.Tensor) -> torch.Tensor:
         """E_i: the mean item-profile vector of the items in x (zeros for an empty history)."""
         counts = x.sum(dim=1, keepdim=True).clamp_min(1.0)

@@ -44,14 +44,19 @@ class AutoencoderRecommender:
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
 
-    def _build(self, ctx: FitContext) -> Autoencoder:
+    def _build(self, ctx: FitContext, train: sp.csr_matrix | None = None) -> Autoencoder:
+        """A fresh network; with `train`, its output biases start at the items' rates there."""
         sizes = Sizes(
             n_items=ctx.train.shape[1],
             n_users=ctx.train.shape[0],
             user_features=ctx.user_features.shape[1],
             item_features=torch.from_numpy(np.ascontiguousarray(ctx.item_features, np.float32)),
         )
-        return Autoencoder(self.model_config, sizes)
+        net = Autoencoder(self.model_config, sizes)
+        if train is not None:
+            rates = np.asarray(train.mean(axis=0), dtype=np.float32).ravel()
+            net.init_output_bias(torch.from_numpy(rates))
+        return net
 
     def _optimizer(self, net: Autoencoder) -> torch.optim.Optimizer:
         """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4)."""
@@ -63,7 +68,7 @@ class AutoencoderRecommender:
     def fit(self, ctx: FitContext) -> None:
         cfg = self.train_config
         torch.manual_seed(ctx.seed)
-        net, best_state, best, stale = self._build(ctx), None, -np.inf, 0
+        net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
         optimizer = self._optimizer(net)
         rng = np.random.default_rng(ctx.seed)
         # Epoch 0 scores the untrained network: the baseline any training must beat.
@@ -85,9 +90,9 @@ class AutoencoderRecommender:
         net.load_state_dict(best_state)
         if cfg.refit:
             torch.manual_seed(ctx.seed)
-            net = self._build(ctx)
-            optimizer = self._optimizer(net)
             full = ctx.full_train
+            net = self._build(ctx, full)
+            optimizer = self._optimizer(net)
             for _ in tqdm(
                 range(self.best_epoch), desc="refit", disable=not ctx.progress, leave=False
             ):
