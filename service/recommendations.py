@@ -70,7 +70,10 @@ class Recommendations:
         try:
             result = await compute()
             future.set_result(result)
-        except BaseException as error:
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as error:
             future.set_exception(error)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else need
             raise

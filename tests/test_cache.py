@@ -1,0 +1,113 @@
+"""Caches on their own: the in-process LRU, Redis for real, and single-flight misses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from service.cache import LocalCache, RedisCache, cache_key, redis_client
+from service.metrics import Metrics
+from service.recommendations import Recommendations
+
+REDIS_URL = "redis://127.0.0.1:6379/10"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_local_cache_ttl_lru_and_invalidation() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        cache = LocalCache(max_owners=2, ttl=10, clock=clock)
+        await cache.set("a", "n=1", b"1")
+        await cache.set("a", "n=2", b"2")
+        assert await cache.get("a", "n=1") == b"1"
+        clock.now = 11
+        assert await cache.get("a", "n=1") is None  # expired
+        await cache.set("a", "x", b"a")
+        await cache.set("b", "x", b"b")
+        await cache.get("a", "x")  # a is now the most recent
+        await cache.set("c", "x", b"c")  # evicts b, the least recent owner
+        assert await cache.get("b", "x") is None and await cache.get("a", "x") == b"a"
+        await cache.invalidate("a")
+        assert await cache.get("a", "x") is None
+
+    asyncio.run(scenario())
+
+
+def test_redis_cache_sets_ttl_with_jitter_and_invalidates() -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+    async def scenario() -> list[int]:
+        cache = RedisCache(redis_client(REDIS_URL, 0.5), ttl=100, jitter=0.1)
+        key = cache_key("v1", "user:7")
+        await cache.set(key, "10:1", b"payload")
+        assert await cache.get(key, "10:1") == b"payload"
+        ttls = [await cache._client.ttl(key)]
+        await cache.invalidate(key)
+        assert await cache.get(key, "10:1") is None
+        await cache.close()
+        return ttls
+
+    (ttl,) = asyncio.run(scenario())
+    assert 89 <= ttl <= 110
+
+
+def test_redis_cache_bypasses_a_dead_server_then_retries() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        cache = RedisCache(redis_client("redis://127.0.0.1:1/0", 0.2), ttl=10,
+                           retry_seconds=5, clock=clock)  # fmt: skip
+        assert await cache.get("k", "f") is None and cache.degraded
+        await cache.set("k", "f", b"x")  # skipped while degraded: no waiting on timeouts
+        clock.now = 6
+        assert not cache.degraded  # the next call tries Redis again
+        assert await cache.check() is False and cache.degraded
+        await cache.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_misses_for_one_key_are_computed_once() -> None:
+    calls = 0
+
+    async def compute() -> dict:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return {"items": [1, 2]}
+
+    async def scenario() -> list[dict]:
+        service = Recommendations(None, LocalCache(10, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
+        first = await asyncio.gather(*(service._cached("k", "f", compute) for _ in range(5)))
+        again = await service._cached("k", "f", compute)
+        return [*first, again]
+
+    results = asyncio.run(scenario())
+    assert calls == 1
+    assert [r["cached"] for r in results] == [False] * 5 + [True]
+    assert all(r["items"] == [1, 2] for r in results)
+
+
+def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
+    async def failing() -> dict:
+        await asyncio.sleep(0.01)
+        raise LookupError("unknown user")
+
+    async def scenario() -> list:
+        service = Recommendations(None, LocalCache(10, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
+        return await asyncio.gather(
+            *(service._cached("k", "f", failing) for _ in range(3)), return_exceptions=True
+        )
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, LookupError) for r in results)
+    with pytest.raises(LookupError):
+        raise results[0]
