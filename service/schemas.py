@@ -89,6 +89,17 @@ class BatchScoreRequest(BaseModel):
 
 
 class BatchScoreResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "results": [
+                    {"model_version": "20261126T051500123456Z-1a2b3c4d", "items": [],
+                     "source": "popularity", "cached": False}
+                ]
+            }
+        }
+    )  # fmt: skip
+
     results: list[RecommendationsResponse]
 
 
@@ -113,18 +124,39 @@ class InteractionsRequest(BaseModel):
 
 
 class InteractionsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"user_id": "196", "recorded": 2, "store": "redis"}}
+    )
+
     user_id: str
     recorded: int
     store: str
 
 
 class ProfileResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"user_id": "new-1", "profile": {"gender": "F", "age": 31}, "created": True}
+        }
+    )
+
     user_id: str
     profile: dict[str, Any]
     created: bool
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "degraded",
+                "model_version": "20261126T051500123456Z-1a2b3c4d",
+                "cache": "redis:unreachable",
+                "detail": {"refused_versions": {}},
+            }
+        }
+    )
+
     status: str
     model_version: str | None = None
     cache: str | None = None

@@ -157,6 +157,10 @@ def test_probes_model_metrics_and_openapi(server: Server) -> None:
     for path in (f"{users}/recommendations", "/score", f"{users}/interactions",
                  f"{users}/profile", "/readyz", "/model", "/metrics", "/admin/reload"):  # fmt: skip
         assert path in spec["paths"]
+    schemas = spec["components"]["schemas"]
+    for name in ("ScoreRequest", "BatchScoreRequest", "RecommendationsResponse",
+                 "InteractionsRequest", "InteractionsResponse", "Profile", "Health"):  # fmt: skip
+        assert "example" in schemas[name], name
 
 
 def test_admin_reload_needs_the_token(server: Server) -> None:
