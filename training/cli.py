@@ -175,6 +175,24 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"removed {len(removed)} version(s): {' '.join(removed) or '-'}")
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from training.retrain import events_from_file, events_from_redis, retrain
+
+    settings = Settings()  # where the service stores events: CDDAE_REDIS_URL or the file
+    redis_url = args.redis_url or (None if args.events else settings.redis_url)
+    events = (
+        events_from_redis(redis_url)
+        if redis_url
+        else events_from_file(args.events or settings.interactions_log)
+    )
+    config = _load_config(args.config)
+    _, promoted = retrain(
+        args.data, args.models_dir, events, args.model, args.seed, args.gate, args.output, config
+    )
+    return 0 if promoted else 1  # cron mails a failure
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -263,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 
+    retrain = sub.add_parser("retrain", help="batch job: retrain with recorded events, promote")
+    retrain.add_argument("--data", type=Path, required=True, help="the base data set")
+    retrain.add_argument("--models-dir", type=Path, default=Path("models"))
+    retrain.add_argument("--model", choices=KINDS, default="cddae")
+    retrain.add_argument("--events", type=Path, help="the file store (default: as the service)")
+    retrain.add_argument("--redis-url", help="read the Redis stream (default: CDDAE_REDIS_URL)")
+    retrain.add_argument("--gate", type=float, default=0.9,
+                         help="promote only if P@10 ≥ gate × the version in service")  # fmt: skip
+    retrain.add_argument("--seed", type=int, default=0)
+    retrain.add_argument("--config", type=Path)
+    retrain.add_argument("--output", type=Path, help="also keep the checkpoint here")
+    retrain.set_defaults(func=cmd_retrain)
+
     experiments = sub.add_parser("experiments", help="reproduce the paper's experiments")
     experiments.add_argument("suite", choices=["paper"])
     experiments.add_argument("--data", type=Path, required=True)
@@ -283,11 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models" and args.action == "promote" and not args.version:
         parser.error("models promote needs a VERSION")
     try:
-        args.func(args)
+        return args.func(args) or 0  # a command returns nothing, or an exit code
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"cddae: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
