@@ -40,7 +40,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.pipeline import ProtocolConfig, prepare, protocol_meta, train_and_evaluate
+    from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
 
     config = _load_config(args.config)
     protocol = ProtocolConfig(**{**config.get("protocol", {}), "seed": args.seed})
@@ -56,7 +56,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         train=config.get("train"),
         progress=not args.quiet,
     )
-    checkpoint.meta["protocol"] = protocol_meta(protocol, args.train_file is not None)
     if args.output:
         checkpoint.save(args.output)
     meta = checkpoint.meta

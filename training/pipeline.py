@@ -60,6 +60,7 @@ class Prepared:
     test: sp.csr_matrix
     fit: sp.csr_matrix  # training minus validation
     valid: sp.csr_matrix
+    protocol: dict[str, Any]  # as reports and manifests state it
 
 
 def prepare(
@@ -77,7 +78,7 @@ def prepare(
     outer, inner = train_valid_test(
         dataset.positives, dataset.timestamps, protocol.name, protocol.fraction, protocol.seed
     )
-    return Prepared(dataset, outer.train, outer.test, inner.train, inner.test)
+    return Prepared(dataset, outer.train, outer.test, inner.train, inner.test, asdict(protocol))
 
 
 def _prepare_explicit(
@@ -95,7 +96,8 @@ def _prepare_explicit(
     inner = split(
         dataset.positives, dataset.timestamps, name, protocol.fraction, protocol.seed + 10_007
     )
-    return Prepared(dataset, dataset.positives, test, inner.train, inner.test)
+    stated = {**asdict(protocol), "name": "explicit", "validation": name}
+    return Prepared(dataset, dataset.positives, test, inner.train, inner.test, stated)
 
 
 def fingerprint(matrix: sp.csr_matrix, ids: np.ndarray) -> str:
@@ -139,6 +141,7 @@ def train_and_evaluate(
     recommender = make_recommender(kind, preset, model, train)
     results, fit_seconds = fit_and_evaluate(recommender, prepared, seed, progress)
     meta = {
+        "protocol": prepared.protocol,
         "params": recommender.params(),
         "preset": preset,
         "seed": seed,
@@ -189,7 +192,3 @@ def restore(checkpoint: Checkpoint) -> Recommender:
     recommender = make_recommender(checkpoint.kind)
     recommender.load_state(checkpoint.state)
     return recommender
-
-
-def protocol_meta(protocol: ProtocolConfig, explicit: bool) -> dict[str, Any]:
-    return {**asdict(protocol), "name": "explicit" if explicit else protocol.name}

@@ -75,13 +75,11 @@ def retrain(
     added, profiles = apply_events(raw, events)
     log(f"{len(raw.interactions)} ratings from {data}, {added} recorded interactions, "
         f"{profiles} recorded profiles")  # fmt: skip
-    protocol = ProtocolConfig(seed=seed)
     config = config or {}
     _, checkpoint = train_and_evaluate(
-        kind, prepare(raw, protocol), seed, model=config.get("model"), train=config.get("train"),
+        kind, prepare(raw, ProtocolConfig(seed=seed)), seed, model=config.get("model"), train=config.get("train"),
         progress=False,
     )  # fmt: skip
-    checkpoint.meta["protocol"] = {**protocol.__dict__, "name": protocol.name}
     checkpoint.meta["retrain"] = {"recorded_interactions": added, "recorded_profiles": profiles}
     if output is not None:
         checkpoint.save(output)
