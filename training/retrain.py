@@ -76,10 +76,10 @@ def retrain(
     log(f"{len(raw.interactions)} ratings from {data}, {added} recorded interactions, "
         f"{profiles} recorded profiles")  # fmt: skip
     config = config or {}
+    prepared = prepare(raw, ProtocolConfig(seed=seed))
     _, checkpoint = train_and_evaluate(
-        kind, prepare(raw, ProtocolConfig(seed=seed)), seed, model=config.get("model"), train=config.get("train"),
-        progress=False,
-    )  # fmt: skip
+        kind, prepared, seed, model=config.get("model"), train=config.get("train"), progress=False
+    )
     checkpoint.meta["retrain"] = {"recorded_interactions": added, "recorded_profiles": profiles}
     if output is not None:
         checkpoint.save(output)
