@@ -26,10 +26,12 @@ def test_quick_suite_writes_a_complete_report(synthetic_dir: Path, tmp_path: Pat
         figure = out / f"{experiment}.png"
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({experiment}.png)" in report
+    rows = [line.strip("|").split("|") for line in report.splitlines()]
+    table_rows = {r[0].strip(): r[1:-1] for r in rows if len(r) == 14}  # setting, 12 cells, fit s
     for setting in settings:  # every setting has a full row: 12 cells, each mean ± std
-        row = next(line for line in report.splitlines() if line.startswith(f"| {setting.label} |"))
-        cells = row.strip("|").split("|")[1:-1]
-        assert len(cells) == 12 and all(re.fullmatch(r" \d\.\d{4} ± \d\.\d{4} ", c) for c in cells)
+        cells = table_rows[setting.label]
+        assert all(re.fullmatch(r" \d\.\d{4} ± \d\.\d{4} ", c) for c in cells), cells
+    assert "| EASE | " in report and "seeds where CDDAE is ahead" in report
     verdicts = re.findall(r"\*\*(held|did not hold|mixed)\*\*", report)
     assert len(verdicts) >= 8  # exp1..exp4, in the summary table and under each section
 
