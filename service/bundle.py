@@ -98,6 +98,7 @@ def write_bundle(
     version = version or new_version(hashlib.sha256(files["model.onnx"]).hexdigest())
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=models_dir))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a serving user
         for name in FILES:
             _write_synced(staging / name, files[name])
         full = {

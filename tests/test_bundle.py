@@ -43,6 +43,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded.user_spec.encode({"gender": "M"}).tolist() == [0.0, 1.0]
     assert loaded.onnx_path.read_bytes() == b"fake onnx graph"
     assert bundle.list_versions(tmp_path) == [version]
+    assert (tmp_path / version).stat().st_mode & 0o777 == 0o755  # readable by a serving user
 
 
 def _corrupt_truncate(folder: Path) -> None:
