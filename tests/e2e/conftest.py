@@ -62,7 +62,9 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Server:
-        command = [sys.executable, "-m", "training.cli", "serve", "--models-dir", str(self.models),
+        # The installed console script, as the Dockerfile's CMD runs it.
+        cddae = str(Path(sys.executable).parent / "cddae")
+        command = [cddae, "serve", "--models-dir", str(self.models),
                    "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
         self.process = subprocess.Popen(command, env=self.env)
         deadline = time.monotonic() + 30
