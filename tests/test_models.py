@@ -52,3 +52,12 @@ def test_config_rejects_bad_values() -> None:
         ModelConfig(corruption=1.0)
     with pytest.raises(ValueError, match="unknown model option"):
         ModelConfig.from_dict({"widht": 3})
+
+
+def test_cold_start_rate_drops_whole_histories() -> None:
+    torch.manual_seed(0)
+    net = Autoencoder(ModelConfig(kind="cddae", corruption=0.0, cold_start_rate=0.5), SIZES)
+    noisy = net.corrupt(torch.ones(200, 30))
+    rows = noisy.sum(dim=1)
+    assert set(rows.tolist()) == {0.0, 30.0}  # a row is kept whole or dropped whole
+    assert 60 < int((rows == 0).sum()) < 140

@@ -42,6 +42,9 @@ class ModelConfig(Options):
     input_norm: bool = False  # departure: L2-normalise the interaction vector (Mult-DAE)
     use_user_profile: bool = True  # CDDAE: feed E_u (ignored when the data has no profiles)
     use_item_profile: bool = True  # CDDAE: feed E_i pooled over the user's items
+    # Departure: the share of users in each batch whose whole history is dropped, so the
+    # network also learns to recommend from the profile alone (a new user's case).
+    cold_start_rate: float = 0.0
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -50,6 +53,8 @@ class ModelConfig(Options):
             raise ValueError("hidden widths must be positive and at least one is needed")
         if not 0.0 <= self.corruption < 1.0:
             raise ValueError("corruption must be in [0, 1)")
+        if not 0.0 <= self.cold_start_rate < 1.0:
+            raise ValueError("cold_start_rate must be in [0, 1)")
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (
@@ -165,10 +170,14 @@ class Autoencoder(nn.Module):
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         cr = self.config.corruption
-        if cr == 0.0:
-            return x
-        kept = x * (torch.rand_like(x) >= cr)
-        return kept / (1.0 - cr) if self.config.rescale else kept
+        noisy = x
+        if cr > 0.0:
+            noisy = x * (torch.rand_like(x) >= cr)
+            noisy = noisy / (1.0 - cr) if self.config.rescale else noisy
+        if self.config.cold_start_rate > 0.0:  # whole histories dropped: profile-only inputs
+            users = torch.rand(x.shape[0], 1, device=x.device) >= self.config.cold_start_rate
+            noisy = noisy * users
+        return noisy
 
     def side_targets(
         self, x: torch.Tensor, user_features: torch.Tensor | None, user_index: torch.Tensor | None
