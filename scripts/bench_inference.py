@@ -20,7 +20,7 @@ import torch
 from service.bundle import current_version
 from service.recommender import Model, session_options
 from training.checkpoint import Checkpoint
-from training.export import _example, _full_inputs, _Scores, to_onnx
+from training.export import InferencePath, model_inputs, to_onnx
 from training.pipeline import restore
 
 
@@ -61,8 +61,8 @@ def main() -> None:
     print(f"parity (recorded at export): {model.bundle.manifest['parity']}")
 
     checkpoint = Checkpoint.load(args.checkpoint)
-    module = _Scores(restore(checkpoint), checkpoint.kind).eval()
-    inputs = _full_inputs(checkpoint)
+    module = InferencePath(restore(checkpoint), checkpoint.kind).eval()
+    inputs = model_inputs(checkpoint)
     feeds = {"interactions": inputs[0].numpy(), "user_features": inputs[1].numpy(),
              "user_index": inputs[2].numpy()}  # fmt: skip
     n = inputs[0].shape[0]
@@ -94,7 +94,7 @@ def main() -> None:
 
     # Masking and TopK inside the graph, against scores out of the graph and top-10 in numpy.
     topk_session = ort.InferenceSession(
-        to_onnx(_MaskedTopK(module), _example(checkpoint), ("values", "indices")),
+        to_onnx(_MaskedTopK(module), model_inputs(checkpoint, rows=2), ("values", "indices")),
         session_options(1), providers=["CPUExecutionProvider"],
     )  # fmt: skip
 

@@ -49,7 +49,6 @@ class Recommendations:
         model = self.holder.model
         if model is None:
             raise NoModel("no model loaded yet")
-        self.metrics.set_version(model.version)
         return model
 
     # --- caching with single flight ------------------------------------------------------------

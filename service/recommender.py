@@ -120,9 +120,10 @@ class Model:
         """Top-n of one user. `scores` is None where the popularity fallback serves."""
         source = self.source(query)
         values = self.popularity if source == "popularity" or scores is None else scores
-        pool = np.arange(self.n_items) if candidates is None else np.unique(candidates)
-        if len(exclude):
-            pool = pool[~np.isin(pool, exclude)]
+        allowed = np.zeros(self.n_items, dtype=bool)
+        allowed[slice(None) if candidates is None else list(candidates)] = True
+        allowed[list(exclude)] = False
+        pool = np.flatnonzero(allowed)  # sorted, unique: one pass, no set operations
         if len(pool) == 0:
             return Ranked([], source)
         pool_scores = values[pool]

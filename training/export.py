@@ -30,7 +30,7 @@ INPUTS = ("interactions", "user_features", "user_index")
 UNSEEN_USER = "mean of the learned per-user vectors (CDAE V_u / CDDAE user node)"
 
 
-class _Scores(nn.Module):
+class InferencePath(nn.Module):
     """The inference path with the bundle's fixed signature: no corruption, no dropout."""
 
     def __init__(self, recommender: Any, kind: str):
@@ -55,11 +55,13 @@ class _Scores(nn.Module):
         return interactions @ self.similarity
 
 
-def _example(checkpoint: Checkpoint, rows: int = 2) -> tuple[torch.Tensor, ...]:
+def model_inputs(checkpoint: Checkpoint, rows: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The bundle's three inputs for the first `rows` training users (all by default)."""
+    n = checkpoint.train.shape[0] if rows is None else rows
     return (
-        torch.from_numpy(checkpoint.train[:rows].toarray().astype(np.float32)),
-        torch.from_numpy(checkpoint.user_features[:rows].astype(np.float32)),
-        torch.arange(rows, dtype=torch.int64),
+        torch.from_numpy(checkpoint.train[:n].toarray().astype(np.float32)),
+        torch.from_numpy(checkpoint.user_features[:n].astype(np.float32)),
+        torch.arange(n, dtype=torch.int64),
     )
 
 
@@ -88,20 +90,6 @@ def to_onnx(
         return path.read_bytes()
 
 
-def torch_scores(module: nn.Module, checkpoint: Checkpoint) -> np.ndarray:
-    with torch.no_grad():
-        return module(*_full_inputs(checkpoint)).numpy()
-
-
-def _full_inputs(checkpoint: Checkpoint) -> tuple[torch.Tensor, ...]:
-    n = checkpoint.train.shape[0]
-    return (
-        torch.from_numpy(checkpoint.train.toarray().astype(np.float32)),
-        torch.from_numpy(checkpoint.user_features.astype(np.float32)),
-        torch.arange(n, dtype=torch.int64),
-    )
-
-
 def parity(onnx_bytes: bytes, module: nn.Module, checkpoint: Checkpoint) -> dict[str, float]:
     """onnxruntime against PyTorch on every training user: largest score difference and the
     share of users whose top-10 (training items excluded) is the same."""
@@ -110,10 +98,11 @@ def parity(onnx_bytes: bytes, module: nn.Module, checkpoint: Checkpoint) -> dict
     from training.metrics import mask_seen
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    inputs = _full_inputs(checkpoint)
+    inputs = model_inputs(checkpoint)
     feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
     got = session.run(["scores"], feeds)[0]
-    want = torch_scores(module, checkpoint)
+    with torch.no_grad():
+        want = module(*inputs).numpy()
     same = (
         top_n(mask_seen(got, checkpoint.train), 10) == top_n(mask_seen(want, checkpoint.train), 10)
     ).all(axis=1)
@@ -158,8 +147,8 @@ def bundle_files(checkpoint: Checkpoint, onnx_bytes: bytes) -> dict[str, bytes]:
 
 def export_checkpoint(checkpoint: Checkpoint, models_dir: Path) -> tuple[str, dict[str, float]]:
     """Export, check parity, write the bundle; return (version, parity figures)."""
-    module = _Scores(restore(checkpoint), checkpoint.kind)
-    onnx_bytes = to_onnx(module, _example(checkpoint))
+    module = InferencePath(restore(checkpoint), checkpoint.kind)
+    onnx_bytes = to_onnx(module, model_inputs(checkpoint, rows=2))
     figures = parity(onnx_bytes, module, checkpoint)
     n_users, n_items = checkpoint.train.shape
     meta = checkpoint.meta
