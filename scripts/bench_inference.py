@@ -62,7 +62,7 @@ def main() -> None:
 
     checkpoint = Checkpoint.load(args.checkpoint)
     module = InferencePath(restore(checkpoint), checkpoint.kind).eval()
-    inputs = model_inputs(checkpoint)
+    inputs = model_inputs(checkpoint, np.arange(checkpoint.positives.shape[0]))
     feeds = {"interactions": inputs[0].numpy(), "user_features": inputs[1].numpy(),
              "user_index": inputs[2].numpy()}  # fmt: skip
     n = inputs[0].shape[0]
@@ -94,7 +94,7 @@ def main() -> None:
 
     # Masking and TopK inside the graph, against scores out of the graph and top-10 in numpy.
     topk_session = ort.InferenceSession(
-        to_onnx(_MaskedTopK(module), model_inputs(checkpoint, rows=2), ("values", "indices")),
+        to_onnx(_MaskedTopK(module), model_inputs(checkpoint, np.arange(2)), ("values", "indices")),
         session_options(1), providers=["CPUExecutionProvider"],
     )  # fmt: skip
 

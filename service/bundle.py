@@ -6,23 +6,30 @@ A bundle is a folder `<models_dir>/<version>/` holding:
   model.onnx      the inference path: inputs named in the manifest, output "scores"
   items.json      the catalogue in matrix order: id, title, genres, year
   users.json      user ids in matrix order and their raw profiles
-  arrays.npz      training history (CSR indptr/indices), encoded user features, popularity
+  arrays.npz      per user, as CSR indptr/indices: `history` (every positive, the model's
+                  input) and `seen` (every interaction, any rating: never recommended);
+                  encoded user features, popularity
   features.json   the user and item feature specs (service.features.FeatureSpec)
 `<models_dir>/CURRENT` names the version in service; `HISTORY` lists promotions, newest last.
 Every write goes to a temporary name, is flushed, then renamed: no reader sees half of anything.
+Writers (export, promote, rollback, gc, the retraining job) take `models_lock` first.
 Standard library and numpy only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +38,72 @@ import numpy as np
 
 from service.features import FeatureSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: separate `history` (model input) and `seen` (exclusion) lists
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 HISTORY = "HISTORY"
+LOCK = ".lock"
+EVENTS = "events"  # the retraining job's folded event segments (training.retrain)
 FILES = ("model.onnx", "items.json", "users.json", "arrays.npz", "features.json")
 
 
 class BundleError(RuntimeError):
-    """A bundle that is missing, incomplete, corrupt or from a future format."""
+    """A bundle that is missing, incomplete, corrupt or from another format."""
+
+
+class LockedError(RuntimeError):
+    """Another process holds the models folder's lock."""
+
+
+_locks_guard = threading.Lock()
+_locks: dict[str, tuple[threading.RLock, list[int]]] = {}  # path -> (lock, [fd, depth])
+
+
+@contextlib.contextmanager
+def models_lock(models_dir: Path, wait: float = 10.0) -> Iterator[None]:
+    """One writer at a time on a models folder: an exclusive `flock` on `<models_dir>/.lock`,
+    released by the kernel if the holder dies. Re-entrant within a thread, so the retraining
+    job can hold it for its whole run and still call export and promote."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = str((models_dir / LOCK).resolve())
+    with _locks_guard:
+        local, slot = _locks.setdefault(path, (threading.RLock(), [-1, 0]))
+    acquired = local.acquire(timeout=wait) if wait > 0 else local.acquire(blocking=False)
+    if not acquired:
+        raise LockedError(f"{models_dir}: locked by another thread of this process")
+    try:
+        if slot[1] == 0:
+            slot[0] = _flock(Path(path), wait)
+        slot[1] += 1
+        try:
+            yield
+        finally:
+            slot[1] -= 1
+            if slot[1] == 0:
+                os.close(slot[0])  # closing the descriptor releases the flock
+                slot[0] = -1
+    finally:
+        local.release()
+
+
+def _flock(path: Path, wait: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise LockedError(
+                    f"{path.parent}: another process holds {path.name} (pid {holder})"
+                ) from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _sha256(path: Path) -> str:
@@ -96,7 +160,7 @@ def write_bundle(
         raise BundleError(f"cannot write a bundle without {sorted(missing)}")
     models_dir.mkdir(parents=True, exist_ok=True)
     version = version or new_version(hashlib.sha256(files["model.onnx"]).hexdigest())
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=models_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=models_dir))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a serving user
         for name in FILES:
@@ -147,37 +211,66 @@ def promotion_history(models_dir: Path) -> list[str]:
 
 
 def promote(models_dir: Path, version: str) -> None:
-    """Point CURRENT at `version` (checked first) and record the promotion."""
-    read_manifest(models_dir / version)
-    verify_files(models_dir / version)
-    history = promotion_history(models_dir)
-    _replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
-    _replace_text(models_dir / CURRENT, version + "\n")
+    """Point CURRENT at `version` (checked first), then record the promotion in HISTORY: the
+    pointer is what serves, so it is never behind the record."""
+    with models_lock(models_dir):
+        verify_files(models_dir / version)
+        history = promotion_history(models_dir)
+        _replace_text(models_dir / CURRENT, version + "\n")
+        _replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
 
 
 def rollback(models_dir: Path) -> str:
     """Return to the version promoted before the current one."""
-    history = promotion_history(models_dir)
-    if len(history) < 2:
-        raise BundleError("nothing to roll back to: fewer than two promotions recorded")
-    previous = history[-2]
-    verify_files(models_dir / previous)
-    _replace_text(models_dir / HISTORY, "\n".join(history[:-1]) + "\n")
-    _replace_text(models_dir / CURRENT, previous + "\n")
+    with models_lock(models_dir):
+        history = promotion_history(models_dir)
+        if len(history) < 2:
+            raise BundleError("nothing to roll back to: fewer than two promotions recorded")
+        previous = history[-2]
+        verify_files(models_dir / previous)
+        _replace_text(models_dir / CURRENT, previous + "\n")
+        _replace_text(models_dir / HISTORY, "\n".join(history[:-1]) + "\n")
     return previous
 
 
 def gc(models_dir: Path, keep: int) -> list[str]:
-    """Remove all versions but the newest `keep` and the current one; return the removed."""
-    versions = list_versions(models_dir)
-    current = current_version(models_dir)
-    keep_set = set(versions[-keep:] if keep > 0 else []) | {current}
-    removed = [v for v in versions if v not in keep_set]
-    for version in removed:
-        shutil.rmtree(models_dir / version)
-    for stale in models_dir.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """Remove all versions but the newest `keep` and the current one, staging folders of dead
+    writers, and event segments no remaining version uses; return the removed versions."""
+    with models_lock(models_dir):
+        versions = list_versions(models_dir)
+        current = current_version(models_dir)
+        keep_set = set(versions[-keep:] if keep > 0 else []) | {current}
+        removed = [v for v in versions if v not in keep_set]
+        for version in removed:
+            shutil.rmtree(models_dir / version)
+        for stale in models_dir.glob(".tmp-*"):
+            if not _writer_alive(stale.name):
+                shutil.rmtree(stale, ignore_errors=True)
+        used: set[str] = set()
+        for version in keep_set - {None}:
+            with contextlib.suppress(BundleError, OSError):
+                used.update(
+                    read_manifest(models_dir / version).get("events", {}).get("segments", [])
+                )
+        for segment in (models_dir / EVENTS).glob("*.jsonl"):
+            if segment.name not in used:
+                segment.unlink()
     return removed
+
+
+def _writer_alive(staging_name: str) -> bool:
+    """Whether the process that named a staging folder `.tmp-<version>-<pid>-…` still runs."""
+    parts = staging_name.split("-")
+    pid = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- Reading -----------------------------------------------------------------------------------
@@ -195,6 +288,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BundleError(
             f"{path}: format version {version!r} is newer than this reader's {FORMAT_VERSION}"
+        )
+    if version < FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: format version {version} is older than this reader's {FORMAT_VERSION} "
+            "(it has no list of every item a user has seen); re-export it with `cddae export`"
         )
     return manifest
 
@@ -226,6 +324,8 @@ class Bundle:
     user_profiles: list[dict[str, Any]]
     history_indptr: np.ndarray
     history_indices: np.ndarray
+    seen_indptr: np.ndarray
+    seen_indices: np.ndarray
     user_features: np.ndarray
     popularity: np.ndarray
     user_spec: FeatureSpec
@@ -240,8 +340,12 @@ class Bundle:
         return self.path / "model.onnx"
 
     def history(self, user: int) -> np.ndarray:
-        """Item indices of a known user's training history."""
+        """Item indices of a known user's positives: the model's input."""
         return self.history_indices[self.history_indptr[user] : self.history_indptr[user + 1]]
+
+    def seen(self, user: int) -> np.ndarray:
+        """Item indices of everything a known user interacted with, any rating."""
+        return self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]]
 
 
 def load_bundle(folder: Path) -> Bundle:
@@ -261,6 +365,8 @@ def load_bundle(folder: Path) -> Bundle:
             user_profiles=users["profiles"],
             history_indptr=data["history_indptr"],
             history_indices=data["history_indices"],
+            seen_indptr=data["seen_indptr"],
+            seen_indices=data["seen_indices"],
             user_features=data["user_features"],
             popularity=data["popularity"],
             user_spec=FeatureSpec.from_dict(features["user_spec"]),
@@ -268,6 +374,6 @@ def load_bundle(folder: Path) -> Bundle:
         )
     except (KeyError, ValueError, TypeError, OSError) as error:
         raise BundleError(f"{folder}: unreadable content ({error})") from None
-    if len(bundle.history_indptr) != len(bundle.user_ids) + 1:
-        raise BundleError(f"{folder}: history and user table disagree")
+    if not len(bundle.history_indptr) == len(bundle.seen_indptr) == len(bundle.user_ids) + 1:
+        raise BundleError(f"{folder}: history, seen and user table disagree")
     return bundle

@@ -128,7 +128,7 @@ class Recommendations:
         scores = None
         if model.source(query) != "popularity":
             scores = (await self._scores(model, [query]))[0]
-        ranked = model.rank(query, scores, n, exclude=list(query.weights) if exclude_seen else [])
+        ranked = model.rank(query, scores, n, exclude=query.excluded() if exclude_seen else [])
         return self._response(model, ranked)
 
     def _response(self, model: Model, ranked) -> dict[str, Any]:

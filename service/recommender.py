@@ -21,12 +21,17 @@ class InputError(ValueError):
 
 @dataclass
 class Query:
-    """One user to score: interaction weights by item index, encoded profile, user index."""
+    """One user to score: interaction weights by item index (the model's input), encoded
+    profile, user index, and what the user has seen (never recommended back)."""
 
     weights: dict[int, float]
     features: np.ndarray
     user_index: int = -1  # -1: a user the model never saw
     has_profile: bool = False
+    seen: list[int] | None = None  # None: the items in `weights`
+
+    def excluded(self) -> list[int]:
+        return list(self.weights) if self.seen is None else self.seen
 
 
 @dataclass
@@ -88,10 +93,13 @@ class Model:
             raise InputError(f"profile: {error}") from None
 
     def known_user(self, user: int, extra_items: Sequence[int] = ()) -> Query:
+        """Input: the user's positives plus recorded items; seen: every interaction in the
+        data (low ratings included) plus recorded items."""
         weights = dict.fromkeys(self.bundle.history(user).tolist(), 1.0)
         weights.update(dict.fromkeys(extra_items, 1.0))
+        seen = [*self.bundle.seen(user).tolist(), *extra_items]
         profile = self.bundle.user_profiles[user]
-        return Query(weights, self.bundle.user_features[user], user, bool(profile))
+        return Query(weights, self.bundle.user_features[user], user, bool(profile), seen)
 
     # --- scoring -------------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ def _files(onnx: bytes = b"fake onnx graph") -> dict[str, bytes]:
             {
                 "history_indptr": np.array([0, 1, 1]),
                 "history_indices": np.array([0], dtype=np.int32),
+                "seen_indptr": np.array([0, 1, 2]),
+                "seen_indices": np.array([0, 0], dtype=np.int32),
                 "user_features": np.array([[1, 0], [0, 0]], dtype=np.float32),
                 "popularity": np.array([1.0], dtype=np.float32),
             }
@@ -40,6 +42,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded.version == version and loaded.manifest["model"] == {"kind": "dae"}
     assert loaded.item_ids == ["10"] and loaded.user_ids == ["1", "2"]
     assert loaded.history(0).tolist() == [0] and loaded.history(1).tolist() == []
+    assert loaded.seen(0).tolist() == [0] and loaded.seen(1).tolist() == [0]
     assert loaded.user_spec.encode({"gender": "M"}).tolist() == [0.0, 1.0]
     assert loaded.onnx_path.read_bytes() == b"fake onnx graph"
     assert bundle.list_versions(tmp_path) == [version]
@@ -64,13 +67,21 @@ def _corrupt_future(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _format_1(folder: Path) -> None:
+    """A bundle from before the seen lists: one history list served as both."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
         (_corrupt_truncate, r"model\.onnx: sha256 .* does not match"),
         (_corrupt_items, r"items\.json: sha256 .* does not match"),
         (_corrupt_missing, r"users\.json: missing file"),
-        (_corrupt_future, r"format version 2 is newer than this reader's 1"),
+        (_corrupt_future, r"format version 3 is newer than this reader's 2"),
+        (_format_1, r"format version 1 is older .* re-export it with `cddae export`"),
     ],
 )
 def test_corrupt_bundles_are_refused_with_the_reason(tmp_path: Path, corrupt, message: str) -> None:

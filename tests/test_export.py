@@ -29,7 +29,11 @@ def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str
     assert loaded.manifest["model"]["kind"] == kind
     assert loaded.manifest["parity"] == figures
     assert len(loaded.item_ids) == prepared.dataset.n_items
-    np.testing.assert_array_equal(loaded.history(3), prepared.train[3].indices)
+    # The served model's input is every positive; its exclusion list every interaction.
+    np.testing.assert_array_equal(loaded.history(3), prepared.positives[3].indices)
+    np.testing.assert_array_equal(loaded.seen(3), prepared.seen[3].indices)
+    assert len(loaded.seen(3)) > len(loaded.history(3))  # low ratings are seen, not input
+    assert loaded.manifest["served"]["fit_on"] == "all data"
 
     session = ort.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
     n_items, width = len(loaded.item_ids), loaded.user_spec.width

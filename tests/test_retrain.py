@@ -1,38 +1,188 @@
-"""The retraining job: recorded events reach the new bundle; the gate protects the service."""
+"""The retraining job: its place in the event log, the lock, the like-for-like gate."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
+import pytest
+import redis
+
 from service import bundle
+from service.store import STREAM
 from training.cli import main
+from training.retrain import Outcome, read_segment
 
-FAST = {"model": {"hidden": [16]}, "train": {"epochs": 3}}
+FAST = {"model": {"hidden": [16]}, "train": {"epochs": 8, "lr": 0.01, "batch_size": 16}}
+REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, flushed by the tests
 
 
-def test_retrain_folds_in_recorded_events_and_promotes(synthetic_dir: Path, tmp_path: Path) -> None:
-    models, config = tmp_path / "models", tmp_path / "fast.json"
-    config.write_text(json.dumps(FAST))
-    events = tmp_path / "events.jsonl"
-    lines = [{"type": "profile", "user": "new-1", "profile": {"gender": "F", "age": 30}}]
-    lines += [
-        {"type": "interaction", "user": "new-1", "item": str(i), "timestamp": 1e9 + i}
-        for i in (1, 2, 3, 4, 5)
-    ]
-    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
-    base = ["--data", str(synthetic_dir), "--models-dir", str(models), "--events", str(events),
-            "--config", str(config)]  # fmt: skip
+def _interaction(user: str, item: int, t: float) -> dict:
+    return {"type": "interaction", "user": user, "item": str(item), "timestamp": t}
 
-    assert main(["retrain", *base]) == 0  # no version in service yet: promoted
-    first = bundle.current_version(models)
-    loaded = bundle.load_bundle(models / first)
+
+class FileLog:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def record(self, events: list[dict]) -> None:
+        with self.path.open("a") as handle:
+            handle.write("".join(json.dumps(e) + "\n" for e in events))
+
+    def args(self) -> list[str]:
+        return ["--events", str(self.path)]
+
+
+class RedisLog:
+    def __init__(self) -> None:
+        self.client = redis.Redis.from_url(REDIS_URL)
+        self.client.flushdb()
+
+    def record(self, events: list[dict]) -> None:
+        for event in events:
+            fields = dict(event)
+            if "profile" in fields:
+                fields["profile"] = json.dumps(fields["profile"])
+            self.client.xadd(STREAM, fields)
+
+    def args(self) -> list[str]:
+        return ["--redis-url", REDIS_URL]
+
+
+class Job:
+    """`cddae retrain` on the synthetic data into one models folder."""
+
+    def __init__(self, data: Path, tmp: Path):
+        config = tmp / "fast.json"
+        config.write_text(json.dumps(FAST))
+        self.models = tmp / "models"
+        self.base = ["retrain", "--data", str(data), "--models-dir", str(self.models),
+                     "--config", str(config)]  # fmt: skip
+
+    def __call__(self, log: FileLog | RedisLog, *extra: str) -> int:
+        return main([*self.base, *log.args(), *extra])
+
+
+@pytest.fixture
+def job(synthetic_dir: Path, tmp_path: Path) -> Job:
+    return Job(synthetic_dir, tmp_path)
+
+
+def _events_state(models: Path) -> dict:
+    return bundle.read_manifest(models / bundle.current_version(models))["events"]
+
+
+def _key(event: dict) -> tuple:
+    """An event's identity, whichever log it came through (Redis gives every field as text)."""
+    profile = json.dumps(event.get("profile"), sort_keys=True)
+    timestamp = float(event.get("timestamp", 0))
+    return (event["type"], str(event["user"]), str(event.get("item")), timestamp, profile)
+
+
+def _folded(models: Path) -> Counter:
+    """Every event in the training data of the version in service, with its multiplicity."""
+    state = _events_state(models)
+    return Counter(
+        _key(e) for name in state["segments"] for e in read_segment(models / bundle.EVENTS / name)
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_two_runs_fold_each_event_exactly_once_and_move_the_mark(
+    job: Job, tmp_path: Path, kind: str
+) -> None:
+    log = FileLog(tmp_path / "events.jsonl") if kind == "file" else RedisLog()
+    first = [{"type": "profile", "user": "new-1", "profile": {"gender": "F", "age": 30}}]
+    first += [_interaction("new-1", i, 1e9 + i) for i in (1, 2, 3, 4, 5)]
+    log.record(first)
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    mark_1 = _events_state(job.models)["mark"]
+    loaded = bundle.load_bundle(job.models / bundle.current_version(job.models))
     user = loaded.user_ids.index("new-1")
-    held = {loaded.item_ids[i] for i in loaded.history(user)}
-    assert held and held <= {"1", "2", "3", "4", "5"}  # the rest is the user's test split
+    assert {loaded.item_ids[i] for i in loaded.seen(user)} == {"1", "2", "3", "4", "5"}
     assert loaded.user_profiles[user] == {"gender": "F", "age": 30}
-    assert loaded.manifest["data"]["users"] == 121
 
-    assert main(["retrain", *base, "--gate", "100"]) == 1
-    assert bundle.current_version(models) == first  # not promoted
-    assert len(bundle.list_versions(models)) == 2
+    second = [_interaction("new-2", i, 2e9 + i) for i in (6, 7, 8)]
+    log.record(second)
+    assert job(log, "--gate", "0", *(["--trim"] if kind == "redis" else [])) == Outcome.PROMOTED
+    state = _events_state(job.models)
+    assert state["mark"] != mark_1 and len(state["segments"]) == 2
+    folded = _folded(job.models)
+    assert set(folded.values()) == {1}  # nothing twice
+    assert set(folded) == {_key(e) for e in first + second}
+    manifest = bundle.read_manifest(job.models / bundle.current_version(job.models))
+    assert manifest["retrain"]["recorded_interactions"] == 8
+    assert manifest["retrain"]["new_interactions"] == 3
+    if kind == "file":
+        assert int(state["mark"]) == (tmp_path / "events.jsonl").stat().st_size
+    else:  # trimmed up to the oldest mark a version on disk needs: the first version's
+        remaining = log.client.xrange(STREAM)
+        assert remaining[0][0].decode() == mark_1 and len(remaining) == 4
+
+    assert job(log, "--gate", "0") == Outcome.PROMOTED  # nothing new: same mark, same chain
+    assert _events_state(job.models)["segments"] == state["segments"]
+
+
+def test_a_run_killed_before_promotion_loses_nothing(job: Job, tmp_path: Path) -> None:
+    log = FileLog(tmp_path / "events.jsonl")
+    log.record([_interaction("1", i, 1e9 + i) for i in (1, 2)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    current, state = bundle.current_version(job.models), _events_state(job.models)
+    log.record([_interaction("2", i, 2e9 + i) for i in (3, 4, 5)])
+
+    # A real process, killed between export and promotion.
+    code = (
+        "import os, sys; import training.retrain as r; "
+        "r.promote = lambda *a, **k: os._exit(137); "
+        "from training.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    died = subprocess.run([sys.executable, "-c", code, *job.base, *log.args(), "--gate", "0"])
+    assert died.returncode == 137
+    assert len(bundle.list_versions(job.models)) == 2  # exported, never promoted
+    assert bundle.current_version(job.models) == current
+    assert _events_state(job.models) == state  # the mark did not move
+
+    assert job(log, "--gate", "0") == Outcome.PROMOTED  # the next run takes them all, once
+    folded = _folded(job.models)
+    assert sum(folded.values()) == len(folded) == 5
+
+
+def test_concurrent_runs_one_exits_locked(job: Job, tmp_path: Path, capsys) -> None:
+    log = FileLog(tmp_path / "events.jsonl")
+    log.record([_interaction("1", 1, 1e9)])
+    other = subprocess.Popen([sys.executable, "-m", "training.cli", *job.base, *log.args()])
+    lock = job.models / bundle.LOCK
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the other run holds the lock
+        if lock.exists() and lock.read_text().strip() == str(other.pid):
+            break
+        time.sleep(0.02)
+    assert job(log) == Outcome.LOCKED
+    assert "another process holds .lock" in capsys.readouterr().out
+    assert other.wait(timeout=120) == Outcome.PROMOTED
+    assert main(["models", "gc", "--models-dir", str(job.models)]) == 0  # the lock is free
+
+
+def test_the_redis_lock_keeps_out_runs_on_other_machines(job: Job) -> None:
+    log = RedisLog()
+    log.client.set("cddae:retrain:lock", "someone-else", px=5000)
+    assert job(log) == Outcome.LOCKED
+    assert not bundle.list_versions(job.models)
+
+
+def test_a_worse_model_is_gated_on_the_same_holdout(job: Job, tmp_path: Path, capsys) -> None:
+    log = FileLog(tmp_path / "events.jsonl")
+    log.record([_interaction("1", 1, 1e9)])
+    assert job(log) == Outcome.PROMOTED  # nothing in service: promoted
+    current, state = bundle.current_version(job.models), _events_state(job.models)
+    log.record([_interaction("2", 2, 2e9)])
+    popularity = [a for a in job.base if a != "--config" and not a.endswith("fast.json")]
+    assert main([*popularity, *log.args(), "--model", "pop"]) == Outcome.GATED
+    out = capsys.readouterr().out
+    assert "same holdout" in out and "gated" in out
+    assert bundle.current_version(job.models) == current
+    assert _events_state(job.models) == state

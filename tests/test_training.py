@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.metrics import evaluate_scores
 from training.pipeline import ProtocolConfig, prepare, restore, train_and_evaluate
 
 TINY = {"hidden": [32]}
@@ -43,11 +44,34 @@ def test_same_seed_same_metrics_and_checkpoint_round_trip(
     checkpoint.save(tmp_path / "ckpt")
     from training.checkpoint import Checkpoint
 
-    restored = restore(Checkpoint.load(tmp_path / "ckpt"))
+    loaded = Checkpoint.load(tmp_path / "ckpt")
     users = np.arange(prepared.dataset.n_users)
     feats = prepared.dataset.user_features
-    np.testing.assert_allclose(
-        restored.score(prepared.train, users, feats),
-        model.score(prepared.train, users, feats),
+    np.testing.assert_allclose(  # the served model: fit on all data
+        restore(loaded, served=True).score(prepared.positives, users, feats),
+        model.score(prepared.positives, users, feats),
         rtol=1e-6,
     )
+    evaluated = restore(loaded).score(prepared.train, users, feats)  # the evaluated model
+    metrics = evaluate_scores(evaluated, prepared.train, prepared.test)
+    assert {k: v.tolist() for k, v in metrics.items()} == checkpoint.meta["metrics"]
+
+
+def test_served_model_is_fit_on_all_data_with_the_evaluated_settings(synthetic_dir: Path) -> None:
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    served, checkpoint = train_and_evaluate(
+        "cddae", prepared, model=TINY, train=FAST, progress=False
+    )
+    evaluated = checkpoint.meta["params"]
+    assert served.params()["train"]["epochs"] == evaluated["best_epoch"]
+    assert checkpoint.meta["served"]["positives"] == prepared.positives.nnz > prepared.train.nnz
+    # The served weights differ from the evaluated ones: they saw the held-out positives.
+    assert any(
+        not np.array_equal(checkpoint.state[k], checkpoint.final_state[k]) for k in checkpoint.state
+    )
+    ease, ease_checkpoint = train_and_evaluate("ease", prepared, progress=False)
+    assert ease.params()["lambda"] == ease_checkpoint.meta["params"]["lambda"]
+    _, off = train_and_evaluate(
+        "cddae", prepared, model=TINY, train=FAST, progress=False, final_fit=False
+    )
+    assert off.final_state is None and off.meta["served"]["fit_on"].startswith("training split")

@@ -30,6 +30,9 @@ class MostPopular:
     def params(self) -> dict[str, Any]:
         return {}
 
+    def production(self) -> MostPopular:
+        return MostPopular()
+
     def state(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts}
 
@@ -74,6 +77,9 @@ class ItemKNN(_ItemItem):
     def params(self) -> dict[str, Any]:
         return {"k": self.k}
 
+    def production(self) -> ItemKNN:
+        return ItemKNN(self.k)
+
 
 class EASE(_ItemItem):
     """Steck (2019): B = I − P·diag(1/diag(P)), P = (XᵀX + λI)⁻¹; λ chosen on validation."""
@@ -105,6 +111,11 @@ class EASE(_ItemItem):
         else:
             self.chosen = self.lambdas[0]
         self.similarity = self.closed_form(ctx.full_train, self.chosen)
+
+    def production(self) -> EASE:
+        """The λ validation chose, fit once on all data."""
+        assert self.chosen is not None, "fit first"
+        return EASE((self.chosen,), self.metric)
 
     def params(self) -> dict[str, Any]:
         return {

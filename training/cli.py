@@ -55,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         model=config.get("model"),
         train=config.get("train"),
         progress=not args.quiet,
+        final_fit=not args.no_final_fit,
     )
     if args.output:
         checkpoint.save(args.output)
@@ -65,6 +66,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"fit {meta['fit_seconds']:.1f} s"
     )
     print(metrics_table(meta["metrics"]))
+    served = meta["served"]
+    if served["fit_seconds"] is not None:
+        print(
+            f"served model: fit on all data ({served['positives']} positives) in "
+            f"{served['fit_seconds']:.1f} s"
+        )
+    else:
+        print("served model: the evaluated one (--no-final-fit); export it only for testing")
     _write_json(args.json, {"model": args.model, **meta})
 
 
@@ -116,18 +125,24 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     from training.pipeline import restore
 
     checkpoint = Checkpoint.load(args.checkpoint)
-    recommender = restore(checkpoint)
-    users = np.arange(len(checkpoint.user_ids))
-    scores = recommender.score(checkpoint.train, users, checkpoint.user_features)
-    masked = mask_seen(scores, checkpoint.train)
-    lists = top_n(masked, args.n)
+    recommender = restore(checkpoint, served=True)  # what the service would serve
+    n_users = len(checkpoint.user_ids)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w") as out:
         out.write("user\titem\trank\tscore\n")
-        for user, row in zip(checkpoint.user_ids, range(len(users)), strict=True):
-            for rank, item in enumerate(lists[row], start=1):
-                out.write(f"{user}\t{checkpoint.item_ids[item]}\t{rank}\t{scores[row, item]:.6g}\n")
-    print(f"wrote {len(users)} users × {args.n} items to {args.output}")
+        for start in range(0, n_users, 1024):  # users in chunks: memory bound by the chunk
+            users = np.arange(start, min(start + 1024, n_users))
+            history = checkpoint.positives[users]
+            scores = recommender.score(history, users, checkpoint.user_features[users])
+            masked = mask_seen(scores, checkpoint.seen[users])
+            lists = top_n(masked, args.n)
+            for row, user in enumerate(users):
+                for rank, item in enumerate(lists[row], start=1):
+                    score = masked[row, item]
+                    if np.isfinite(score):  # fewer unseen items than n: the list is shorter
+                        out.write(f"{checkpoint.user_ids[user]}\t{checkpoint.item_ids[item]}"
+                                  f"\t{rank}\t{score:.6g}\n")  # fmt: skip
+    print(f"wrote {n_users} users × {args.n} items to {args.output}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -176,20 +191,21 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from service.config import Settings
-    from training.retrain import events_from_file, events_from_redis, retrain
+    from training.retrain import EventSource, FileEvents, RedisEvents, retrain
 
     settings = Settings()  # where the service stores events: CDDAE_REDIS_URL or the file
     redis_url = args.redis_url or (None if args.events else settings.redis_url)
-    events = (
-        events_from_redis(redis_url)
-        if redis_url
-        else events_from_file(args.events or settings.interactions_log)
-    )
+    source: EventSource
+    if redis_url:
+        source = RedisEvents(redis_url)
+    else:
+        source = FileEvents(args.events or settings.interactions_log)
     config = _load_config(args.config)
-    _, promoted = retrain(
-        args.data, args.models_dir, events, args.model, args.seed, args.gate, args.output, config
-    )
-    return 0 if promoted else 1  # cron mails a failure
+    outcome = retrain(
+        args.data, args.models_dir, source, args.model, args.seed, args.gate, args.output, config,
+        trim=args.trim,
+    )  # fmt: skip
+    return int(outcome)  # 0 promoted, 1 gated, 2 failed, 3 locked: cron reports all but 0
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -246,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-file", type=Path, help="interactions CSV replacing the split")
     train.add_argument("--test-file", type=Path)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--no-final-fit",
+        action="store_true",
+        help="evaluate only: skip fitting the served model on all data",
+    )
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint")
@@ -287,10 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--events", type=Path, help="the file store (default: as the service)")
     retrain.add_argument("--redis-url", help="read the Redis stream (default: CDDAE_REDIS_URL)")
     retrain.add_argument("--gate", type=float, default=0.9,
-                         help="promote only if P@10 ≥ gate × the version in service")  # fmt: skip
+                         help="promote only if P@10 ≥ gate × the version in service, "
+                              "both scored on this run's holdout")  # fmt: skip
     retrain.add_argument("--seed", type=int, default=0)
     retrain.add_argument("--config", type=Path)
     retrain.add_argument("--output", type=Path, help="also keep the checkpoint here")
+    retrain.add_argument(
+        "--trim",
+        action="store_true",
+        help="after a promotion, trim the Redis stream up to the oldest mark still on disk",
+    )
     retrain.set_defaults(func=cmd_retrain)
 
     experiments = sub.add_parser("experiments", help="reproduce the paper's experiments")

@@ -99,6 +99,24 @@ class ImplicitDataset:
         data.positives, data.timestamps = data.to_matrices(raw.interactions)
         return data
 
+    def interacted(self, *sources: Interactions) -> sp.csr_matrix:
+        """Every (user, item) pair in `sources`, whatever its rating: what a user has consumed,
+        which the served model must never recommend back (the input stays positives only)."""
+        rows, cols = [], []
+        for inter in sources:
+            users, items, _, _ = inter.arrays()
+            rows.append(_lookup(self.user_ids, users))
+            cols.append(_lookup(self.item_ids, items))
+        u = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        i = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        seen = sp.csr_matrix(
+            (np.ones(len(u), np.float32), (u, i)), shape=(self.n_users, self.n_items)
+        )
+        seen.sum_duplicates()
+        seen.data[:] = 1.0
+        seen.sort_indices()
+        return seen
+
     def to_matrices(self, inter: Interactions) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Positives (rating ≥ threshold) of `inter` under this dataset's id maps.
 

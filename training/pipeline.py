@@ -61,6 +61,8 @@ class Prepared:
     fit: sp.csr_matrix  # training minus validation
     valid: sp.csr_matrix
     protocol: dict[str, Any]  # as reports and manifests state it
+    positives: sp.csr_matrix  # every positive, training and test: the final fit's data
+    seen: sp.csr_matrix  # every interaction, any rating: what the service never recommends
 
 
 def prepare(
@@ -78,7 +80,11 @@ def prepare(
     outer, inner = train_valid_test(
         dataset.positives, dataset.timestamps, protocol.name, protocol.fraction, protocol.seed
     )
-    return Prepared(dataset, outer.train, outer.test, inner.train, inner.test, asdict(protocol))
+    seen = dataset.interacted(raw.interactions)
+    return Prepared(
+        dataset, outer.train, outer.test, inner.train, inner.test, asdict(protocol),
+        dataset.positives, seen,
+    )  # fmt: skip
 
 
 def _prepare_explicit(
@@ -97,7 +103,12 @@ def _prepare_explicit(
         dataset.positives, dataset.timestamps, name, protocol.fraction, protocol.seed + 10_007
     )
     stated = {**asdict(protocol), "name": "explicit", "validation": name}
-    return Prepared(dataset, dataset.positives, test, inner.train, inner.test, stated)
+    everything = (dataset.positives + test).tocsr()
+    everything.data[:] = 1.0
+    seen = dataset.interacted(train_inter, test_inter)
+    return Prepared(
+        dataset, dataset.positives, test, inner.train, inner.test, stated, everything, seen
+    )
 
 
 def fingerprint(matrix: sp.csr_matrix, ids: np.ndarray) -> str:
@@ -128,6 +139,20 @@ def fit_and_evaluate(
     return evaluate_scores(scores, prepared.train, prepared.test), fit_seconds
 
 
+def fit_final(
+    evaluated: Recommender, prepared: Prepared, seed: int = 0, progress: bool = True
+) -> tuple[Recommender, float]:
+    """The production fit: the settings the evaluation chose, on every positive (nothing held
+    out). Evaluation and production are two jobs: the first measures, the second serves."""
+    ds = prepared.dataset
+    empty = sp.csr_matrix(prepared.positives.shape, dtype=np.float32)
+    ctx = FitContext(prepared.positives, empty, ds.user_features, ds.item_features, seed, progress)
+    final = evaluated.production()
+    started = time.perf_counter()
+    final.fit(ctx)
+    return final, time.perf_counter() - started
+
+
 def train_and_evaluate(
     kind: str,
     prepared: Prepared,
@@ -136,10 +161,18 @@ def train_and_evaluate(
     model: dict | None = None,
     train: dict | None = None,
     progress: bool = True,
+    final_fit: bool = True,
 ) -> tuple[Recommender, Checkpoint]:
+    """Evaluate honestly on the holdout, then (by default) fit the served model on all data.
+
+    Returns the served recommender (the evaluated one when `final_fit` is off)."""
     ds = prepared.dataset
     recommender = make_recommender(kind, preset, model, train)
     results, fit_seconds = fit_and_evaluate(recommender, prepared, seed, progress)
+    served, final_state = recommender, None
+    if final_fit:
+        served, final_seconds = fit_final(recommender, prepared, seed, progress)
+        final_state = served.state()
     meta = {
         "protocol": prepared.protocol,
         "params": recommender.params(),
@@ -147,16 +180,24 @@ def train_and_evaluate(
         "seed": seed,
         "data": {
             "source": ds.raw.source,
-            "fingerprint": fingerprint(prepared.train, ds.item_ids),
+            "fingerprint": fingerprint(prepared.positives, ds.item_ids),
             "threshold": ds.threshold,
             "users": ds.n_users,
             "items": ds.n_items,
+            "interactions": int(prepared.seen.nnz),
+            "positives": int(prepared.positives.nnz),
             "train_positives": int(prepared.train.nnz),
             "test_positives": int(prepared.test.nnz),
         },
         "metrics": {name: values.tolist() for name, values in results.items()},
         "evaluated_users": int((np.diff(prepared.test.indptr) > 0).sum()),
         "fit_seconds": round(fit_seconds, 3),
+        "served": {
+            "fit_on": "all data" if final_fit else "training split (final fit off)",
+            "positives": int((prepared.positives if final_fit else prepared.train).nnz),
+            "params": served.params(),
+            "fit_seconds": round(final_seconds, 3) if final_fit else None,
+        },
     }
     checkpoint = Checkpoint(
         kind=kind,
@@ -164,6 +205,8 @@ def train_and_evaluate(
         item_ids=ds.item_ids,
         train=prepared.train,
         test=prepared.test,
+        positives=prepared.positives,
+        seen=prepared.seen,
         user_features=ds.user_features,
         item_features=ds.item_features,
         user_spec=ds.user_spec,
@@ -171,14 +214,20 @@ def train_and_evaluate(
         user_profiles=ds.raw.user_profiles,
         item_catalogue=ds.raw.item_profiles,
         state=recommender.state(),
+        final_state=final_state,
         meta=meta,
     )
-    return recommender, checkpoint
+    return served, checkpoint
 
 
-def restore(checkpoint: Checkpoint) -> Recommender:
-    """The fitted recommender a checkpoint describes, ready to score."""
+def restore(checkpoint: Checkpoint, served: bool = False) -> Recommender:
+    """The fitted recommender a checkpoint describes, ready to score: the evaluated one, or with
+    `served` the one fit on all data (the evaluated one where the final fit was off)."""
     params: dict[str, Any] = checkpoint.meta.get("params", {})
+    state = checkpoint.state
+    if served and checkpoint.final_state is not None:
+        state = checkpoint.final_state
+        params = checkpoint.meta.get("served", {}).get("params", params)
     if checkpoint.kind in NEURAL:
         recommender = make_recommender(checkpoint.kind, "default", params["model"], params["train"])
         ctx = FitContext(
@@ -187,8 +236,8 @@ def restore(checkpoint: Checkpoint) -> Recommender:
             checkpoint.user_features,
             checkpoint.item_features,
         )
-        recommender.load_state(checkpoint.state, ctx)  # type: ignore[call-arg]
+        recommender.load_state(state, ctx)  # type: ignore[call-arg]
         return recommender
     recommender = make_recommender(checkpoint.kind)
-    recommender.load_state(checkpoint.state)
+    recommender.load_state(state)
     return recommender

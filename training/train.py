@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,13 @@ class AutoencoderRecommender:
         )  # fmt: skip
 
     def fit(self, ctx: FitContext) -> None:
+        """Early stopping on validation, then (with `refit`) the best epoch count on train +
+        validation. Without validation data: exactly `epochs` epochs (the production fit)."""
         cfg = self.train_config
+        if not ctx.valid.nnz:
+            self.best_epoch = cfg.epochs
+            self.net = self._fit_epochs(ctx, ctx.train, cfg.epochs, "fit")
+            return
         torch.manual_seed(ctx.seed)
         net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
         optimizer = self._optimizer(net)
@@ -89,16 +95,28 @@ class AutoencoderRecommender:
                     break
         net.load_state_dict(best_state)
         if cfg.refit:
-            torch.manual_seed(ctx.seed)
-            full = ctx.full_train
-            net = self._build(ctx, full)
-            optimizer = self._optimizer(net)
-            for _ in tqdm(
-                range(self.best_epoch), desc="refit", disable=not ctx.progress, leave=False
-            ):
-                self._epoch(net, optimizer, ctx, full, rng)
+            net = self._fit_epochs(ctx, ctx.full_train, self.best_epoch, "refit", rng)
         self.net = net
         self.net.eval()
+
+    def _fit_epochs(
+        self, ctx: FitContext, train: sp.csr_matrix, epochs: int, label: str, rng=None
+    ) -> Autoencoder:
+        """A fresh network trained for a fixed number of epochs, no validation."""
+        torch.manual_seed(ctx.seed)
+        rng = rng if rng is not None else np.random.default_rng(ctx.seed)
+        net = self._build(ctx, train)
+        optimizer = self._optimizer(net)
+        for _ in tqdm(range(epochs), desc=label, disable=not ctx.progress, leave=False):
+            self._epoch(net, optimizer, ctx, train, rng)
+        return net.eval()
+
+    def production(self) -> AutoencoderRecommender:
+        """A fresh model for the fit on all data: these settings and the epoch count early
+        stopping picked. Batches are users, so an epoch on all data takes as many steps as one
+        on the training split (each user's vector is just fuller): the count carries over."""
+        train = replace(self.train_config, epochs=self.best_epoch, refit=False)
+        return AutoencoderRecommender(self.model_config, train)
 
     def _epoch(self, net, optimizer, ctx: FitContext, train: sp.csr_matrix, rng) -> float:
         net.train()
