@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from service.bundle import current_version
-from service.recommender import Model, session_options
+from service.recommender import Model
 from training.checkpoint import Checkpoint
-from training.export import InferencePath, model_inputs, to_onnx
+from training.export import INPUTS, InferencePath, model_inputs
 from training.pipeline import restore
 
 
@@ -61,10 +60,9 @@ def main() -> None:
     print(f"parity (recorded at export): {model.bundle.manifest['parity']}")
 
     checkpoint = Checkpoint.load(args.checkpoint)
-    module = InferencePath(restore(checkpoint), checkpoint.kind).eval()
+    module = InferencePath(restore(checkpoint, served=True), checkpoint.kind).eval()
     inputs = model_inputs(checkpoint, np.arange(checkpoint.positives.shape[0]))
-    feeds = {"interactions": inputs[0].numpy(), "user_features": inputs[1].numpy(),
-             "user_index": inputs[2].numpy()}  # fmt: skip
+    feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
     n = inputs[0].shape[0]
 
     with torch.no_grad():
@@ -91,39 +89,6 @@ def main() -> None:
     print(f"  onnxruntime (+ input)   {_p(ort_single, 50):6.3f} / {_p(ort_single, 99):6.3f} ms")
     rank = _timed_each(lambda q: model.rank(q, model.scores([q])[0], 10, list(q.weights)), queries)
     print(f"  service path (input + run + top-10)  {_p(rank, 50):6.3f} / {_p(rank, 99):6.3f} ms")
-
-    # Masking and TopK inside the graph, against scores out of the graph and top-10 in numpy.
-    topk_session = ort.InferenceSession(
-        to_onnx(_MaskedTopK(module), model_inputs(checkpoint, np.arange(2)), ("values", "indices")),
-        session_options(1), providers=["CPUExecutionProvider"],
-    )  # fmt: skip
-
-    def numpy_topk(feed):
-        scores = model.session.run(["scores"], feed)[0]
-        scores[feed["interactions"] > 0] = -np.inf
-        part = np.argpartition(-scores, 9, axis=1)[:, :10]
-        return np.take_along_axis(scores, part, axis=1).argsort(axis=1)
-
-    print("\nmasking + top-10: in the graph vs numpy after the graph (median / p99)")
-    for label, fn in (
-        ("in graph", lambda f: topk_session.run(None, f)),
-        ("numpy", numpy_topk),
-    ):
-        single = _timed_each(fn, raw_feeds)
-        batch = _timed(lambda fn=fn: fn(feeds), args.batch_repeats)
-        print(f"  {label:<9} one user {_p(single, 50):6.3f} / {_p(single, 99):6.3f} ms; "
-              f"all users {_p(batch, 50):7.2f} ms")  # fmt: skip
-
-
-class _MaskedTopK(torch.nn.Module):
-    def __init__(self, scores: torch.nn.Module):
-        super().__init__()
-        self.scores = scores
-
-    def forward(self, interactions, user_features, user_index):
-        scores = self.scores(interactions, user_features, user_index)
-        masked = torch.where(interactions > 0, torch.full_like(scores, -1e9), scores)
-        return torch.topk(masked, 10, dim=1)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ A bundle is a folder `<models_dir>/<version>/` holding:
   manifest.json   format and model version, model kind and hyper-parameters, data fingerprint,
                   metrics and protocol, ONNX input/output names and shapes, sha256 of each file
   model.onnx      the inference path: inputs named in the manifest, output "scores"
-  items.json      the catalogue in matrix order: id, title, genres, year
-  users.json      user ids in matrix order and their raw profiles
-  arrays.npz      per user, as CSR indptr/indices: `history` (every positive, the model's
-                  input) and `seen` (every interaction, any rating: never recommended);
-                  encoded user features, popularity
+  arrays.npz      numpy arrays only (no pickles, no per-user JSON: a million users load in well
+                  under a second): user and item ids in matrix order; item titles and genres
+                  ("|"-joined); per user, as CSR indptr/indices, `history` (every positive, the
+                  model's input) and `seen` (every interaction, any rating: never
+                  recommended); encoded user features; whether each user has a profile;
+                  popularity
   features.json   the user and item feature specs (service.features.FeatureSpec)
 `<models_dir>/CURRENT` names the version in service; `HISTORY` lists promotions, newest last.
 Every write goes to a temporary name, is flushed, then renamed: no reader sees half of anything.
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,16 @@ import numpy as np
 
 from service.features import FeatureSpec
 
-FORMAT_VERSION = 2  # 2: separate `history` (model input) and `seen` (exclusion) lists
+# 2: separate `history` (model input) and `seen` (exclusion) lists; 3: id and item tables as
+# arrays, the history as (items, weights) inputs to the graph.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 HISTORY = "HISTORY"
 LOCK = ".lock"
 EVENTS = "events"  # the retraining job's folded event segments (training.retrain)
-FILES = ("model.onnx", "items.json", "users.json", "arrays.npz", "features.json")
+FILES = ("model.onnx", "arrays.npz", "features.json")
+OPTIONAL_FILES = ("model.onnx.data",)  # ONNX external weights, when the graph passes 2 GB
 
 
 class BundleError(RuntimeError):
@@ -144,8 +148,9 @@ def new_version(fingerprint: str, now: dt.datetime | None = None) -> str:
 
 
 def arrays_payload(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Uncompressed: loading is a read, not a decompression, on the service's start path."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -158,19 +163,20 @@ def write_bundle(
     """Write a complete bundle and return its version. `files` must hold every name in FILES."""
     if missing := set(FILES) - set(files):
         raise BundleError(f"cannot write a bundle without {sorted(missing)}")
+    names = [name for name in (*FILES, *OPTIONAL_FILES) if name in files]
     models_dir.mkdir(parents=True, exist_ok=True)
     version = version or new_version(hashlib.sha256(files["model.onnx"]).hexdigest())
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=models_dir))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a serving user
-        for name in FILES:
+        for name in names:
             _write_synced(staging / name, files[name])
         full = {
             **manifest,
             "format_version": FORMAT_VERSION,
             "model_version": version,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "files": {name: hashlib.sha256(files[name]).hexdigest() for name in FILES},
+            "files": {name: hashlib.sha256(files[name]).hexdigest() for name in names},
         }
         _write_synced(staging / MANIFEST, json.dumps(full, indent=2).encode())
         _fsync_dir(staging)
@@ -291,8 +297,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         )
     if version < FORMAT_VERSION:
         raise BundleError(
-            f"{path}: format version {version} is older than this reader's {FORMAT_VERSION} "
-            "(it has no list of every item a user has seen); re-export it with `cddae export`"
+            f"{path}: format version {version} is older than this reader's {FORMAT_VERSION}; "
+            "re-export it with `cddae export` (a checkpoint from an older release: train again)"
         )
     return manifest
 
@@ -312,16 +318,52 @@ def verify_files(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+class IdIndex:
+    """Raw id → matrix index by binary search over a sorted copy: for a million ids, a few
+    arrays instead of a dict of a million Python strings."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get(self, key: str, default: int | None = None) -> int | None:
+        at = int(np.searchsorted(self._sorted, key))
+        if at < len(self._sorted) and self._sorted[at] == key:
+            return int(self._order[at])
+        return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def __getitem__(self, key: str) -> int:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Indices of many keys at once; -1 where a key is unknown."""
+        keys = np.asarray(keys, dtype=self._sorted.dtype if len(keys) else str)
+        at = np.searchsorted(self._sorted, keys).clip(0, max(len(self._sorted) - 1, 0))
+        found = self._sorted[at] == keys if len(self._sorted) else np.zeros(len(keys), bool)
+        return np.where(found, self._order[at] if len(self._sorted) else -1, -1)
+
+
 @dataclass
 class Bundle:
     """A verified bundle, loaded: what the service needs besides the ONNX session."""
 
     path: Path
     manifest: dict[str, Any]
-    item_ids: list[str]
-    items: list[dict[str, Any]]
-    user_ids: list[str]
-    user_profiles: list[dict[str, Any]]
+    item_ids: np.ndarray  # str, matrix order
+    item_titles: np.ndarray
+    item_genres: np.ndarray  # "|"-joined
+    user_ids: np.ndarray  # str, matrix order
+    has_profile: np.ndarray  # bool per user
     history_indptr: np.ndarray
     history_indices: np.ndarray
     seen_indptr: np.ndarray
@@ -348,32 +390,27 @@ class Bundle:
         return self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]]
 
 
+ARRAYS = tuple(f.name for f in fields(Bundle) if f.type == "np.ndarray")
+
+
 def load_bundle(folder: Path) -> Bundle:
     manifest = verify_files(folder)
     try:
-        items = json.loads((folder / "items.json").read_text())
-        users = json.loads((folder / "users.json").read_text())
         features = json.loads((folder / "features.json").read_text())
         with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
+            data = {name: arrays[name] for name in ARRAYS}
         bundle = Bundle(
             path=folder,
             manifest=manifest,
-            item_ids=[str(item["id"]) for item in items],
-            items=items,
-            user_ids=[str(u) for u in users["ids"]],
-            user_profiles=users["profiles"],
-            history_indptr=data["history_indptr"],
-            history_indices=data["history_indices"],
-            seen_indptr=data["seen_indptr"],
-            seen_indices=data["seen_indices"],
-            user_features=data["user_features"],
-            popularity=data["popularity"],
             user_spec=FeatureSpec.from_dict(features["user_spec"]),
             item_spec=FeatureSpec.from_dict(features["item_spec"]),
+            **data,
         )
     except (KeyError, ValueError, TypeError, OSError) as error:
         raise BundleError(f"{folder}: unreadable content ({error})") from None
-    if not len(bundle.history_indptr) == len(bundle.seen_indptr) == len(bundle.user_ids) + 1:
+    users, items = len(bundle.user_ids), len(bundle.item_ids)
+    if not len(bundle.history_indptr) == len(bundle.seen_indptr) == users + 1:
         raise BundleError(f"{folder}: history, seen and user table disagree")
+    if not len(bundle.item_titles) == len(bundle.item_genres) == len(bundle.popularity) == items:
+        raise BundleError(f"{folder}: item tables disagree")
     return bundle

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from service.batcher import MicroBatcher
 from service.cache import Cache, cache_key
 from service.holder import ModelHolder
@@ -109,7 +111,8 @@ class Recommendations:
         added, profile = await asyncio.gather(
             self.store.added_items(user_id), self.store.profile(user_id)
         )
-        added_idx = [model.item_index[i] for i in added if i in model.item_index]
+        found = model.item_index.lookup(np.asarray(added, dtype=str)) if added else []
+        added_idx = [int(i) for i in found if i >= 0]
         index = model.user_index.get(user_id)
         if index is None and profile is None and not added:
             raise NotFound(f"unknown user {user_id!r}")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.bundle import Bundle, load_bundle
+from service.bundle import Bundle, IdIndex, load_bundle
 from service.features import FeatureError
 
 
@@ -66,8 +66,11 @@ class Model:
             raise ValueError(f"ONNX inputs {sorted(names)} differ from the manifest's")
         self.version = bundle.version
         self.n_items = len(bundle.item_ids)
-        self.item_index = {item: n for n, item in enumerate(bundle.item_ids)}
-        self.user_index = {user: n for n, user in enumerate(bundle.user_ids)}
+        self.item_index = IdIndex(bundle.item_ids)
+        self.user_index = IdIndex(bundle.user_ids)
+        self._item_ids = bundle.item_ids.tolist()
+        self._titles = bundle.item_titles.tolist()
+        self._genres = [g.split("|") if g else [] for g in bundle.item_genres.tolist()]
         self.uses_profile = (
             bundle.manifest["model"]["kind"] == "cddae" and bundle.user_spec.width > 0
         )
@@ -81,10 +84,13 @@ class Model:
     # --- inputs --------------------------------------------------------------------------------
 
     def item_indices(self, item_ids: Sequence[str]) -> list[int]:
-        unknown = [i for i in item_ids if i not in self.item_index]
-        if unknown:
-            raise InputError(f"unknown item id(s): {unknown[:20]}")
-        return [self.item_index[i] for i in item_ids]
+        if not item_ids:
+            return []
+        found = self.item_index.lookup(np.asarray(item_ids, dtype=str))
+        if (found < 0).any():
+            unknown = [item_ids[i] for i in np.flatnonzero(found < 0)[:20]]
+            raise InputError(f"unknown item id(s): {unknown}")
+        return found.tolist()
 
     def encode_profile(self, profile: Mapping[str, Any] | None) -> np.ndarray:
         try:
@@ -98,20 +104,26 @@ class Model:
         weights = dict.fromkeys(self.bundle.history(user).tolist(), 1.0)
         weights.update(dict.fromkeys(extra_items, 1.0))
         seen = [*self.bundle.seen(user).tolist(), *extra_items]
-        profile = self.bundle.user_profiles[user]
-        return Query(weights, self.bundle.user_features[user], user, bool(profile), seen)
+        has_profile = bool(self.bundle.has_profile[user])
+        return Query(weights, self.bundle.user_features[user], user, has_profile, seen)
 
     # --- scoring -------------------------------------------------------------------------------
 
     def scores(self, queries: Sequence[Query]) -> np.ndarray:
+        """One onnxruntime call for a batch: each history as item indices and weights, padded
+        to the longest with weight 0 (the input grows with the history, not the catalogue)."""
         batch = len(queries)
-        interactions = np.zeros((batch, self.n_items), dtype=np.float32)
+        width = max(1, *(len(q.weights) for q in queries))
+        items = np.zeros((batch, width), dtype=np.int64)
+        weights = np.zeros((batch, width), dtype=np.float32)
         for row, query in enumerate(queries):
             if query.weights:
-                interactions[row, list(query.weights)] = list(query.weights.values())
+                items[row, : len(query.weights)] = list(query.weights)
+                weights[row, : len(query.weights)] = list(query.weights.values())
         features = np.stack([q.features for q in queries]).astype(np.float32, copy=False)
         feeds = {
-            "interactions": interactions,
+            "items": items,
+            "weights": weights,
             "user_features": features.reshape(batch, -1),
             "user_index": np.array([q.user_index for q in queries], dtype=np.int64),
         }
@@ -148,13 +160,12 @@ class Model:
         return "popularity"
 
     def describe(self, ranked: Ranked) -> list[dict[str, Any]]:
-        items = self.bundle.items
         return [
             {
-                "item_id": items[i]["id"],
+                "item_id": self._item_ids[i],
                 "score": round(score, 6),
-                "title": items[i].get("title", ""),
-                "genres": items[i].get("genres", []),
+                "title": self._titles[i],
+                "genres": self._genres[i],
             }
             for i, score in ranked.items
         ]

@@ -18,10 +18,13 @@ def _files(onnx: bytes = b"fake onnx graph") -> dict[str, bytes]:
     spec = FeatureSpec((fit_field("gender", "categorical", ["F", "M"]),))
     return {
         "model.onnx": onnx,
-        "items.json": json.dumps([{"id": "10", "title": "A", "genres": [], "year": 1995}]).encode(),
-        "users.json": json.dumps({"ids": ["1", "2"], "profiles": [{"gender": "F"}, {}]}).encode(),
         "arrays.npz": bundle.arrays_payload(
             {
+                "user_ids": np.array(["1", "2"]),
+                "item_ids": np.array(["10"]),
+                "item_titles": np.array(["A"]),
+                "item_genres": np.array(["Drama|War"]),
+                "has_profile": np.array([True, False]),
                 "history_indptr": np.array([0, 1, 1]),
                 "history_indices": np.array([0], dtype=np.int32),
                 "seen_indptr": np.array([0, 1, 2]),
@@ -40,7 +43,8 @@ def test_round_trip(tmp_path: Path) -> None:
     version = write_bundle(tmp_path, _files(), {"model": {"kind": "dae"}})
     loaded = load_bundle(tmp_path / version)
     assert loaded.version == version and loaded.manifest["model"] == {"kind": "dae"}
-    assert loaded.item_ids == ["10"] and loaded.user_ids == ["1", "2"]
+    assert loaded.item_ids.tolist() == ["10"] and loaded.user_ids.tolist() == ["1", "2"]
+    assert loaded.item_genres.tolist() == ["Drama|War"] and loaded.has_profile.tolist() == [1, 0]
     assert loaded.history(0).tolist() == [0] and loaded.history(1).tolist() == []
     assert loaded.seen(0).tolist() == [0] and loaded.seen(1).tolist() == [0]
     assert loaded.user_spec.encode({"gender": "M"}).tolist() == [0.0, 1.0]
@@ -53,12 +57,12 @@ def _corrupt_truncate(folder: Path) -> None:
     (folder / "model.onnx").write_bytes(b"fake")
 
 
-def _corrupt_items(folder: Path) -> None:
-    (folder / "items.json").write_text("[]")
+def _corrupt_arrays(folder: Path) -> None:
+    (folder / "arrays.npz").write_bytes(b"PK")
 
 
 def _corrupt_missing(folder: Path) -> None:
-    (folder / "users.json").unlink()
+    (folder / "features.json").unlink()
 
 
 def _corrupt_future(folder: Path) -> None:
@@ -78,9 +82,9 @@ def _format_1(folder: Path) -> None:
     ("corrupt", "message"),
     [
         (_corrupt_truncate, r"model\.onnx: sha256 .* does not match"),
-        (_corrupt_items, r"items\.json: sha256 .* does not match"),
-        (_corrupt_missing, r"users\.json: missing file"),
-        (_corrupt_future, r"format version 3 is newer than this reader's 2"),
+        (_corrupt_arrays, r"arrays\.npz: sha256 .* does not match"),
+        (_corrupt_missing, r"features\.json: missing file"),
+        (_corrupt_future, r"format version 4 is newer than this reader's 3"),
         (_format_1, r"format version 1 is older .* re-export it with `cddae export`"),
     ],
 )
@@ -145,3 +149,11 @@ def test_service_and_cli_import_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_id_index_finds_ids_by_binary_search() -> None:
+    index = bundle.IdIndex(np.array(["10", "2", "abc", "1"]))
+    assert index.get("2") == 1 and index["abc"] == 2 and index.get("3") is None
+    assert "10" in index and "x" not in index
+    assert index.lookup(np.array(["1", "nope", "10"])).tolist() == [3, -1, 0]
+    assert bundle.IdIndex(np.array([], dtype=str)).lookup(np.array(["1"])).tolist() == [-1]

@@ -37,13 +37,17 @@ def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str
 
     session = ort.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
     n_items, width = len(loaded.item_ids), loaded.user_spec.width
-    for batch in (1, 7):  # the batch axis is dynamic; -1 marks users the model never saw
-        scores = session.run(
-            ["scores"],
-            {
-                "interactions": np.zeros((batch, n_items), np.float32),
-                "user_features": np.zeros((batch, width), np.float32),
-                "user_index": np.full(batch, -1, np.int64),
-            },
-        )[0]
+    # Batch and history length are dynamic; -1 marks users the model never saw.
+    for batch, length in ((1, 1), (7, 1), (1, 9), (7, 9)):
+        feeds = {
+            "items": np.arange(batch * length).reshape(batch, length) % n_items,
+            "weights": np.ones((batch, length), np.float32),
+            "user_features": np.zeros((batch, width), np.float32),
+            "user_index": np.full(batch, -1, np.int64),
+        }
+        scores = session.run(["scores"], feeds)[0]
         assert scores.shape == (batch, n_items) and np.isfinite(scores).all()
+        # Padding (weight 0) changes nothing.
+        padded = {**feeds, "items": np.pad(feeds["items"], ((0, 0), (0, 4)))}
+        padded["weights"] = np.pad(feeds["weights"], ((0, 0), (0, 4)))
+        np.testing.assert_allclose(session.run(["scores"], padded)[0], scores, atol=1e-6)

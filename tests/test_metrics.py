@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.metrics import evaluate_lists, evaluate_scores, mask_seen, top_n
+from training.metrics import evaluate_chunked, evaluate_lists, evaluate_scores, mask_seen, top_n
 
 
 def _csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -66,3 +66,26 @@ def test_evaluate_scores_excludes_seen_items() -> None:
     result = evaluate_scores(scores, _csr([[0]], 4), _csr([[1, 2]], 4), max_n=2)
     np.testing.assert_allclose(result["P"], [1.0, 1.0])
     np.testing.assert_allclose(result["R"], [0.5, 1.0])
+
+
+def test_chunked_evaluation_equals_the_dense_result_exactly() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 53, 40
+    scores = rng.random((n_users, n_items)).astype(np.float32)
+    scores[:, :5] = 0.5  # ties, broken the same way
+    train = sp.random(n_users, n_items, density=0.2, format="csr", random_state=1)
+    test = sp.random(n_users, n_items, density=0.1, format="csr", random_state=2)
+    train.data[:] = test.data[:] = 1.0
+    test = (test - test.multiply(train)).tocsr()
+    test.eliminate_zeros()
+    dense = evaluate_scores(scores, train, test)
+    for chunk in (1, 7, 1000):
+        chunked = evaluate_chunked(lambda history, users: scores[users], train, test, chunk=chunk)
+        for name in dense:
+            np.testing.assert_array_equal(chunked[name], dense[name])
+    sample = np.arange(0, n_users, 3)
+    some = evaluate_chunked(lambda history, users: scores[users], train, test, users=sample)
+    keep = np.zeros(n_users, bool)
+    keep[sample] = True
+    sub = evaluate_scores(scores[keep], train[keep], test[keep])
+    np.testing.assert_array_equal(some["P"], sub["P"])

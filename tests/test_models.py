@@ -1,18 +1,33 @@
-"""Model output shapes, the loss, and the unseen-user path."""
+"""Model output shapes, the loss, the sparse input layer, and the unseen-user path."""
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
+from torch.nn import functional as F
 
-from training.models import Autoencoder, ModelConfig, Sizes, paper_config, reconstruction_loss
+from training.export import padded
+from training.models import (
+    Autoencoder,
+    Bag,
+    ModelConfig,
+    Sizes,
+    paper_config,
+    reconstruction_loss,
+)
 
 SIZES = Sizes(n_items=30, n_users=8, user_features=5, item_features=torch.rand(30, 4))
+
+
+def _bag(x: torch.Tensor) -> Bag:
+    return Bag.from_csr(sp.csr_matrix(x.numpy()))
 
 
 @pytest.mark.parametrize("kind", ["dae", "cdae", "cddae"])
 @pytest.mark.parametrize("decoder_hidden", [(), (16,)])
 def test_output_shapes(kind: str, decoder_hidden: tuple[int, ...]) -> None:
     net = Autoencoder(ModelConfig(kind=kind, hidden=(12, 6), decoder_hidden=decoder_hidden), SIZES)
-    x = (torch.rand(3, 30) < 0.3).float()
+    x = _bag((torch.rand(3, 30) < 0.3).float())
     output = net(x, torch.rand(3, 5), torch.tensor([0, 7, -1]))
     items, side = net.split_output(output)
     assert items.shape == (3, 30)
@@ -24,7 +39,8 @@ def test_output_shapes(kind: str, decoder_hidden: tuple[int, ...]) -> None:
 
 def test_user_node_variant_reconstructs_the_user() -> None:
     net = Autoencoder(paper_config("cddae", user_node=True), SIZES)
-    _, side = net.split_output(net(torch.zeros(2, 30), torch.zeros(2, 5), torch.tensor([0, 1])))
+    empty = _bag(torch.zeros(2, 30))
+    _, side = net.split_output(net(empty, torch.zeros(2, 5), torch.tensor([0, 1])))
     assert side.shape == (2, 5 + 4 + 8)
 
 
@@ -32,7 +48,7 @@ def test_unseen_user_uses_the_reserved_row() -> None:
     net = Autoencoder(ModelConfig(kind="cdae", hidden=(6,)), SIZES)
     with torch.no_grad():
         net.user_vector.weight[8] = 100.0
-    x = torch.zeros(1, 30)
+    x = _bag(torch.zeros(1, 30))
     assert not torch.equal(net(x, None, torch.tensor([-1])), net(x, None, torch.tensor([0])))
 
 
@@ -57,7 +73,46 @@ def test_config_rejects_bad_values() -> None:
 def test_cold_start_rate_drops_whole_histories() -> None:
     torch.manual_seed(0)
     net = Autoencoder(ModelConfig(kind="cddae", corruption=0.0, cold_start_rate=0.5), SIZES)
-    noisy = net.corrupt(torch.ones(200, 30))
-    rows = noisy.sum(dim=1)
+    noisy = net.corrupt(_bag(torch.ones(200, 30)))
+    rows = noisy.dense(30).sum(dim=1)
     assert set(rows.tolist()) == {0.0, 30.0}  # a row is kept whole or dropped whole
     assert 60 < int((rows == 0).sum()) < 140
+
+
+@pytest.mark.parametrize("input_norm", [False, True])
+def test_sparse_and_padded_input_layers_equal_the_dense_product(input_norm: bool) -> None:
+    torch.manual_seed(0)
+    net = Autoencoder(ModelConfig(kind="cddae", hidden=(12,), input_norm=input_norm), SIZES)
+    x = (torch.rand(5, 30) < 0.3).float() * torch.rand(5, 30) * 3  # weighted, one row empty
+    x[2] = 0.0
+    dense_in = F.normalize(x, dim=1) if input_norm else x
+    want_h = dense_in @ net.item_in  # the dense first layer: W x
+    want_pooled = (x @ net.item_features) / x.sum(dim=1, keepdim=True).clamp_min(1.0)
+    h, pooled = net.bag_input(_bag(x))
+    torch.testing.assert_close(h, want_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pooled, want_pooled, rtol=1e-5, atol=1e-6)
+    items, weights = padded(sp.csr_matrix(x.numpy()))
+    h_pad, pooled_pad = net.padded_input(torch.from_numpy(items), torch.from_numpy(weights))
+    torch.testing.assert_close(h_pad, want_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pooled_pad, want_pooled, rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_loss_over_every_item_is_the_full_loss() -> None:
+    torch.manual_seed(0)
+    net = Autoencoder(ModelConfig(kind="dae", hidden=(8,), corruption=0.0), SIZES)
+    bag = _bag((torch.rand(4, 30) < 0.3).float())
+    full = net.loss(bag)
+    hidden = net.hidden(*net.bag_input(bag))
+    # 5,000 draws cover all 30 items: every negative then stands for itself (weight 1).
+    sampled = net._sampled_item_loss(hidden, bag, 5000)
+    torch.testing.assert_close(sampled, full)
+    assert torch.isfinite(net.loss(bag, negatives=5))
+    with pytest.raises(ValueError, match="sigmoid and loss bce"):
+        Autoencoder(ModelConfig(kind="dae", loss="mae"), SIZES).loss(bag, negatives=5)
+
+
+def test_bag_from_csr_keeps_rows_and_weights() -> None:
+    matrix = sp.csr_matrix(np.array([[0, 2.0, 0], [0, 0, 0], [1.0, 0, 3.0]], np.float32))
+    bag = Bag.from_csr(matrix)
+    assert bag.rows.tolist() == [0, 2, 2]
+    torch.testing.assert_close(bag.dense(3), torch.from_numpy(matrix.toarray()))

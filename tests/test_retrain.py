@@ -102,9 +102,11 @@ def test_two_runs_fold_each_event_exactly_once_and_move_the_mark(
     assert job(log, "--gate", "0") == Outcome.PROMOTED
     mark_1 = _events_state(job.models)["mark"]
     loaded = bundle.load_bundle(job.models / bundle.current_version(job.models))
-    user = loaded.user_ids.index("new-1")
+    user = loaded.user_ids.tolist().index("new-1")
     assert {loaded.item_ids[i] for i in loaded.seen(user)} == {"1", "2", "3", "4", "5"}
-    assert loaded.user_profiles[user] == {"gender": "F", "age": 30}
+    assert loaded.has_profile[user]
+    want = loaded.user_spec.encode({"gender": "F", "age": 30})
+    assert loaded.user_features[user].tolist() == want.tolist()
 
     second = [_interaction("new-2", i, 2e9 + i) for i in (6, 7, 8)]
     log.record(second)

@@ -7,10 +7,40 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.metrics import evaluate_scores
+from training.metrics import evaluate_chunked
 from training.recommender import FitContext
 
 EASE_LAMBDAS = (10.0, 25.0, 50.0, 100.0, 200.0, 350.0, 500.0, 750.0, 1000.0, 2000.0)
+# Item-item models hold dense items × items matrices; refuse before building one that cannot
+# fit. CDDAE_ITEM_ITEM_LIMIT_GB overrides the limit (default: half the machine's memory).
+ITEM_ITEM_LIMIT_ENV = "CDDAE_ITEM_ITEM_LIMIT_GB"
+
+
+class TooLarge(ValueError):
+    """A model whose memory would not fit; the message says how much, the limit, and what to
+    use instead."""
+
+
+def memory_limit_bytes() -> float:
+    import os
+
+    if value := os.environ.get(ITEM_ITEM_LIMIT_ENV):
+        return float(value) * 2**30
+    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return pages * size / 2
+
+
+def check_item_item(kind: str, n_items: int, copies: int, itemsize: int) -> None:
+    """Refuse (TooLarge) when `copies` dense items × items arrays would pass the limit."""
+    need = float(copies) * n_items * n_items * itemsize
+    limit = memory_limit_bytes()
+    if need > limit:
+        raise TooLarge(
+            f"{kind} on {n_items:,} items needs about {need / 2**30:.1f} GiB for its dense "
+            f"items × items matrices; the limit is {limit / 2**30:.1f} GiB (half of this "
+            f"machine's memory, or {ITEM_ITEM_LIMIT_ENV}). Use --model cddae (memory grows with "
+            "the catalogue, not its square), or fewer items."
+        )
 
 
 class MostPopular:
@@ -64,6 +94,8 @@ class ItemKNN(_ItemItem):
         self.k = k
 
     def fit(self, ctx: FitContext) -> None:
+        # The Gram matrix, the similarity and the top-k cut: about three float32 copies.
+        check_item_item("item-kNN", ctx.train.shape[1], copies=3, itemsize=4)
         x = ctx.full_train.astype(np.float32)
         gram = np.asarray((x.T @ x).todense(), dtype=np.float32)
         norms = np.sqrt(np.diag(gram))
@@ -102,10 +134,13 @@ class EASE(_ItemItem):
         return b.astype(np.float32)
 
     def fit(self, ctx: FitContext) -> None:
+        # The float64 Gram matrix and its inverse, then the float32 weights: about 2.5 copies.
+        check_item_item("EASE", ctx.train.shape[1], copies=3, itemsize=8)
         if len(self.lambdas) > 1 and ctx.valid.nnz:
             for lam in self.lambdas:
-                scores = ctx.train @ self.closed_form(ctx.train, lam)
-                result = evaluate_scores(scores, ctx.train, ctx.valid)
+                weights = self.closed_form(ctx.train, lam)
+                score = lambda history, users, b=weights: np.asarray(history @ b)  # noqa: E731
+                result = evaluate_chunked(score, ctx.train, ctx.valid)
                 self.validation[lam] = float(result[self.metric][9])
             self.chosen = max(self.validation, key=self.validation.__getitem__)
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -25,7 +26,9 @@ from training.metrics import top_n
 from training.names import NEURAL
 from training.pipeline import restore
 
-INPUTS = ("interactions", "user_features", "user_index")
+# A user's history goes in as item indices and weights (batch × length, padding has weight 0):
+# the graph gathers and sums those rows, so its cost follows the history, not the catalogue.
+INPUTS = ("items", "weights", "user_features", "user_index")
 # Export refuses a graph that disagrees with PyTorch by more than this (scores are in [0, 1]).
 PARITY_MAX_ABS_DIFF = 1e-4
 PARITY_MIN_TOP10_AGREEMENT = 0.99
@@ -59,18 +62,34 @@ class InferencePath(nn.Module):
         else:
             self.register_buffer("similarity", torch.from_numpy(recommender.similarity))
 
-    def forward(self, interactions, user_features, user_index):
+    def forward(self, items, weights, user_features, user_index):
         if self.kind in NEURAL:
-            return self.net.scores(self.net(interactions, user_features, user_index))
+            output = self.net.forward_padded(items, weights, user_features, user_index)
+            return self.net.scores(output)
         if self.kind == "pop":
-            return self.counts.expand(interactions.shape[0], -1) + 0.0 * interactions
-        return interactions @ self.similarity
+            return self.counts.expand(items.shape[0], -1) + 0.0 * weights.sum()
+        return (self.similarity[items] * weights.unsqueeze(-1)).sum(dim=1)
+
+
+def padded(rows: sp.csr_matrix, min_length: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """CSR rows as (items, weights), batch × longest row, padded with item 0 at weight 0."""
+    lengths = np.diff(rows.indptr)
+    width = max(int(lengths.max(initial=0)), min_length)
+    items = np.zeros((rows.shape[0], width), dtype=np.int64)
+    weights = np.zeros((rows.shape[0], width), dtype=np.float32)
+    positions = np.arange(rows.nnz) - np.repeat(rows.indptr[:-1], lengths)
+    which = np.repeat(np.arange(rows.shape[0]), lengths)
+    items[which, positions] = rows.indices
+    weights[which, positions] = rows.data
+    return items, weights
 
 
 def model_inputs(checkpoint: Checkpoint, users: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """The bundle's three inputs for `users`, as the service builds them: every positive."""
+    """The bundle's inputs for `users`, as the service builds them: every positive."""
+    items, weights = padded(checkpoint.positives[users], min_length=3)
     return (
-        torch.from_numpy(checkpoint.positives[users].toarray().astype(np.float32)),
+        torch.from_numpy(items),
+        torch.from_numpy(weights),
         torch.from_numpy(checkpoint.user_features[users].astype(np.float32)),
         torch.from_numpy(np.asarray(users, dtype=np.int64)),
     )
@@ -86,7 +105,7 @@ def parity_sample(n_users: int, seed: int = 0) -> np.ndarray:
 def to_onnx(
     module: nn.Module, example: tuple[torch.Tensor, ...], outputs: tuple[str, ...] = ("scores",)
 ) -> bytes:
-    batch = torch.export.Dim("batch", min=1)
+    batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -99,7 +118,7 @@ def to_onnx(
             str(path),
             input_names=list(INPUTS),
             output_names=list(outputs),
-            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+            dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}, {0: batch}, {0: batch}),
             dynamo=True,
             external_data=False,
             verbose=False,
@@ -146,23 +165,16 @@ def check_parity(figures: dict[str, float]) -> None:
 
 
 def bundle_files(checkpoint: Checkpoint, onnx_bytes: bytes) -> dict[str, bytes]:
-    items = []
-    for item_id in checkpoint.item_ids:
-        profile = checkpoint.item_catalogue.get(str(item_id), {})
-        items.append(
-            {
-                "id": str(item_id),
-                "title": profile.get("title", ""),
-                "genres": profile.get("genres", []),
-                "year": profile.get("year"),
-            }
-        )
-    users = {
-        "ids": [str(u) for u in checkpoint.user_ids],
-        "profiles": [checkpoint.user_profiles.get(str(u), {}) for u in checkpoint.user_ids],
-    }
+    catalogue = checkpoint.item_catalogue
+    profiles = [catalogue.get(str(item_id), {}) for item_id in checkpoint.item_ids]
     popularity = np.asarray(checkpoint.positives.sum(axis=0), dtype=np.float32).ravel()
+    user_profiles = checkpoint.user_profiles
     arrays = {
+        "user_ids": np.asarray(checkpoint.user_ids, dtype=str),
+        "item_ids": np.asarray(checkpoint.item_ids, dtype=str),
+        "item_titles": np.array([p.get("title", "") for p in profiles], dtype=str),
+        "item_genres": np.array(["|".join(p.get("genres", [])) for p in profiles], dtype=str),
+        "has_profile": np.array([bool(user_profiles.get(str(u))) for u in checkpoint.user_ids]),
         "history_indptr": checkpoint.positives.indptr.astype(np.int64),
         "history_indices": checkpoint.positives.indices.astype(np.int32),
         "seen_indptr": checkpoint.seen.indptr.astype(np.int64),
@@ -176,8 +188,6 @@ def bundle_files(checkpoint: Checkpoint, onnx_bytes: bytes) -> dict[str, bytes]:
     }
     return {
         "model.onnx": onnx_bytes,
-        "items.json": json.dumps(items).encode(),
-        "users.json": json.dumps(users).encode(),
         "arrays.npz": arrays_payload(arrays),
         "features.json": json.dumps(features).encode(),
     }
@@ -216,7 +226,8 @@ def export_checkpoint(
         "parity": figures,
         "unseen_user": UNSEEN_USER if checkpoint.kind in ("cdae", "cddae") else "not used",
         "inputs": [
-            {"name": "interactions", "dtype": "float32", "shape": ["batch", n_items]},
+            {"name": "items", "dtype": "int64", "shape": ["batch", "length"]},
+            {"name": "weights", "dtype": "float32", "shape": ["batch", "length"], "pad": 0},
             {
                 "name": "user_features",
                 "dtype": "float32",

@@ -36,7 +36,7 @@ def evaluate_bundle(
     """Metrics at N = 1..max_n of the bundle in `folder` on `users` of `prepared`'s holdout."""
     model = Model.load(folder)
     ds = prepared.dataset
-    ours_to_theirs = np.array([model.item_index.get(str(i), -1) for i in ds.item_ids])
+    ours_to_theirs = model.item_index.lookup(np.asarray(ds.item_ids, dtype=str))
     theirs_to_ours = np.full(model.n_items, -1, dtype=np.int64)
     known = ours_to_theirs >= 0
     theirs_to_ours[ours_to_theirs[known]] = np.flatnonzero(known)

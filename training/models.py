@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -73,6 +74,43 @@ def paper_config(kind: Kind = "cddae", **overrides: Any) -> ModelConfig:
 
 
 @dataclass
+class Bag:
+    """A batch of users' items as a flat bag: items, weights and each user's start (offsets),
+    the layout `torch.nn.functional.embedding_bag` takes. Cost scales with the items in the
+    batch, not with the catalogue."""
+
+    items: torch.Tensor  # int64 (nnz,)
+    weights: torch.Tensor  # float32 (nnz,)
+    offsets: torch.Tensor  # int64 (batch,)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The batch row of every entry."""
+        counts = torch.diff(self.offsets, append=self.offsets.new_tensor([len(self.items)]))
+        return torch.repeat_interleave(counts)
+
+    def dense(self, n_items: int) -> torch.Tensor:
+        out = self.weights.new_zeros((len(self.offsets), n_items))
+        out.index_put_((self.rows, self.items), self.weights, accumulate=True)
+        return out
+
+    def row_sums(self) -> torch.Tensor:
+        return self.weights.new_zeros(len(self.offsets)).index_add_(0, self.rows, self.weights)
+
+    def to(self, device: torch.device) -> Bag:
+        return Bag(self.items.to(device), self.weights.to(device), self.offsets.to(device))
+
+    @classmethod
+    def from_csr(cls, rows: Any) -> Bag:
+        """From a scipy CSR matrix (one row per user; its values are the weights)."""
+        return cls(
+            torch.from_numpy(rows.indices.astype(np.int64)),
+            torch.from_numpy(rows.data.astype(np.float32)),
+            torch.from_numpy(rows.indptr[:-1].astype(np.int64)),
+        )
+
+
+@dataclass
 class Sizes:
     n_items: int
     n_users: int
@@ -82,14 +120,22 @@ class Sizes:
 
 class Autoencoder(nn.Module):
     """z = relu(W x̃ [+ V_u] [+ W_u E_u + W_i E_i] + b); deep encoder/decoder; the decoder
-    reconstructs the items and, for CDDAE, the side information too."""
+    reconstructs the items and, for CDDAE, the side information too.
+
+    W x̃ is a gather-and-sum over the user's items (`item_in`, items × width), never a dense
+    catalogue-length product: training and scoring cost grows with the history, not the
+    catalogue. The output layer over all items is the model and stays dense."""
 
     def __init__(self, config: ModelConfig, sizes: Sizes):
         super().__init__()
         self.config = config
         self.n_items, self.n_users = sizes.n_items, sizes.n_users
         width = config.hidden[0]
-        self.item_in = nn.Linear(sizes.n_items, width)
+        # Initialised exactly as nn.Linear(n_items, width) would be (uniform ±1/√n_items),
+        # stored transposed so that a user's items are rows to gather.
+        linear = nn.Linear(sizes.n_items, width)
+        self.item_in = nn.Parameter(linear.weight.detach().t().contiguous())
+        self.item_in_bias = nn.Parameter(linear.bias.detach().clone())
         cddae = config.kind == "cddae"
         self.user_in = (
             nn.Linear(sizes.user_features, width, bias=False)
@@ -132,29 +178,72 @@ class Autoencoder(nn.Module):
             start = torch.log(rates / rates.sum())
         self.out.bias[: self.n_items] = start
 
-    def pooled_item_profile(self, x: torch.Tensor) -> torch.Tensor:
-        """E_i: the mean item-profile vector of the items in x (zeros for an empty history)."""
-        counts = x.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return (x @ self.item_features) / counts
+    # --- the input layer, sparse (training) and padded (the exported graph) --------------------
+
+    def bag_input(self, bag: Bag) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W x, E_i pooled) for a bag: a weighted sum of item rows, and the weighted mean item
+        profile (zeros for an empty history)."""
+        weights = bag.weights
+        if self.config.input_norm:
+            norms = weights.new_zeros(len(bag.offsets)).index_add_(0, bag.rows, weights * weights)
+            weights = weights / norms.sqrt().clamp_min(1e-12)[bag.rows]
+        h = F.embedding_bag(
+            bag.items, self.item_in, bag.offsets, mode="sum", per_sample_weights=weights
+        )
+        return h, self.pooled_profile(bag)
+
+    def pooled_profile(self, bag: Bag) -> torch.Tensor | None:
+        if self.item_features is None:
+            return None
+        summed = F.embedding_bag(
+            bag.items, self.item_features, bag.offsets, mode="sum", per_sample_weights=bag.weights
+        )
+        return summed / bag.row_sums().clamp_min(1.0)[:, None]
+
+    def padded_input(
+        self, items: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The same for a padded batch (batch × length; padding has weight 0): Gather and
+        ReduceSum in the ONNX graph."""
+        w = weights
+        if self.config.input_norm:
+            w = w / (w * w).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+        h = (self.item_in[items] * w.unsqueeze(-1)).sum(dim=1)
+        pooled = None
+        if self.item_features is not None:
+            summed = (self.item_features[items] * weights.unsqueeze(-1)).sum(dim=1)
+            pooled = summed / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return h, pooled
+
+    def hidden(
+        self,
+        h: torch.Tensor,
+        pooled: torch.Tensor | None,
+        user_features: torch.Tensor | None = None,
+        user_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The decoder's output (before the output layer) from the input layer's sum."""
+        h = h + self.item_in_bias
+        if self.user_in is not None and user_features is not None:
+            h = h + self.user_in(user_features)
+        if self.item_profile_in is not None and pooled is not None:
+            h = h + self.item_profile_in(pooled)
+        if self.user_vector is not None and user_index is not None:
+            unseen = torch.full_like(user_index, self.n_users)
+            h = h + self.user_vector(torch.where(user_index < 0, unseen, user_index))
+        return self.decoder(self.encoder(torch.relu(h)))
 
     def forward(
         self,
-        x: torch.Tensor,
+        bag: Bag,
         user_features: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits over items followed by the side reconstructions (see `split_output`)."""
-        inputs = F.normalize(x, dim=1) if self.config.input_norm else x
-        h = self.item_in(inputs)
-        if self.user_in is not None and user_features is not None:
-            h = h + self.user_in(user_features)
-        if self.item_profile_in is not None:
-            h = h + self.item_profile_in(self.pooled_item_profile(x))
-        if self.user_vector is not None and user_index is not None:
-            unseen = torch.full_like(user_index, self.n_users)
-            h = h + self.user_vector(torch.where(user_index < 0, unseen, user_index))
-        h = self.encoder(torch.relu(h))
-        return self.out(self.decoder(h))
+        return self.out(self.hidden(*self.bag_input(bag), user_features, user_index))
+
+    def forward_padded(self, items, weights, user_features=None, user_index=None) -> torch.Tensor:
+        return self.out(self.hidden(*self.padded_input(items, weights), user_features, user_index))
 
     def split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return output[:, : self.n_items], output[:, self.n_items :]
@@ -168,46 +257,77 @@ class Autoencoder(nn.Module):
             else torch.sigmoid(logits)
         )
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+    # --- training ------------------------------------------------------------------------------
+
+    def corrupt(self, bag: Bag) -> Bag:
+        """Mask-out noise on the entries of the bag (rescaled survivors), and whole histories
+        dropped for `cold_start_rate` of the users."""
         cr = self.config.corruption
-        noisy = x
+        weights = bag.weights
         if cr > 0.0:
-            noisy = x * (torch.rand_like(x) >= cr)
-            noisy = noisy / (1.0 - cr) if self.config.rescale else noisy
-        if self.config.cold_start_rate > 0.0:  # whole histories dropped: profile-only inputs
-            users = torch.rand(x.shape[0], 1, device=x.device) >= self.config.cold_start_rate
-            noisy = noisy * users
-        return noisy
+            weights = weights * (torch.rand_like(weights) >= cr)
+            weights = weights / (1.0 - cr) if self.config.rescale else weights
+        if self.config.cold_start_rate > 0.0:
+            users = (
+                torch.rand(len(bag.offsets), device=weights.device) >= self.config.cold_start_rate
+            )
+            weights = weights * users[bag.rows]
+        return Bag(bag.items, weights, bag.offsets)
 
     def side_targets(
-        self, x: torch.Tensor, user_features: torch.Tensor | None, user_index: torch.Tensor | None
+        self, bag: Bag, user_features: torch.Tensor | None, user_index: torch.Tensor | None
     ) -> torch.Tensor:
         parts = []
         if self.side_widths[0]:
             parts.append(user_features)
         if self.side_widths[1]:
-            parts.append(self.pooled_item_profile(x))
+            parts.append(self.pooled_profile(bag))
         if self.side_widths[2]:
-            parts.append(F.one_hot(user_index, self.n_users).to(x.dtype))
-        return torch.cat(parts, dim=1) if parts else x.new_zeros((x.shape[0], 0))
+            parts.append(F.one_hot(user_index, self.n_users).float())
+        return torch.cat(parts, dim=1) if parts else bag.weights.new_zeros((len(bag.offsets), 0))
 
     def loss(
         self,
-        x: torch.Tensor,
+        bag: Bag,
         user_features: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
+        negatives: int = 0,
     ) -> torch.Tensor:
         """Denoising objective on one batch: item loss + weighted side loss. The L2 penalty
         (λ/2)·Σθ² is left to the optimiser as coupled weight decay, which adds exactly its
-        gradient λθ, without building it into the graph every step."""
-        noisy = self.corrupt(x)
-        logits, side = self.split_output(self(noisy, user_features, user_index))
-        item_loss = reconstruction_loss(logits, x, self.config.output, self.config.loss)
-        total = item_loss.mean()
-        if side.shape[1]:
-            target = self.side_targets(x, user_features, user_index)
+        gradient λθ, without building it into the graph every step.
+
+        `negatives` > 0 (sigmoid + BCE only): the item loss over the batch's positives and that
+        many items drawn uniformly, each sampled negative weighted to stand for the catalogue's
+        unsampled ones — for catalogues where every item's logit per user is too dear."""
+        hidden = self.hidden(*self.bag_input(self.corrupt(bag)), user_features, user_index)
+        if negatives and negatives < self.n_items:
+            total = self._sampled_item_loss(hidden, bag, negatives)
+        else:
+            n = self.n_items
+            logits = F.linear(hidden, self.out.weight[:n], self.out.bias[:n])
+            target = bag.dense(n)
+            total = reconstruction_loss(logits, target, self.config.output, self.config.loss).mean()
+        if sum(self.side_widths):
+            side = F.linear(hidden, self.out.weight[self.n_items :], self.out.bias[self.n_items :])
+            target = self.side_targets(bag, user_features, user_index)
             total = total + self.config.side_weight * ((side - target) ** 2).sum(dim=1).mean()
         return total
+
+    def _sampled_item_loss(self, hidden: torch.Tensor, bag: Bag, negatives: int) -> torch.Tensor:
+        if (self.config.output, self.config.loss) != ("sigmoid", "bce"):
+            raise ValueError("a sampled loss needs output sigmoid and loss bce")
+        drawn = torch.randint(0, self.n_items, (negatives,), device=hidden.device)
+        columns, inverse = torch.unique(torch.cat([bag.items, drawn]), return_inverse=True)
+        logits = F.linear(hidden, self.out.weight[columns], self.out.bias[columns])
+        target = torch.zeros_like(logits)
+        target[bag.rows, inverse[: len(bag.items)]] = 1.0
+        positives = target.sum(dim=1, keepdim=True)
+        # Each of a user's (columns − positives) negatives stands for (items − positives).
+        scale = (self.n_items - positives) / (len(columns) - positives).clamp_min(1.0)
+        weight = torch.where(target > 0, torch.ones_like(target), scale.expand_as(target))
+        cells = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return (cells * weight).sum(dim=1).mean()
 
 
 def reconstruction_loss(

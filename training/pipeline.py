@@ -15,7 +15,7 @@ from training.baselines import EASE, ItemKNN, MostPopular
 from training.checkpoint import Checkpoint
 from training.data import RawDataset, load_dataset, load_interactions_csv
 from training.dataset import DEFAULT_THRESHOLD, ImplicitDataset
-from training.metrics import evaluate_scores
+from training.metrics import evaluate_chunked
 from training.names import KINDS, NEURAL, PRESETS
 from training.recommender import FitContext, Recommender
 from training.splits import split, train_valid_test
@@ -135,8 +135,14 @@ def fit_and_evaluate(
     started = time.perf_counter()
     recommender.fit(ctx)
     fit_seconds = time.perf_counter() - started
-    scores = recommender.score(prepared.train, np.arange(ds.n_users), features)
-    return evaluate_scores(scores, prepared.train, prepared.test), fit_seconds
+    return evaluate_chunked(
+        scorer(recommender, features), prepared.train, prepared.test
+    ), fit_seconds
+
+
+def scorer(recommender: Recommender, user_features: np.ndarray):
+    """(history rows, user indices) -> scores: the chunk scorer the evaluation takes."""
+    return lambda history, users: recommender.score(history, users, user_features[users])
 
 
 def fit_final(

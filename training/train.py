@@ -11,8 +11,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from training.metrics import evaluate_scores
-from training.models import Autoencoder, ModelConfig, Sizes
+from training.metrics import evaluate_chunked
+from training.models import Autoencoder, Bag, ModelConfig, Sizes
 from training.options import Options
 from training.recommender import FitContext
 
@@ -27,10 +27,25 @@ class TrainConfig(Options):
     patience: int = 15  # epochs without a better validation metric before stopping
     metric: str = "NDCG"  # early-stopping metric, at N = 10 on the validation set
     refit: bool = True  # after early stopping, retrain on train + validation for the best epochs
+    # Early stopping scores a seeded sample of this many validation users each epoch (all of
+    # them on small data); the final evaluation always takes every test user.
+    valid_users: int = 10_000
+    # 0: the item loss over every item. > 0: over the batch's positives and this many sampled
+    # items (sigmoid + BCE only): for catalogues too large for every logit (docs/SCALE.md).
+    negatives: int = 0
+    device: str = "cpu"  # cpu | cuda | auto (cuda when available)
+    threads: int = 0  # torch intra-op threads; 0: torch's default (all cores)
 
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+        if self.negatives < 0 or self.valid_users < 1 or self.threads < 0:
+            raise ValueError("negatives and threads must be ≥ 0, valid_users ≥ 1")
 
-def _dense(rows: sp.csr_matrix) -> torch.Tensor:
-    return torch.from_numpy(rows.toarray().astype(np.float32, copy=False))
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
 
 class AutoencoderRecommender:
@@ -39,6 +54,7 @@ class AutoencoderRecommender:
     def __init__(self, model: ModelConfig, train: TrainConfig | None = None):
         self.model_config = model
         self.train_config = train or TrainConfig()
+        self.device = self.train_config.torch_device()
         self.kind = model.kind
         self.net: Autoencoder | None = None
         self.best_epoch = 0
@@ -56,7 +72,7 @@ class AutoencoderRecommender:
         if train is not None:
             rates = np.asarray(train.mean(axis=0), dtype=np.float32).ravel()
             net.init_output_bias(torch.from_numpy(rates))
-        return net
+        return net.to(self.device)
 
     def _optimizer(self, net: Autoencoder) -> torch.optim.Optimizer:
         """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4)."""
@@ -69,6 +85,8 @@ class AutoencoderRecommender:
         """Early stopping on validation, then (with `refit`) the best epoch count on train +
         validation. Without validation data: exactly `epochs` epochs (the production fit)."""
         cfg = self.train_config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         if not ctx.valid.nnz:
             self.best_epoch = cfg.epochs
             self.net = self._fit_epochs(ctx, ctx.train, cfg.epochs, "fit")
@@ -77,12 +95,13 @@ class AutoencoderRecommender:
         net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
         optimizer = self._optimizer(net)
         rng = np.random.default_rng(ctx.seed)
+        sample = _validation_sample(ctx.valid, cfg.valid_users, ctx.seed)
         # Epoch 0 scores the untrained network: the baseline any training must beat.
         bar = tqdm(range(cfg.epochs + 1), desc=self.kind, disable=not ctx.progress, leave=False)
         for epoch in bar:
             loss = self._epoch(net, optimizer, ctx, ctx.train, rng) if epoch else float("nan")
             self.net = net
-            result = evaluate_scores(self._scores(ctx.train, ctx), ctx.train, ctx.valid)
+            result = evaluate_chunked(self.scorer(ctx.user_features), ctx.train, ctx.valid, sample)
             value = float(result[cfg.metric][9])
             self.history.append({"epoch": epoch, "loss": loss, f"valid_{cfg.metric}@10": value})
             bar.set_postfix(loss=f"{loss:.3f}", valid=f"{value:.4f}", best=self.best_epoch)
@@ -125,9 +144,10 @@ class AutoencoderRecommender:
         for start in range(0, len(users), self.train_config.batch_size):
             batch = users[start : start + self.train_config.batch_size]
             loss = net.loss(
-                _dense(train[batch]),
-                torch.from_numpy(ctx.user_features[batch].astype(np.float32)),
-                torch.from_numpy(batch.astype(np.int64)),
+                Bag.from_csr(train[batch]).to(self.device),
+                torch.from_numpy(ctx.user_features[batch].astype(np.float32)).to(self.device),
+                torch.from_numpy(batch.astype(np.int64)).to(self.device),
+                self.train_config.negatives,
             )
             optimizer.zero_grad()
             loss.backward()
@@ -135,25 +155,26 @@ class AutoencoderRecommender:
             total += loss.item() * len(batch)
         return total / max(len(users), 1)
 
-    def _scores(self, history: sp.csr_matrix, ctx: FitContext) -> np.ndarray:
-        users = np.arange(history.shape[0])
-        return self.score(history, users, ctx.user_features)
+    def scorer(self, user_features: np.ndarray):
+        """A chunk scorer for `training.metrics.evaluate_chunked`: (history rows, users)."""
+        return lambda history, users: self.score(history, users, user_features[users])
 
     @torch.no_grad()
     def score(
         self, history: sp.csr_matrix, user_index: np.ndarray, user_features: np.ndarray
     ) -> np.ndarray:
+        """Scores of the rows of `history` (a chunk of users: the output is rows × items)."""
         assert self.net is not None, "fit or load_state first"
         self.net.eval()
         out = []
         for start in range(0, history.shape[0], 1024):
             rows = slice(start, start + 1024)
             output = self.net(
-                _dense(history[rows]),
-                torch.from_numpy(np.asarray(user_features[rows], dtype=np.float32)),
-                torch.from_numpy(np.asarray(user_index[rows], dtype=np.int64)),
+                Bag.from_csr(history[rows]).to(self.device),
+                torch.from_numpy(np.asarray(user_features[rows], np.float32)).to(self.device),
+                torch.from_numpy(np.asarray(user_index[rows], np.int64)).to(self.device),
             )
-            out.append(self.net.scores(output).numpy())
+            out.append(self.net.scores(output).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.net.n_items), np.float32)
 
     def params(self) -> dict[str, Any]:
@@ -165,10 +186,19 @@ class AutoencoderRecommender:
 
     def state(self) -> dict[str, np.ndarray]:
         assert self.net is not None
-        return {k: v.detach().numpy() for k, v in self.net.state_dict().items()}
+        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
 
     def load_state(self, state: dict[str, np.ndarray], ctx: FitContext | None = None) -> None:
         assert ctx is not None, "the autoencoder needs the feature sizes to rebuild"
         self.net = self._build(ctx)
-        self.net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+        tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+        self.net.load_state_dict(tensors)
         self.net.eval()
+
+
+def _validation_sample(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray | None:
+    """Users early stopping scores: all with validation items, or a seeded sample of `limit`."""
+    users = np.flatnonzero(np.diff(valid.indptr) > 0)
+    if len(users) <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed + 1).choice(users, limit, replace=False))
