@@ -21,8 +21,8 @@ def test_grouplens_layout(tmp_path: Path) -> None:
     flags = "|".join(["0", "1"] + ["0"] * 17)
     _write(tmp_path, "u.item", f"10|Café (1995)|01-Jan-1995||url|{flags}\n", encoding="latin-1")
     data = load_dataset(tmp_path)
-    assert data.interactions.users == ["1", "1", "2"]
-    assert data.interactions.ratings == [5.0, 3.0, 4.0]
+    assert data.interactions.users.tolist() == ["1", "1", "2"]
+    assert data.interactions.ratings.tolist() == [5.0, 3.0, 4.0]
     assert data.user_profiles["2"] == {
         "age": 53,
         "gender": "F",
@@ -40,7 +40,7 @@ def test_recbole_layout(tmp_path: Path) -> None:
     _write(tmp_path, "x.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\t"
            "class:token_seq\n10\tHeat\tV\tAction Crime\n")  # fmt: skip
     data = load_dataset(tmp_path)
-    assert data.interactions.items == ["10"]
+    assert data.interactions.items.tolist() == ["10"]
     assert data.user_profiles["1"]["age"] == 30
     assert data.item_profiles["10"] == {
         "title": "Heat",
@@ -54,7 +54,7 @@ def test_generic_csv_with_profiles(tmp_path: Path) -> None:
     _write(tmp_path, "users.csv", "user,gender,age\n7,M,40\n")
     _write(tmp_path, "items.csv", "item,title,genres,year\n3,Up,Animation|Comedy,2009\n")
     data = load_dataset(tmp_path)
-    assert data.interactions.ratings == [4.5, 1.0]
+    assert data.interactions.ratings.tolist() == [4.5, 1.0]
     assert data.user_profiles["7"] == {"gender": "M", "age": 40}
     assert data.item_profiles["3"]["genres"] == ["Animation", "Comedy"]
 
@@ -66,6 +66,9 @@ def test_generic_csv_with_profiles(tmp_path: Path) -> None:
         ("u.data", "1\t10\tfive\t100\n", "u.data:1: rating must be a number, got 'five'"),
         ("ratings.csv", "user,item,stars\n1,2,3\n", "ratings.csv:1: unknown column 'stars'"),
         ("ratings.csv", "user,item,rating\n1,2,3\n1,2\n", "ratings.csv:3: expected 3 fields"),
+        ("ratings.csv", "user,item,rating\n1,2,3\n1,2,3,4\n", "ratings.csv:3: expected 3 fields"),
+        ("ratings.csv", "user,item,rating\n1,2,x\n", "ratings.csv:2: rating must be a number"),
+        ("ratings.csv", "user,item,rating\n1,2,nan\n", "ratings.csv:2: rating must be finite"),
         (
             "x.inter",
             "user_id:token\tcolour:token\n1\tred\n",
@@ -101,3 +104,24 @@ def test_id_maps_sort_numeric_ids_numerically(tmp_path: Path) -> None:
     _write(tmp_path, "u.data", "10\t2\t5\t1\n9\t10\t5\t2\n100\t1\t5\t3\n")
     ds = ImplicitDataset.from_raw(load_dataset(tmp_path))
     assert list(ds.user_ids) == ["9", "10", "100"] and list(ds.item_ids) == ["1", "2", "10"]
+
+
+def test_csv_without_ratings_makes_every_row_a_positive(tmp_path: Path) -> None:
+    _write(tmp_path, "clicks.csv", "user,item\n1,a\n1,b\n2,a\n")
+    data = load_dataset(tmp_path / "clicks.csv")
+    assert data.interactions.implicit
+    ds = ImplicitDataset.from_raw(data)  # the default threshold (4) does not apply
+    assert ds.positives.toarray().tolist() == [[1, 1], [1, 0]]
+
+
+def test_csv_columns_and_rows_read_the_same(tmp_path: Path) -> None:
+    from training.data import _read_rows, load_interactions_csv
+
+    lines = ["user,item,rating,timestamp"]
+    lines += [f"u{n % 7},{n % 11:03d},{n % 5 + 0.5},{1000 + n}" for n in range(200)]
+    _write(tmp_path, "r.csv", "\n".join(lines) + "\n\n")
+    fast, slow = load_interactions_csv(tmp_path / "r.csv"), _read_rows(tmp_path / "r.csv")
+    assert fast.users.tolist() == slow.users.tolist()
+    assert fast.items.tolist() == slow.items.tolist()  # "007" stays "007"
+    assert fast.ratings.tolist() == slow.ratings.tolist()
+    assert fast.columns()[3].tolist() == slow.columns()[3].tolist()

@@ -75,3 +75,16 @@ def test_served_model_is_fit_on_all_data_with_the_evaluated_settings(synthetic_d
         "cddae", prepared, model=TINY, train=FAST, progress=False, final_fit=False
     )
     assert off.final_state is None and off.meta["served"]["fit_on"].startswith("training split")
+
+
+def test_item_item_models_refuse_what_cannot_fit(
+    synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from training.cli import main
+
+    monkeypatch.setenv("CDDAE_ITEM_ITEM_LIMIT_GB", "0.00001")  # 10 KiB: 80 items do not fit
+    for kind, label in (("ease", "EASE"), ("itemknn", "item-kNN")):
+        assert main(["train", "--model", kind, "--data", str(synthetic_dir), "--quiet"]) == 2
+        error = capsys.readouterr().err
+        assert f"{label} on 80 items needs about" in error and "the limit is" in error
+        assert "Use --model cddae" in error and "Traceback" not in error

@@ -34,28 +34,90 @@ class DataError(ValueError):
 
 
 @dataclass
+class IdColumn:
+    """Raw ids as codes into a vocabulary of unique strings: 8 bytes a row, not a Python string
+    per row (a 50M-row file would otherwise take gigabytes in string objects alone)."""
+
+    codes: np.ndarray  # int64, one per row
+    vocab: np.ndarray  # object array of unique str
+
+    @classmethod
+    def from_values(cls, values: Any) -> IdColumn:
+        vocab, codes = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+        return cls(codes.astype(np.int64).ravel(), vocab.astype(object))
+
+    def values(self) -> np.ndarray:
+        return self.vocab[self.codes]
+
+
 class Interactions:
-    users: list[str] = field(default_factory=list)
-    items: list[str] = field(default_factory=list)
-    ratings: list[float] = field(default_factory=list)
-    timestamps: list[float] = field(default_factory=list)
+    """(user, item, rating, timestamp) rows as columns. Small loaders `add` rows one by one;
+    large files arrive as whole columns (`extend`). `implicit`: the source had no rating column,
+    so every row is a positive whatever the threshold."""
+
+    def __init__(self, implicit: bool = False) -> None:
+        self.implicit = implicit
+        self._rows: tuple[list, list, list, list] = ([], [], [], [])
+        self._columns: list[tuple[IdColumn, IdColumn, np.ndarray, np.ndarray]] = []
 
     def add(self, user: str, item: str, rating: float, timestamp: float) -> None:
-        self.users.append(user)
-        self.items.append(item)
-        self.ratings.append(rating)
-        self.timestamps.append(timestamp)
+        for column, value in zip(self._rows, (user, item, rating, timestamp), strict=True):
+            column.append(value)
+
+    def extend(
+        self, users: IdColumn, items: IdColumn, ratings: np.ndarray, timestamps: np.ndarray
+    ) -> None:
+        self._flush()
+        self._columns.append(
+            (users, items, ratings.astype(np.float32), timestamps.astype(np.float64))
+        )
+
+    def _flush(self) -> None:
+        users, items, ratings, times = self._rows
+        if users:
+            self._columns.append((
+                IdColumn.from_values(users), IdColumn.from_values(items),
+                np.asarray(ratings, np.float32), np.asarray(times, np.float64),
+            ))  # fmt: skip
+            self._rows = ([], [], [], [])
+
+    def columns(self) -> tuple[IdColumn, IdColumn, np.ndarray, np.ndarray]:
+        """Every row so far as one set of columns (merged once, then kept)."""
+        self._flush()
+        if len(self._columns) != 1:
+            parts = self._columns or [
+                (IdColumn.from_values([]), IdColumn.from_values([]), np.zeros(0), np.zeros(0))
+            ]
+            self._columns = [(
+                _merge([p[0] for p in parts]), _merge([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]).astype(np.float32),
+                np.concatenate([p[3] for p in parts]).astype(np.float64),
+            )]  # fmt: skip
+        return self._columns[0]
 
     def __len__(self) -> int:
-        return len(self.users)
+        return sum(len(c[2]) for c in self._columns) + len(self._rows[0])
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return (
-            np.asarray(self.users, dtype=object),
-            np.asarray(self.items, dtype=object),
-            np.asarray(self.ratings, dtype=np.float32),
-            np.asarray(self.timestamps, dtype=np.float64),
-        )
+    @property
+    def users(self) -> np.ndarray:
+        """Raw user ids, one per row (a Python object per row: small data only)."""
+        return self.columns()[0].values()
+
+    @property
+    def items(self) -> np.ndarray:
+        return self.columns()[1].values()
+
+    @property
+    def ratings(self) -> np.ndarray:
+        return self.columns()[2]
+
+
+def _merge(parts: list[IdColumn]) -> IdColumn:
+    if len(parts) == 1:
+        return parts[0]
+    vocab = np.unique(np.concatenate([p.vocab for p in parts]).astype(str)).astype(object)
+    codes = [np.searchsorted(vocab.astype(str), p.vocab.astype(str))[p.codes] for p in parts]
+    return IdColumn(np.concatenate(codes).astype(np.int64), vocab)
 
 
 @dataclass
@@ -164,7 +226,9 @@ def load_recbole(folder: Path) -> RawDataset:
     if not found:
         raise DataError(folder, None, "no .inter file")
     path = found[0]
-    inter = Interactions()
+    with path.open(encoding="utf-8") as handle:
+        header = [c.split(":", 1)[0] for c in handle.readline().rstrip("\r\n").split("\t")]
+    inter = Interactions(implicit="rating" not in header)
     for n, row in _atomic(path, {"user", "item", "rating", "timestamp"}):
         rating = _number(path, n, "rating", row["rating"]) if "rating" in row else 1.0
         ts = _number(path, n, "timestamp", row["timestamp"]) if "timestamp" in row else float(n)
@@ -188,20 +252,28 @@ def load_recbole(folder: Path) -> RawDataset:
 _CSV_ALIASES = {"userid": "user", "user_id": "user", "movieid": "item", "item_id": "item"}
 
 
-def _csv(path: Path, allowed: set[str], required: set[str]) -> Iterator[tuple[int, dict]]:
+def _csv_header(path: Path, allowed: set[str], required: set[str]) -> list[str]:
+    """The header's column names (aliases resolved), checked against what the file may hold."""
     if not path.is_file():
         raise DataError(path, None, "file not found")
     with path.open(encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if header is None:
+        raise DataError(path, 1, "empty file, expected a header line")
+    names = [_CSV_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in header]
+    for name in names:
+        if name not in allowed:
+            raise DataError(path, 1, f"unknown column {name!r}; allowed: {sorted(allowed)}")
+    if missing := required - set(names):
+        raise DataError(path, 1, f"missing column(s) {sorted(missing)}")
+    return names
+
+
+def _csv(path: Path, allowed: set[str], required: set[str]) -> Iterator[tuple[int, dict]]:
+    names = _csv_header(path, allowed, required)
+    with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(path, 1, "empty file, expected a header line")
-        names = [_CSV_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in header]
-        for name in names:
-            if name not in allowed:
-                raise DataError(path, 1, f"unknown column {name!r}; allowed: {sorted(allowed)}")
-        if missing := required - set(names):
-            raise DataError(path, 1, f"missing column(s) {sorted(missing)}")
+        next(reader)
         for row in reader:
             if not row or not any(cell.strip() for cell in row):
                 continue
@@ -213,8 +285,53 @@ def _csv(path: Path, allowed: set[str], required: set[str]) -> Iterator[tuple[in
 
 
 def load_interactions_csv(path: Path) -> Interactions:
-    """`user,item[,rating][,timestamp]` with a header (MovieLens `ratings.csv` also reads)."""
-    inter = Interactions()
+    """`user,item[,rating][,timestamp]` with a header (MovieLens `ratings.csv` also reads).
+
+    Without a rating column (clicks, purchases) every row is a positive. Read as columns by
+    pandas' C parser (tens of millions of rows in seconds, ids as codes); a file it cannot read
+    cleanly is read again row by row, which names the first bad line."""
+    names = _csv_header(path, {"user", "item", "rating", "timestamp"}, {"user", "item"})
+    try:
+        inter = _read_columns(path, names)
+    except (ValueError, OverflowError):
+        inter = None
+    return inter if inter is not None else _read_rows(path)
+
+
+def _read_columns(path: Path, names: list[str]) -> Interactions | None:
+    """Columns, or None when a cell is missing or not a finite number (the row reader then
+    reports where)."""
+    import pandas as pd
+
+    dtypes = {"user": "category", "item": "category", "rating": "float64", "timestamp": "float64"}
+    frame = pd.read_csv(
+        path, header=0, names=names, dtype={n: dtypes[n] for n in names}, engine="c",
+        skipinitialspace=True, on_bad_lines="error", encoding="utf-8",
+    )  # fmt: skip
+    columns = []
+    for name in ("user", "item"):
+        codes = frame[name].cat.codes.to_numpy()
+        if (codes < 0).any():
+            return None
+        vocab = frame[name].cat.categories.to_numpy(dtype=object).astype(str).astype(object)
+        columns.append(IdColumn(codes.astype(np.int64), vocab))
+    rows = len(frame)
+    ratings = frame["rating"].to_numpy() if "rating" in names else np.ones(rows)
+    times = (
+        frame["timestamp"].to_numpy()
+        if "timestamp" in names
+        else np.arange(2, rows + 2, dtype=np.float64)  # the line number, as the row reader
+    )
+    if not (np.isfinite(ratings).all() and np.isfinite(times).all()):
+        return None
+    inter = Interactions(implicit="rating" not in names)
+    inter.extend(columns[0], columns[1], ratings, times)
+    return inter
+
+
+def _read_rows(path: Path) -> Interactions:
+    names = _csv_header(path, {"user", "item", "rating", "timestamp"}, {"user", "item"})
+    inter = Interactions(implicit="rating" not in names)
     for n, row in _csv(path, {"user", "item", "rating", "timestamp"}, {"user", "item"}):
         rating = _number(path, n, "rating", row["rating"]) if "rating" in row else 1.0
         ts = _number(path, n, "timestamp", row["timestamp"]) if "timestamp" in row else float(n)

@@ -15,11 +15,20 @@ DEFAULT_THRESHOLD = 4.0
 YEAR_EDGES = (1930.0, 1940.0, 1950.0, 1960.0, 1970.0, 1980.0, 1990.0, 1995.0)
 
 
-def _natural_order(ids: set[str]) -> np.ndarray:
-    """Raw ids sorted numerically where they all are numbers, else as text: stable across runs."""
-    if all(i.isdigit() for i in ids):
-        return np.array(sorted(ids, key=int), dtype=object)
-    return np.array(sorted(ids), dtype=object)
+def _natural_order(ids: np.ndarray) -> np.ndarray:
+    """Unique raw ids sorted numerically where they all are numbers, else as text: stable
+    across runs. Works on the vocabulary (unique ids), never on the rows."""
+    unique = np.unique(np.asarray(ids, dtype=object).astype(str))
+    if len(unique) and np.char.isdigit(unique).all():
+        unique = np.array(sorted(unique.tolist(), key=int), dtype=str)
+    return unique.astype(object)
+
+
+def _index_of(ids: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """Position in `ids` of every entry of `vocab` (all present)."""
+    text = ids.astype(str)
+    order = np.argsort(text, kind="stable")
+    return order[np.searchsorted(text[order], vocab.astype(str))]
 
 
 def fit_user_spec(profiles: dict[str, dict[str, Any]]) -> FeatureSpec:
@@ -74,10 +83,10 @@ class ImplicitDataset:
         cls, raw: RawDataset, threshold: float = DEFAULT_THRESHOLD, *extra: Interactions
     ) -> ImplicitDataset:
         """Id maps cover every user and item in `raw` and in `extra` (e.g. explicit test files)."""
-        sources = (raw.interactions, *extra)
-        users = {u for inter in sources for u in inter.users}
-        items = {i for inter in sources for i in inter.items} | set(raw.item_profiles)
-        user_ids, item_ids = _natural_order(users), _natural_order(items)
+        columns = [inter.columns() for inter in (raw.interactions, *extra)]
+        user_ids = _natural_order(np.concatenate([c[0].vocab for c in columns]))
+        catalogue = np.array(list(raw.item_profiles), dtype=object)
+        item_ids = _natural_order(np.concatenate([*(c[1].vocab for c in columns), catalogue]))
         user_spec = fit_user_spec(raw.user_profiles)
         item_spec = fit_item_spec(raw.item_profiles)
         data = cls(
@@ -99,14 +108,21 @@ class ImplicitDataset:
         data.positives, data.timestamps = data.to_matrices(raw.interactions)
         return data
 
+    def _indices(self, inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
+        """Matrix row and column of every row of `inter`."""
+        users, items, _, _ = inter.columns()
+        u = _index_of(self.user_ids, users.vocab)[users.codes]
+        i = _index_of(self.item_ids, items.vocab)[items.codes]
+        return u, i
+
     def interacted(self, *sources: Interactions) -> sp.csr_matrix:
         """Every (user, item) pair in `sources`, whatever its rating: what a user has consumed,
         which the served model must never recommend back (the input stays positives only)."""
         rows, cols = [], []
         for inter in sources:
-            users, items, _, _ = inter.arrays()
-            rows.append(_lookup(self.user_ids, users))
-            cols.append(_lookup(self.item_ids, items))
+            u, i = self._indices(inter)
+            rows.append(u)
+            cols.append(i)
         u = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         i = np.concatenate(cols) if cols else np.zeros(0, np.int64)
         seen = sp.csr_matrix(
@@ -120,18 +136,21 @@ class ImplicitDataset:
     def to_matrices(self, inter: Interactions) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Positives (rating ≥ threshold) of `inter` under this dataset's id maps.
 
-        A pair rated twice keeps its latest rating."""
-        users, items, ratings, times = inter.arrays()
-        u = _lookup(self.user_ids, users)
-        i = _lookup(self.item_ids, items)
-        order = np.lexsort((times, i, u))
-        u, i, ratings, times = u[order], i[order], ratings[order], times[order]
-        last = np.ones(len(u), dtype=bool)
-        last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-        keep = last & (ratings >= self.threshold)
+        A pair rated twice keeps its latest rating; a source without ratings (`implicit`) makes
+        every row a positive."""
+        _, _, ratings, times = inter.columns()
+        u, i = self._indices(inter)
+        cell = u * self.n_items + i
+        order = np.lexsort((times, cell))
+        cell, ratings, times = cell[order], ratings[order], times[order]
+        del order
+        last = np.ones(len(cell), dtype=bool)
+        last[:-1] = cell[1:] != cell[:-1]
+        keep = last if inter.implicit else last & (ratings >= self.threshold)
+        u, i = np.divmod(cell[keep], self.n_items)
         shape = (self.n_users, self.n_items)
-        ones = sp.csr_matrix((np.ones(keep.sum(), np.float32), (u[keep], i[keep])), shape=shape)
-        stamps = sp.csr_matrix((times[keep], (u[keep], i[keep])), shape=shape)
+        ones = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
+        stamps = sp.csr_matrix((times[keep], (u, i)), shape=shape)
         ones.sort_indices()
         stamps.sort_indices()
         return ones, stamps
@@ -140,8 +159,3 @@ class ImplicitDataset:
 def _select(profile: dict[str, Any] | None, spec: FeatureSpec) -> dict[str, Any]:
     """The part of a profile that the spec encodes (zip codes and titles are kept, not encoded)."""
     return {k: v for k, v in (profile or {}).items() if k in spec.names}
-
-
-def _lookup(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    index = {key: n for n, key in enumerate(ids)}
-    return np.fromiter((index[r] for r in raw), dtype=np.int64, count=len(raw))
