@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.metrics import evaluate_chunked, evaluate_lists, evaluate_scores, mask_seen, top_n
+from training.metrics import (
+    evaluate_chunked,
+    evaluate_lists,
+    evaluate_scores,
+    mask_seen,
+    rank_by_scores,
+    top_n,
+)
 
 
 def _csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -79,12 +86,13 @@ def test_chunked_evaluation_equals_the_dense_result_exactly() -> None:
     test = (test - test.multiply(train)).tocsr()
     test.eliminate_zeros()
     dense = evaluate_scores(scores, train, test)
+    rank = rank_by_scores(lambda history, users: scores[users])
     for chunk in (1, 7, 1000):
-        chunked = evaluate_chunked(lambda history, users: scores[users], train, test, chunk=chunk)
+        chunked = evaluate_chunked(rank, train, test, chunk=chunk)
         for name in dense:
             np.testing.assert_array_equal(chunked[name], dense[name])
     sample = np.arange(0, n_users, 3)
-    some = evaluate_chunked(lambda history, users: scores[users], train, test, users=sample)
+    some = evaluate_chunked(rank, train, test, users=sample)
     keep = np.zeros(n_users, bool)
     keep[sample] = True
     sub = evaluate_scores(scores[keep], train[keep], test[keep])

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.metrics import evaluate_chunked
+from training.metrics import evaluate_chunked, rank_by_scores
 from training.recommender import FitContext
 
 EASE_LAMBDAS = (10.0, 25.0, 50.0, 100.0, 200.0, 350.0, 500.0, 750.0, 1000.0, 2000.0)
@@ -140,7 +140,7 @@ class EASE(_ItemItem):
             for lam in self.lambdas:
                 weights = self.closed_form(ctx.train, lam)
                 score = lambda history, users, b=weights: np.asarray(history @ b)  # noqa: E731
-                result = evaluate_chunked(score, ctx.train, ctx.valid)
+                result = evaluate_chunked(rank_by_scores(score), ctx.train, ctx.valid)
                 self.validation[lam] = float(result[self.metric][9])
             self.chosen = max(self.validation, key=self.validation.__getitem__)
         else:

@@ -47,13 +47,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.protocol:
         protocol.name = args.protocol
     prepared = prepare(args.data, protocol, args.train_file, args.test_file)
+    train = config.get("train")
+    if args.device:
+        train = {**(train or {}), "device": args.device}
     _, checkpoint = train_and_evaluate(
         args.model,
         prepared,
         seed=args.seed,
         preset=args.preset or config.get("preset", "default"),
         model=config.get("model"),
-        train=config.get("train"),
+        train=train,
         progress=not args.quiet,
         final_fit=not args.no_final_fit,
     )
@@ -262,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-file", type=Path, help="interactions CSV replacing the split")
     train.add_argument("--test-file", type=Path)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="where the autoencoders train"
+    )
     train.add_argument(
         "--no-final-fit",
         action="store_true",

@@ -13,8 +13,11 @@ import scipy.sparse as sp
 
 METRICS = ("P", "R", "PU", "RU", "NDCG", "MAP", "COV")
 CHUNK = 1024  # users scored at once: memory is chunk × items floats, not users × items
-# Score functions take (history rows, user indices) and return a dense chunk × items array.
+# Score functions take (history rows, user indices) and return a dense chunk × items array;
+# rank functions take (history rows, user indices, n) and return the chunk's top-n lists with
+# the history excluded.
 ScoreChunk = Callable[[sp.csr_matrix, np.ndarray], np.ndarray]
+RankChunk = Callable[[sp.csr_matrix, np.ndarray, int], np.ndarray]
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
@@ -86,22 +89,29 @@ def mask_seen(scores: np.ndarray, seen: sp.csr_matrix, copy: bool = True) -> np.
     return masked
 
 
+def rank_by_scores(score: ScoreChunk) -> RankChunk:
+    """A rank function from a score function: mask the history, then `top_n`."""
+
+    def rank(history: sp.csr_matrix, users: np.ndarray, n: int) -> np.ndarray:
+        return top_n(mask_seen(score(history, users), history, copy=False), n)
+
+    return rank
+
+
 def top_n_chunked(
-    score: ScoreChunk, history: sp.csr_matrix, users: np.ndarray, n: int, chunk: int = CHUNK
+    rank: RankChunk, history: sp.csr_matrix, users: np.ndarray, n: int, chunk: int = CHUNK
 ) -> np.ndarray:
-    """Top-n lists (len(users) × n) of `users`, their `history` items excluded, scoring `chunk`
+    """Top-n lists (len(users) × n) of `users`, their `history` items excluded, ranking `chunk`
     users at a time and keeping only each chunk's lists."""
     lists = np.zeros((len(users), min(n, history.shape[1])), dtype=np.int64)
     for start in range(0, len(users), chunk):
         rows = users[start : start + chunk]
-        seen = history[rows]
-        scores = mask_seen(score(seen, rows), seen, copy=False)
-        lists[start : start + len(rows)] = top_n(scores, n)
+        lists[start : start + len(rows)] = rank(history[rows], rows, n)
     return lists
 
 
 def evaluate_chunked(
-    score: ScoreChunk,
+    rank: RankChunk,
     train: sp.csr_matrix,
     test: sp.csr_matrix,
     users: np.ndarray | None = None,
@@ -113,7 +123,7 @@ def evaluate_chunked(
     evaluated = np.flatnonzero(np.diff(test.indptr) > 0)
     if users is not None:
         evaluated = np.intersect1d(evaluated, users)
-    lists = top_n_chunked(score, train, evaluated, max_n, chunk)
+    lists = top_n_chunked(rank, train, evaluated, max_n, chunk)
     return evaluate_lists(lists, test[evaluated], n_items=test.shape[1])
 
 

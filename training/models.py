@@ -165,6 +165,9 @@ class Autoencoder(nn.Module):
         )
         last = (config.hidden[-1], *config.decoder_hidden)[-1]
         self.out = nn.Linear(last, sizes.n_items + sum(self.side_widths))
+        # Row-sparse gradients for the two catalogue-sized matrices (item_in, out.weight): set
+        # by the trainer with a sampled loss, so the optimiser touches only the batch's rows.
+        self.sparse_grads = False
 
     @torch.no_grad()
     def init_output_bias(self, item_rates: torch.Tensor) -> None:
@@ -188,8 +191,9 @@ class Autoencoder(nn.Module):
             norms = weights.new_zeros(len(bag.offsets)).index_add_(0, bag.rows, weights * weights)
             weights = weights / norms.sqrt().clamp_min(1e-12)[bag.rows]
         h = F.embedding_bag(
-            bag.items, self.item_in, bag.offsets, mode="sum", per_sample_weights=weights
-        )
+            bag.items, self.item_in, bag.offsets, mode="sum", per_sample_weights=weights,
+            sparse=self.sparse_grads and self.training,
+        )  # fmt: skip
         return h, self.pooled_profile(bag)
 
     def pooled_profile(self, bag: Bag) -> torch.Tensor | None:
@@ -309,25 +313,40 @@ class Autoencoder(nn.Module):
             target = bag.dense(n)
             total = reconstruction_loss(logits, target, self.config.output, self.config.loss).mean()
         if sum(self.side_widths):
-            side = F.linear(hidden, self.out.weight[self.n_items :], self.out.bias[self.n_items :])
+            rows = torch.arange(self.n_items, self.out.out_features, device=hidden.device)
+            side = F.linear(hidden, self._out_rows(rows), self.out.bias[self.n_items :])
             target = self.side_targets(bag, user_features, user_index)
             total = total + self.config.side_weight * ((side - target) ** 2).sum(dim=1).mean()
+        if self.sparse_grads:  # the L2 penalty on the rows this batch touched (lazy decay)
+            touched = F.embedding(torch.unique(bag.items), self.item_in, sparse=True)
+            total = total + 0.5 * self.config.l2 * touched.pow(2).sum()
         return total
+
+    def _out_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of the output weights, with a row-sparse gradient when `sparse_grads`."""
+        if self.sparse_grads:
+            return F.embedding(rows, self.out.weight, sparse=True)
+        return self.out.weight[rows]
 
     def _sampled_item_loss(self, hidden: torch.Tensor, bag: Bag, negatives: int) -> torch.Tensor:
         if (self.config.output, self.config.loss) != ("sigmoid", "bce"):
             raise ValueError("a sampled loss needs output sigmoid and loss bce")
         drawn = torch.randint(0, self.n_items, (negatives,), device=hidden.device)
         columns, inverse = torch.unique(torch.cat([bag.items, drawn]), return_inverse=True)
-        logits = F.linear(hidden, self.out.weight[columns], self.out.bias[columns])
+        weight = self._out_rows(columns)
+        logits = F.linear(hidden, weight, self.out.bias[columns])
+        if self.sparse_grads:  # lazy L2 on the output rows this batch used
+            penalty = 0.5 * self.config.l2 * weight.pow(2).sum()
+        else:
+            penalty = hidden.new_zeros(())
         target = torch.zeros_like(logits)
         target[bag.rows, inverse[: len(bag.items)]] = 1.0
         positives = target.sum(dim=1, keepdim=True)
         # Each of a user's (columns − positives) negatives stands for (items − positives).
         scale = (self.n_items - positives) / (len(columns) - positives).clamp_min(1.0)
-        weight = torch.where(target > 0, torch.ones_like(target), scale.expand_as(target))
+        weights = torch.where(target > 0, torch.ones_like(target), scale.expand_as(target))
         cells = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        return (cells * weight).sum(dim=1).mean()
+        return (cells * weights).sum(dim=1).mean() + penalty
 
 
 def reconstruction_loss(

@@ -15,7 +15,7 @@ from training.baselines import EASE, ItemKNN, MostPopular
 from training.checkpoint import Checkpoint
 from training.data import RawDataset, load_dataset, load_interactions_csv
 from training.dataset import DEFAULT_THRESHOLD, ImplicitDataset
-from training.metrics import evaluate_chunked
+from training.metrics import RankChunk, evaluate_chunked, rank_by_scores
 from training.names import KINDS, NEURAL, PRESETS
 from training.recommender import FitContext, Recommender
 from training.splits import split, train_valid_test
@@ -135,14 +135,18 @@ def fit_and_evaluate(
     started = time.perf_counter()
     recommender.fit(ctx)
     fit_seconds = time.perf_counter() - started
-    return evaluate_chunked(
-        scorer(recommender, features), prepared.train, prepared.test
-    ), fit_seconds
+    results = evaluate_chunked(ranker(recommender, features), prepared.train, prepared.test)
+    return results, fit_seconds
 
 
-def scorer(recommender: Recommender, user_features: np.ndarray):
-    """(history rows, user indices) -> scores: the chunk scorer the evaluation takes."""
-    return lambda history, users: recommender.score(history, users, user_features[users])
+def ranker(recommender: Recommender, user_features: np.ndarray) -> RankChunk:
+    """The chunk ranker the evaluation takes: the model's own where it has one (the
+    autoencoders rank in torch), else its scores masked and ranked in numpy."""
+    if hasattr(recommender, "ranker"):
+        return recommender.ranker(user_features)
+    return rank_by_scores(
+        lambda history, users: recommender.score(history, users, user_features[users])
+    )
 
 
 def fit_final(

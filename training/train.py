@@ -74,12 +74,25 @@ class AutoencoderRecommender:
             net.init_output_bias(torch.from_numpy(rates))
         return net.to(self.device)
 
-    def _optimizer(self, net: Autoencoder) -> torch.optim.Optimizer:
-        """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4)."""
-        return torch.optim.Adam(
-            net.parameters(), lr=self.train_config.lr, weight_decay=self.model_config.l2,
-            fused=True,
-        )  # fmt: skip
+    def _optimizer(self, net: Autoencoder) -> torch.optim.Optimizer | _Pair:
+        """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4).
+
+        With a sampled loss, the catalogue-sized matrices (items × width, twice) get row-sparse
+        gradients and a SparseAdam that updates only the rows a batch touched, their L2 applied
+        lazily to those rows in the loss: a dense step over every row of a 100k-item catalogue
+        costs more than the batch itself."""
+        cfg = self.train_config
+        net.sparse_grads = 0 < cfg.negatives < net.n_items
+        if not net.sparse_grads:
+            return torch.optim.Adam(
+                net.parameters(), lr=cfg.lr, weight_decay=self.model_config.l2, fused=True
+            )
+        sparse = [net.item_in, net.out.weight]
+        dense = [p for p in net.parameters() if all(p is not s for s in sparse)]
+        return _Pair(
+            torch.optim.SparseAdam(sparse, lr=cfg.lr),
+            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=self.model_config.l2, fused=True),
+        )
 
     def fit(self, ctx: FitContext) -> None:
         """Early stopping on validation, then (with `refit`) the best epoch count on train +
@@ -101,7 +114,7 @@ class AutoencoderRecommender:
         for epoch in bar:
             loss = self._epoch(net, optimizer, ctx, ctx.train, rng) if epoch else float("nan")
             self.net = net
-            result = evaluate_chunked(self.scorer(ctx.user_features), ctx.train, ctx.valid, sample)
+            result = evaluate_chunked(self.ranker(ctx.user_features), ctx.train, ctx.valid, sample)
             value = float(result[cfg.metric][9])
             self.history.append({"epoch": epoch, "loss": loss, f"valid_{cfg.metric}@10": value})
             bar.set_postfix(loss=f"{loss:.3f}", valid=f"{value:.4f}", best=self.best_epoch)
@@ -155,9 +168,28 @@ class AutoencoderRecommender:
             total += loss.item() * len(batch)
         return total / max(len(users), 1)
 
-    def scorer(self, user_features: np.ndarray):
-        """A chunk scorer for `training.metrics.evaluate_chunked`: (history rows, users)."""
-        return lambda history, users: self.score(history, users, user_features[users])
+    def ranker(self, user_features: np.ndarray):
+        """A chunk ranker for `training.metrics.evaluate_chunked`: the history masked and the
+        top-n taken in torch on the item logits (the output activation keeps each row's order),
+        so no users × items scores are copied out or sorted in numpy."""
+
+        @torch.no_grad()
+        def rank(history: sp.csr_matrix, users: np.ndarray, n: int) -> np.ndarray:
+            assert self.net is not None, "fit or load_state first"
+            self.net.eval()
+            bag = Bag.from_csr(history).to(self.device)
+            logits = self.net(
+                bag,
+                torch.from_numpy(np.asarray(user_features[users], np.float32)).to(self.device),
+                torch.from_numpy(np.asarray(users, np.int64)).to(self.device),
+            )[:, : self.net.n_items]
+            logits[bag.rows, bag.items] = -torch.inf
+            values, items = torch.topk(logits, min(n, logits.shape[1]), dim=1)
+            values, items = values.cpu().numpy(), items.cpu().numpy()
+            order = np.lexsort((items, -values), axis=1)  # ties: the lower index first
+            return np.take_along_axis(items, order, axis=1)
+
+        return rank
 
     @torch.no_grad()
     def score(
@@ -202,3 +234,18 @@ def _validation_sample(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarra
     if len(users) <= limit:
         return None
     return np.sort(np.random.default_rng(seed + 1).choice(users, limit, replace=False))
+
+
+class _Pair:
+    """Two optimisers stepped as one (row-sparse and dense parameters)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
