@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from service.batcher import MicroBatcher
 from service.cache import Cache, LocalCache, RedisCache, redis_client
@@ -83,7 +86,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cddae = state
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+MAX_ERRORS = 5  # a 422 names at most this many problems, each input cut to a short text
+
+
+async def validation_error(request: Request, error: Exception) -> JSONResponse:
+    """422 naming what was wrong, always serialisable: NaN or a 240k-item list in the input is
+    described briefly instead of echoed (or failing to serialise into a 500)."""
+    assert isinstance(error, RequestValidationError)
+    problems = error.errors()
+    detail = [
+        {
+            "loc": list(problem.get("loc", ())),
+            "msg": problem.get("msg", ""),
+            "type": problem.get("type", ""),
+            "input": _brief(problem.get("input")),
+        }
+        for problem in problems[:MAX_ERRORS]
+    ]
+    return JSONResponse({"detail": detail, "errors": len(problems)}, status_code=422)
+
+
+def _brief(value: object) -> object:
+    if isinstance(value, bool | int | str) and len(str(value)) <= 100:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."

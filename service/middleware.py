@@ -9,6 +9,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 
+# Label values come from fixed sets: a made-up method or path must not mint a new series.
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
+
 
 class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics):
@@ -31,7 +34,8 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.metrics.request_latency.labels(path, scope["method"], str(status)).observe(
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.request_latency.labels(path, method, str(status)).observe(
                 time.perf_counter() - started
             )
 

@@ -45,7 +45,7 @@ class Recommendations:
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
         self.max_n, self.batcher = max_n, batcher
-        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
 
     def model(self) -> Model:
         model = self.holder.model
@@ -64,24 +64,28 @@ class Recommendations:
             return {**json.loads(hit), "cached": True}
         self.metrics.cache.labels("miss").inc()
         flight = self._inflight.get((key, field))
-        if flight is not None:  # the same miss is being computed: wait for it
-            return {**await asyncio.shield(flight), "cached": False}
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[(key, field)] = future
-        try:
-            result = await compute()
-            future.set_result(result)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as error:
-            future.set_exception(error)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else need
-            raise
-        finally:
-            del self._inflight[(key, field)]
+        if flight is None:
+            # The computation is a task of its own: a caller that goes away (cancelled) takes
+            # neither it nor the callers waiting on it down with it.
+            flight = asyncio.ensure_future(self._compute_and_cache(key, field, compute))
+            self._inflight[(key, field)] = flight
+            flight.add_done_callback(self._landed(key, field))
+        return {**await asyncio.shield(flight), "cached": False}
+
+    async def _compute_and_cache(
+        self, key: str, field: str, compute: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        result = await compute()
         await self.cache.set(key, field, json.dumps(result).encode())
-        return {**result, "cached": False}
+        return result
+
+    def _landed(self, key: str, field: str) -> Callable[[asyncio.Future], None]:
+        def done(flight: asyncio.Future) -> None:
+            self._inflight.pop((key, field), None)
+            if not flight.cancelled():
+                flight.exception()  # retrieved: the callers re-raise it; nobody else need
+
+        return done
 
     async def _scores(self, model: Model, queries: Sequence[Query]):
         started = time.perf_counter()

@@ -116,20 +116,25 @@ async def get_healthz() -> dict:
 
 @router.get("/readyz", response_model=Health, responses={503: {"description": "no model"}})
 async def get_readyz(state: AppStateDep, response: Response) -> dict:
-    """Readiness: a model is loaded; Redis reachable, or reported as degraded."""
-    model = state.holder.model
+    """Readiness: a model is loaded; "degraded" while Redis is unreachable or while the version
+    CURRENT names is not the one in service (refused, or not readable)."""
+    holder = state.holder
+    model = holder.model
     try:
         cache_ok = await asyncio.wait_for(state.cache.check(), timeout=1.0)
     except TimeoutError:
         cache_ok = False
-    status = "ok" if model is not None and cache_ok else "degraded"
+    status = "ok" if model is not None and cache_ok and holder.serving_current else "degraded"
     if model is None:
         status, response.status_code = "unavailable", 503
+    detail: dict = {"refused_versions": holder.refused, "current_pointer": holder.pointer}
+    if holder.pointer_error:
+        detail["pointer_error"] = holder.pointer_error
     return {
         "status": status,
         "model_version": model.version if model else None,
         "cache": f"{state.cache.backend}:{'ok' if cache_ok else 'unreachable'}",
-        "detail": {"refused_versions": state.holder.refused},
+        "detail": detail,
     }
 
 
@@ -158,8 +163,9 @@ async def post_admin_reload(
     token = state.settings.admin_token
     if token is None:
         raise HTTPException(404, "admin endpoints are off: no CDDAE_ADMIN_TOKEN configured")
-    expected = f"Bearer {token.get_secret_value()}"
-    if authorization is None or not secrets.compare_digest(authorization, expected):
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    if authorization is None or not secrets.compare_digest(given, expected):
         raise HTTPException(401, "missing or wrong bearer token")
     outcome = await asyncio.to_thread(state.holder.refresh, True)
     model = state.holder.model

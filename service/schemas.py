@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 ItemId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+# Finite, bounded numbers only: NaN, ±Infinity and 1e308 are refused with a 422, never scored.
+Weight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(ge=0, le=32_503_680_000, allow_inf_nan=False)]  # ≤ year 3000
 
 
 class Profile(BaseModel):
@@ -61,8 +64,8 @@ class ScoreRequest(BaseModel):
     )
 
     items: list[ItemId] | None = Field(default=None, max_length=10_000)
-    vector: list[float] | None = None
-    weights: dict[str, float] | None = None
+    vector: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    weights: dict[str, Weight] | None = None
     profile: Profile | None = None
     n: int = Field(default=10, ge=1)
     exclude: list[ItemId] = Field(default_factory=list, max_length=10_000)
@@ -112,7 +115,7 @@ class InteractionsRequest(BaseModel):
     )
 
     items: list[ItemId] = Field(min_length=1, max_length=1000)
-    timestamps: list[float] | None = None
+    timestamps: list[Timestamp] | None = None
 
     @model_validator(mode="after")
     def _aligned(self) -> InteractionsRequest:

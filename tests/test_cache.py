@@ -111,3 +111,24 @@ def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
     assert all(isinstance(r, LookupError) for r in results)
     with pytest.raises(LookupError):
         raise results[0]
+
+
+def test_a_cancelled_leader_leaves_the_waiters_their_answer() -> None:
+    async def compute() -> dict:
+        await asyncio.sleep(0.05)
+        return {"items": [3]}
+
+    async def scenario() -> tuple[list, bool]:
+        service = Recommendations(None, LocalCache(10, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
+        leader = asyncio.ensure_future(service._cached("k", "f", compute))
+        await asyncio.sleep(0.01)
+        waiters = [asyncio.ensure_future(service._cached("k", "f", compute)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        leader.cancel()  # the client that started the computation went away
+        answers = await asyncio.gather(*waiters, return_exceptions=True)
+        cached = await service.cache.get("k", "f") is not None
+        return answers, leader.cancelled() and cached
+
+    answers, leader_cancelled_and_cached = asyncio.run(scenario())
+    assert all(isinstance(a, dict) and a["items"] == [3] for a in answers), answers
+    assert leader_cancelled_and_cached
