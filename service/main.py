@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await state.cache.close()
+        state.store.close()
 
     app = FastAPI(
         title="cddae",

@@ -22,7 +22,7 @@ from service.holder import ModelHolder
 from service.metrics import Metrics
 from service.recommender import InputError, Model, Query
 from service.schemas import ScoreRequest
-from service.store import Store
+from service.store import Store, StoreUnavailable, UserState
 
 
 class NotFound(LookupError):
@@ -104,34 +104,50 @@ class Recommendations:
     # --- known users ---------------------------------------------------------------------------
 
     async def for_user(self, user_id: str, n: int, exclude_seen: bool) -> dict[str, Any]:
+        """A known user's list. The cache key carries the user's generation, which every write
+        bumps atomically with itself: no list from before a write is served after it. When the
+        store cannot be read, a user in the bundle still gets a list from the bundle alone,
+        marked degraded and not cached; anyone else gets a 503, never a 404."""
         self._check_n(n)
         model = self.model()
-        key = cache_key(model.version, f"user:{user_id}")
+        try:
+            state = await self.store.user_state(user_id)
+        except StoreUnavailable:
+            index = model.user_index.get(user_id)
+            if index is None:
+                raise
+            query = model.known_user(index)
+            return {**await self._rank_user(model, query, n, exclude_seen), "degraded": True,
+                    "cached": False}  # fmt: skip
+        key = cache_key(model.version, f"user:{user_id}:{state.generation}")
         return await self._cached(
-            key, f"{n}:{int(exclude_seen)}", lambda: self._for_user(model, user_id, n, exclude_seen)
+            key,
+            f"{n}:{int(exclude_seen)}",
+            lambda: self._for_user(model, user_id, state, n, exclude_seen),
         )
 
-    async def _user_query(self, model: Model, user_id: str) -> Query:
-        added, profile = await asyncio.gather(
-            self.store.added_items(user_id), self.store.profile(user_id)
-        )
-        found = model.item_index.lookup(np.asarray(added, dtype=str)) if added else []
+    def _user_query(self, model: Model, user_id: str, state: UserState) -> Query:
+        found = model.item_index.lookup(np.asarray(state.added, dtype=str)) if state.added else []
         added_idx = [int(i) for i in found if i >= 0]
         index = model.user_index.get(user_id)
-        if index is None and profile is None and not added:
+        if index is None and state.profile is None and not state.added:
             raise NotFound(f"unknown user {user_id!r}")
         if index is not None:
             query = model.known_user(index, added_idx)
         else:
             query = Query(dict.fromkeys(added_idx, 1.0), model.encode_profile(None))
-        if profile is not None:
-            query.features, query.has_profile = model.encode_profile(profile), bool(profile)
+        if state.profile is not None:
+            query.features = model.encode_profile(state.profile)
+            query.has_profile = bool(state.profile)
         return query
 
     async def _for_user(
-        self, model: Model, user_id: str, n: int, exclude_seen: bool
+        self, model: Model, user_id: str, state: UserState, n: int, exclude_seen: bool
     ) -> dict[str, Any]:
-        query = await self._user_query(model, user_id)
+        query = self._user_query(model, user_id, state)
+        return await self._rank_user(model, query, n, exclude_seen)
+
+    async def _rank_user(self, model: Model, query: Query, n: int, exclude_seen: bool) -> dict:
         scores = None
         if model.source(query) != "popularity":
             scores = (await self._scores(model, [query]))[0]
@@ -145,33 +161,36 @@ class Recommendations:
             "source": ranked.source,
         }
 
-    async def invalidate_user(self, user_id: str) -> None:
-        model = self.holder.model
-        if model is not None:
-            await self.cache.invalidate(cache_key(model.version, f"user:{user_id}"))
-
     async def add_interactions(
-        self, user_id: str, items: Sequence[str], timestamps: Sequence[float] | None
-    ) -> int:
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float] | None, key: str
+    ) -> tuple[int, bool]:
+        """Record; (items, whether this write is new). A repeated key records nothing."""
         model = self.model()
         model.item_indices(items)  # unknown items: 422 before anything is written
-        known = user_id in model.user_index or await self.store.profile(user_id) is not None
-        if not known:
-            raise NotFound(f"unknown user {user_id!r}; create it with PUT /users/{{id}}/profile")
+        if user_id not in model.user_index:
+            state = await self.store.user_state(user_id)  # unreadable: 503, not "unknown"
+            if state.profile is None and not state.added:
+                raise NotFound(
+                    f"unknown user {user_id!r}; create it with PUT /users/{{id}}/profile"
+                )
         now = time.time()
-        await self.store.add_interactions(
-            user_id, list(items), list(timestamps or [now] * len(items))
+        new = await self.store.add_interactions(
+            user_id, list(items), list(timestamps or [now] * len(items)), key
         )
-        await self.invalidate_user(user_id)
-        return len(items)
+        return len(items), new
 
-    async def set_profile(self, user_id: str, profile: dict[str, Any]) -> bool:
+    async def set_profile(
+        self, user_id: str, profile: dict[str, Any], key: str
+    ) -> tuple[bool, bool]:
+        """Create or replace; (whether the user is new, whether this write is new)."""
         model = self.model()
         model.encode_profile(profile)  # unknown values: 422 before anything is written
-        created = user_id not in model.user_index and await self.store.profile(user_id) is None
-        await self.store.set_profile(user_id, profile)
-        await self.invalidate_user(user_id)
-        return created
+        created = False
+        if user_id not in model.user_index:
+            state = await self.store.user_state(user_id)
+            created = state.profile is None and not state.added
+        new = await self.store.set_profile(user_id, profile, key)
+        return created and new, new
 
     # --- ad-hoc users --------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
@@ -40,7 +41,7 @@ def _http_error(error: Exception) -> HTTPException:
         return HTTPException(404, str(error))
     if isinstance(error, InputError):
         return HTTPException(422, str(error))
-    return HTTPException(503, str(error))
+    return HTTPException(503, str(error))  # our own words: no driver text, hosts or ports
 
 
 HANDLED = (NotFound, InputError, NoModel, StoreUnavailable)
@@ -82,30 +83,74 @@ async def post_score(state: AppStateDep, body: ScoreRequest | BatchScoreRequest)
     return {"results": results} if batch else results[0]
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="retry a write with the same key: it is recorded at most once "
+        "(generated and returned when absent)",
+    ),
+]
+
+
+def _write_key(given: str | None, response: Response) -> str:
+    key = given or uuid.uuid4().hex
+    response.headers["Idempotency-Key"] = key
+    return key
+
+
 @router.post(
     "/users/{user_id}/interactions",
     response_model=InteractionsResponse,
     status_code=201,
     responses=ERRORS,
 )
-async def post_interactions(state: AppStateDep, user_id: UserId, body: InteractionsRequest) -> dict:
-    """Record new positive interactions; the user's next recommendations take them in at once."""
+async def post_interactions(
+    state: AppStateDep,
+    user_id: UserId,
+    body: InteractionsRequest,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> dict:
+    """Record new positive interactions; the user's next recommendations take them in at once.
+    A 503 means the store did not confirm: the write may or may not be recorded; retry with the
+    same Idempotency-Key and it is recorded exactly once."""
+    key = _write_key(idempotency_key, response)
     try:
-        count = await state.recommendations.add_interactions(user_id, body.items, body.timestamps)
+        count, new = await state.recommendations.add_interactions(
+            user_id, body.items, body.timestamps, key
+        )
     except HANDLED as error:
         raise _http_error(error) from None
-    return {"user_id": user_id, "recorded": count, "store": state.store_backend}
+    return {"user_id": user_id, "recorded": count if new else 0, "store": state.store_backend,
+            "replayed": not new}  # fmt: skip
 
 
-@router.put("/users/{user_id}/profile", response_model=ProfileResponse, responses=ERRORS)
-async def put_profile(state: AppStateDep, user_id: UserId, body: Profile, response: Response):
-    """Create a user, or replace the profile of one: recommendations then use this profile."""
+@router.put(
+    "/users/{user_id}/profile",
+    response_model=ProfileResponse,
+    responses={**ERRORS, 201: {"model": ProfileResponse, "description": "user created"}},
+)
+async def put_profile(
+    state: AppStateDep,
+    user_id: UserId,
+    body: Profile,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+):
+    """Create a user (201), or replace the profile of one (200): recommendations then use this
+    profile. Idempotency-Key as for interactions."""
+    key = _write_key(idempotency_key, response)
     try:
-        created = await state.recommendations.set_profile(user_id, body.fields())
+        created, new = await state.recommendations.set_profile(user_id, body.fields(), key)
     except HANDLED as error:
         raise _http_error(error) from None
     response.status_code = 201 if created else 200
-    return {"user_id": user_id, "profile": body.fields(), "created": created}
+    return {"user_id": user_id, "profile": body.fields(), "created": created,
+            "replayed": not new}  # fmt: skip
 
 
 @router.get("/healthz", response_model=Health)

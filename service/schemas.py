@@ -51,6 +51,7 @@ class RecommendationsResponse(BaseModel):
     items: list[RecommendedItem]
     source: Literal["model", "profile", "popularity"]
     cached: bool
+    degraded: bool = False  # the store was unreadable: the bundle's history only, not cached
 
 
 class ScoreRequest(BaseModel):
@@ -134,6 +135,7 @@ class InteractionsResponse(BaseModel):
     user_id: str
     recorded: int
     store: str
+    replayed: bool = False  # the Idempotency-Key was seen: nothing recorded again
 
 
 class ProfileResponse(BaseModel):
@@ -146,6 +148,7 @@ class ProfileResponse(BaseModel):
     user_id: str
     profile: dict[str, Any]
     created: bool
+    replayed: bool = False
 
 
 class Health(BaseModel):

@@ -1,19 +1,34 @@
 """Durable store of what users do after training: new positive interactions and new profiles.
 
-With Redis, events go to the stream `cddae:events` (read by the retraining job) and each user's
-added items and profile to keys the service reads at request time; both in one transaction.
-Without Redis, events are appended (flushed and fsynced) to a JSON-lines file, and the same
-state is kept in memory, rebuilt from that file at start. A write that cannot be made durable
-raises `StoreUnavailable`: the request fails (503) instead of losing data silently.
+Every user has a *generation*, bumped by each write in the same atomic step as the write; the
+cache keys a user's lists by it, so a list computed before a write can never be served after
+it (a stale write lands under the old generation, which nobody reads again).
+
+Every write carries an idempotency key: a write whose key was seen (a client retrying after a
+503 that was in fact applied) is recognised and not recorded twice.
+
+With Redis, one Lua script per write appends to the stream `cddae:events` (read by the
+retraining job), updates the user's added items or profile, bumps the generation and records
+the key — all or nothing. Without Redis, events are appended (flushed and fsynced) to a
+JSON-lines file under an exclusive lock, and the same state is kept in memory, rebuilt from
+that file at start (a torn last line, from a crash mid-write, is cut off and reported).
+
+A read that fails raises `StoreUnavailable` — never an empty answer that would look like "no
+such user" — and so does a write that cannot be made durable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,126 +36,208 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 STREAM = "cddae:events"
+IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
+LOCAL_KEYS = 100_000  # keys the file store remembers in memory (the newest)
+log = logging.getLogger("cddae.service")
 
 
 class StoreUnavailable(RuntimeError):
     pass
 
 
-def _items_key(user: str) -> str:
-    return f"cddae:user:{user}:items"
+class StoreCorrupt(RuntimeError):
+    """The file store holds a record it cannot read; the message names file and line."""
 
 
-def _profile_key(user: str) -> str:
-    return f"cddae:user:{user}:profile"
+@dataclass
+class UserState:
+    """What the store knows of a user, read at once."""
+
+    generation: int = 0
+    added: list[str] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
+
+
+def _key(user: str, what: str) -> str:
+    return f"cddae:user:{user}:{what}"
 
 
 class Store(Protocol):
+    async def user_state(self, user: str) -> UserState: ...
+
     async def add_interactions(
-        self, user: str, items: Sequence[str], timestamps: Sequence[float]
-    ) -> None: ...
+        self, user: str, items: Sequence[str], timestamps: Sequence[float], key: str
+    ) -> bool:
+        """Record the interactions; False when `key` was seen before (nothing recorded)."""
+        ...
 
-    async def added_items(self, user: str) -> list[str]: ...
+    async def set_profile(self, user: str, profile: dict[str, Any], key: str) -> bool: ...
 
-    async def set_profile(self, user: str, profile: dict[str, Any]) -> None: ...
-
-    async def profile(self, user: str) -> dict[str, Any] | None: ...
+    def close(self) -> None: ...
 
 
 class FileStore:
-    """Append-only JSON lines plus an in-memory view; one process at a time."""
+    """Append-only JSON lines plus an in-memory view; one process at a time (locked)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._items: dict[str, list[str]] = {}
-        self._profiles: dict[str, dict[str, Any]] = {}
+        self._users: dict[str, UserState] = {}
+        self._keys: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
-        if path.exists():
-            with path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        self._apply(json.loads(line))
+        self._handle = self._open()
+        try:
+            self._replay()
+        except BaseException:
+            self._handle.close()
+            raise
+
+    def _open(self):
+        """Open for appending under an exclusive lock; fsync the folder if the file is new."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            handle = self.path.open("a+b")
+        except OSError as error:
+            raise StoreUnavailable(f"cannot open {self.path}: {error}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StoreUnavailable(
+                f"{self.path} is locked by another process: one writer at a time"
+            ) from None
+        if created:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return handle
+
+    def _replay(self) -> None:
+        self._handle.seek(0)
+        data = self._handle.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line: the write was never acknowledged
+            log.warning(
+                "%s: cut a torn last line of %d bytes at byte %d", self.path, len(data) - end, end
+            )
+            self._handle.truncate(end)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        for number, line in enumerate(data[:end].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+                self._apply(event)
+            except (ValueError, KeyError, TypeError) as error:
+                raise StoreCorrupt(f"{self.path}:{number}: unreadable event ({error})") from None
 
     def _apply(self, event: dict[str, Any]) -> None:
-        user = event["user"]
+        state = self._users.setdefault(event["user"], UserState())
         if event["type"] == "interaction":
-            items = self._items.setdefault(user, [])
-            if event["item"] not in items:
-                items.append(event["item"])
+            if event["item"] not in state.added:
+                state.added.append(event["item"])
         elif event["type"] == "profile":
-            self._profiles[user] = event["profile"]
+            state.profile = event["profile"]
+        if key := event.get("key"):
+            self._keys[key] = None
+            if len(self._keys) > LOCAL_KEYS:
+                self._keys.popitem(last=False)
 
-    def _append(self, events: list[dict[str, Any]]) -> None:
-        payload = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+    def _append(self, user: str, events: list[dict[str, Any]], key: str) -> bool:
+        payload = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events).encode()
         with self._lock:
+            if key in self._keys:
+                return False
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(payload)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                self._handle.write(payload)
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
             except OSError as error:
-                raise StoreUnavailable(f"cannot append to {self.path}: {error}") from None
+                raise StoreUnavailable(f"cannot append to {self.path.name}: {error}") from None
             for event in events:
                 self._apply(event)
+            self._users[user].generation += 1
+            return True
 
-    async def add_interactions(self, user, items, timestamps) -> None:
+    async def user_state(self, user: str) -> UserState:
+        state = self._users.get(user)
+        if state is None:
+            return UserState()
+        return UserState(state.generation, list(state.added), state.profile)
+
+    async def add_interactions(self, user, items, timestamps, key) -> bool:
         events = [
-            {"type": "interaction", "user": user, "item": item, "timestamp": ts}
+            {"type": "interaction", "user": user, "item": item, "timestamp": ts, "key": key}
             for item, ts in zip(items, timestamps, strict=True)
         ]
-        await asyncio.to_thread(self._append, events)
+        return await asyncio.to_thread(self._append, user, events, key)
 
-    async def added_items(self, user: str) -> list[str]:
-        return list(self._items.get(user, ()))
+    async def set_profile(self, user: str, profile: dict[str, Any], key: str) -> bool:
+        event = {"type": "profile", "user": user, "profile": profile, "key": key}
+        return await asyncio.to_thread(self._append, user, [event], key)
 
-    async def set_profile(self, user: str, profile: dict[str, Any]) -> None:
-        await asyncio.to_thread(
-            self._append, [{"type": "profile", "user": user, "profile": profile}]
-        )
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._handle.close()
 
-    async def profile(self, user: str) -> dict[str, Any] | None:
-        return self._profiles.get(user)
+
+# One script per write: the key checked and recorded, the events appended, the state updated
+# and the generation bumped, atomically. KEYS: key marker, stream, state key, generation.
+_ADD = """
+if not redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for k = 3, #ARGV, 2 do
+  redis.call('xadd', KEYS[2], '*', 'type', 'interaction', 'user', ARGV[2],
+             'item', ARGV[k], 'timestamp', ARGV[k + 1])
+  redis.call('sadd', KEYS[3], ARGV[k])
+end
+redis.call('incr', KEYS[4])
+return 1
+"""
+_PROFILE = """
+if not redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('xadd', KEYS[2], '*', 'type', 'profile', 'user', ARGV[2], 'profile', ARGV[3])
+redis.call('set', KEYS[3], ARGV[3])
+redis.call('incr', KEYS[4])
+return 1
+"""
 
 
 class RedisStore:
     def __init__(self, client: aioredis.Redis):
         self._client = client
+        self._add = client.register_script(_ADD)
+        self._profile = client.register_script(_PROFILE)
 
-    async def add_interactions(self, user, items, timestamps) -> None:
+    async def user_state(self, user: str) -> UserState:
+        """Generation, added items and profile in one round trip."""
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                for item, ts in zip(items, timestamps, strict=True):
-                    pipe.xadd(
-                        STREAM,
-                        {"type": "interaction", "user": user, "item": item, "timestamp": ts},
-                    )
-                pipe.sadd(_items_key(user), *items)
-                await pipe.execute()
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(_key(user, "gen")).smembers(_key(user, "items"))
+                generation, members, profile = await pipe.get(_key(user, "profile")).execute()
         except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailable(f"Redis: {error}") from None
+            raise StoreUnavailable("the interaction store (Redis) did not answer") from error
+        return UserState(
+            int(generation or 0),
+            sorted(m.decode() for m in members),
+            json.loads(profile) if profile else None,
+        )
 
-    async def added_items(self, user: str) -> list[str]:
-        """Items added since training; an unreachable Redis reads as none (degraded)."""
+    async def _run(self, script, user: str, what: str, key: str, args: list) -> bool:
+        keys = [f"cddae:idem:{key}", STREAM, _key(user, what), _key(user, "gen")]
         try:
-            members = await self._client.smembers(_items_key(user))
-        except (TimeoutError, RedisError, OSError):
-            return []
-        return sorted(m.decode() for m in members)
-
-    async def set_profile(self, user: str, profile: dict[str, Any]) -> None:
-        payload = json.dumps(profile)
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xadd(STREAM, {"type": "profile", "user": user, "profile": payload})
-                pipe.set(_profile_key(user), payload)
-                await pipe.execute()
+            return bool(await script(keys=keys, args=[IDEMPOTENCY_TTL, user, *args]))
         except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailable(f"Redis: {error}") from None
+            raise StoreUnavailable("the interaction store (Redis) did not confirm") from error
 
-    async def profile(self, user: str) -> dict[str, Any] | None:
-        try:
-            payload = await self._client.get(_profile_key(user))
-        except (TimeoutError, RedisError, OSError):
-            return None
-        return json.loads(payload) if payload else None
+    async def add_interactions(self, user, items, timestamps, key) -> bool:
+        args = [value for pair in zip(items, timestamps, strict=True) for value in pair]
+        return await self._run(self._add, user, "items", key, args)
+
+    async def set_profile(self, user: str, profile: dict[str, Any], key: str) -> bool:
+        return await self._run(self._profile, user, "profile", key, [json.dumps(profile)])
+
+    def close(self) -> None:
+        pass

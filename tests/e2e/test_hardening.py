@@ -3,12 +3,19 @@ watcher that survives, and readiness that tells the truth."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service import bundle
+from service.cache import LocalCache
+from service.holder import ModelHolder
+from service.metrics import Metrics
+from service.recommendations import Recommendations
+from service.store import FileStore, StoreUnavailable
 from tests.e2e.conftest import ADMIN_TOKEN, running
 from tests.e2e.test_lifecycle import _copy_as_new_version
 
@@ -105,3 +112,84 @@ def test_a_422_describes_a_huge_input_briefly(base_models: Path, tmp_path: Path)
         items = [f"x{k}" for k in range(20_000)]
         answer = httpx.post(f"{server.url}/score", json={"items": items, "n": 0})
         assert answer.status_code == 422 and len(answer.content) < 5000, len(answer.content)
+
+
+def _service(models: Path, store) -> Recommendations:
+    holder = ModelHolder(models)
+    holder.refresh()
+    return Recommendations(holder, LocalCache(100, 300), store, Metrics(), max_n=50)
+
+
+def test_a_list_computed_across_a_write_is_never_served_after_it(
+    base_models: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> tuple[str, list[str]]:
+        store = FileStore(tmp_path / "events.jsonl")
+        service = _service(base_models, store)
+        top = (await service.for_user("3", 50, True))["items"][0]["item_id"]
+        scores = service._scores
+
+        async def slow_scores(model, queries):
+            await asyncio.sleep(0.3)  # the write below lands while this list is computed
+            return await scores(model, queries)
+
+        service._scores = slow_scores  # type: ignore[method-assign]
+        racing = asyncio.ensure_future(service.for_user("3", 5, True))
+        await asyncio.sleep(0.1)
+        await service.add_interactions("3", [top], None, "race-1")
+        await racing  # the old list, computed from the state before the write
+        service._scores = scores  # type: ignore[method-assign]
+        after = await service.for_user("3", 5, True)
+        store.close()
+        return top, [item["item_id"] for item in after["items"]]
+
+    top, after = asyncio.run(scenario())
+    assert top not in after
+
+
+class _Unreadable:
+    """A store whose reads fail (Redis timing out), writes too."""
+
+    async def user_state(self, user: str):
+        raise StoreUnavailable("the interaction store (Redis) did not answer")
+
+    async def add_interactions(self, *args) -> bool:
+        raise StoreUnavailable("the interaction store (Redis) did not confirm")
+
+    async def set_profile(self, *args) -> bool:
+        raise StoreUnavailable("the interaction store (Redis) did not confirm")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_read_never_looks_like_absence(base_models: Path) -> None:
+    async def scenario() -> None:
+        service = _service(base_models, _Unreadable())
+        answer = await service.for_user("3", 5, True)  # in the bundle: degraded, not cached
+        assert answer["degraded"] is True and answer["cached"] is False and answer["items"]
+        again = await service.for_user("3", 5, True)
+        assert again["cached"] is False
+        with pytest.raises(StoreUnavailable):  # created through the API: unknown now, so 503
+            await service.for_user("made-by-put", 5, True)
+        with pytest.raises(StoreUnavailable):  # not "unknown user, create it with PUT"
+            await service.add_interactions("made-by-put", ["1"], None, "k")
+        with pytest.raises(StoreUnavailable):
+            await service.set_profile("made-by-put", {"gender": "F"}, "k")
+
+    asyncio.run(scenario())
+
+
+def test_a_retried_write_is_recorded_once(base_models: Path, tmp_path: Path) -> None:
+    with running(base_models, tmp_path, None) as server:
+        headers = {"Idempotency-Key": "order-17"}
+        body = {"items": ["1", "2"]}
+        first = httpx.post(f"{server.url}/users/4/interactions", json=body, headers=headers)
+        again = httpx.post(f"{server.url}/users/4/interactions", json=body, headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert first.json()["replayed"] is False and again.json()["replayed"] is True
+        assert again.headers["Idempotency-Key"] == "order-17"
+        generated = httpx.post(f"{server.url}/users/4/interactions", json={"items": ["3"]})
+        assert len(generated.headers["Idempotency-Key"]) == 32  # made up and returned
+        lines = (tmp_path / "interactions.jsonl").read_text().splitlines()
+        assert len(lines) == 3  # 2 items once, 1 item once
