@@ -40,15 +40,28 @@ class Cache(Protocol):
     async def close(self) -> None: ...
 
 
+ENTRY_OVERHEAD = 200  # bytes a cached entry costs beyond its key and value (dicts, tuples)
+
+
 class LocalCache:
-    """LRU over owners with a TTL per entry; enough for one process on a laptop."""
+    """LRU over owners with a TTL per entry, bounded by bytes (not by owners: one owner can hold
+    many lists); enough for one process on a laptop."""
 
     backend = "memory"
     degraded = False
 
-    def __init__(self, max_owners: int, ttl: float, jitter: float = 0.0, clock=time.monotonic):
+    def __init__(self, max_bytes: int, ttl: float, jitter: float = 0.0, clock=time.monotonic):
         self._entries: OrderedDict[str, dict[str, tuple[float, bytes]]] = OrderedDict()
-        self._max, self._ttl, self._jitter, self._clock = max_owners, ttl, jitter, clock
+        self._max, self._ttl, self._jitter, self._clock = max_bytes, ttl, jitter, clock
+        self.bytes = 0
+
+    @staticmethod
+    def _cost(key: str, field: str, value: bytes) -> int:
+        return len(key) + len(field) + len(value) + ENTRY_OVERHEAD
+
+    def _drop(self, key: str) -> None:
+        for field, (_, value) in self._entries.pop(key, {}).items():
+            self.bytes -= self._cost(key, field, value)
 
     async def get(self, key: str, field: str) -> bytes | None:
         fields = self._entries.get(key)
@@ -57,19 +70,24 @@ class LocalCache:
         expires, value = fields[field]
         if expires <= self._clock():
             del fields[field]
+            self.bytes -= self._cost(key, field, value)
             return None
         self._entries.move_to_end(key)
         return value
 
     async def set(self, key: str, field: str, value: bytes) -> None:
         ttl = self._ttl * (1 + random.uniform(-self._jitter, self._jitter))
-        self._entries.setdefault(key, {})[field] = (self._clock() + ttl, value)
+        fields = self._entries.setdefault(key, {})
+        if field in fields:
+            self.bytes -= self._cost(key, field, fields[field][1])
+        fields[field] = (self._clock() + ttl, value)
+        self.bytes += self._cost(key, field, value)
         self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        while self.bytes > self._max and self._entries:
+            self._drop(next(iter(self._entries)))
 
     async def invalidate(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self._drop(key)
 
     async def check(self) -> bool:
         return True

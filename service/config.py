@@ -25,11 +25,17 @@ class Settings(BaseSettings):
     )
     cache_ttl_seconds: int = Field(default=300, ge=1)
     cache_ttl_jitter: float = Field(default=0.1, ge=0, le=1, description="± share of the TTL")
-    local_cache_size: int = Field(default=10_000, ge=1)
+    local_cache_bytes: int = Field(
+        default=64 * 2**20, ge=2**16, description="in-process cache bound, bytes of lists"
+    )
     max_n: int = Field(default=100, ge=1)
     max_batch: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     admin_token: SecretStr | None = None
+    write_token: SecretStr | None = Field(
+        default=None,
+        description="when set, recording interactions and profiles needs this bearer token",
+    )
     ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
     micro_batch_ms: float = Field(
         default=0, ge=0, le=100, description="0: one onnxruntime call per request, in a thread"

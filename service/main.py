@@ -53,7 +53,7 @@ def build_state(settings: Settings) -> AppState:
         store, backend = RedisStore(client), "redis"
     else:
         cache = LocalCache(
-            settings.local_cache_size, settings.cache_ttl_seconds, settings.cache_ttl_jitter
+            settings.local_cache_bytes, settings.cache_ttl_seconds, settings.cache_ttl_jitter
         )
         store, backend = FileStore(settings.interactions_log), "file"
     batcher = (

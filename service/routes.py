@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
+from pathlib import PurePath
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 
 from service.deps import AppStateDep
 from service.recommendations import NoModel, NotFound
@@ -29,6 +31,8 @@ from service.store import StoreUnavailable
 router = APIRouter()
 UserId = Annotated[str, Path(min_length=1, max_length=128, examples=["196"])]
 ERRORS = {
+    400: {"description": "a body that is not JSON"},
+    401: {"description": "a write without the configured bearer token"},
     404: {"description": "unknown user"},
     413: {"description": "body too large"},
     422: {"description": "invalid input; the detail names the offending values"},
@@ -96,6 +100,23 @@ IdempotencyKey = Annotated[
 ]
 
 
+def _bearer_ok(authorization: str | None, token: SecretStr) -> bool:
+    """Constant-time comparison of bytes (a non-ASCII header is simply wrong, not a 500)."""
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    return authorization is not None and secrets.compare_digest(given, expected)
+
+
+def require_writer(state: AppStateDep, authorization: Annotated[str | None, Header()] = None):
+    """Writes need CDDAE_WRITE_TOKEN as a bearer token, when one is configured."""
+    token = state.settings.write_token
+    if token is not None and not _bearer_ok(authorization, token):
+        raise HTTPException(401, "writes need the bearer token (CDDAE_WRITE_TOKEN)")
+
+
+Writer = Annotated[None, Depends(require_writer)]
+
+
 def _write_key(given: str | None, response: Response) -> str:
     key = given or uuid.uuid4().hex
     response.headers["Idempotency-Key"] = key
@@ -113,6 +134,7 @@ async def post_interactions(
     user_id: UserId,
     body: InteractionsRequest,
     response: Response,
+    _: Writer,
     idempotency_key: IdempotencyKey = None,
 ) -> dict:
     """Record new positive interactions; the user's next recommendations take them in at once.
@@ -139,6 +161,7 @@ async def put_profile(
     user_id: UserId,
     body: Profile,
     response: Response,
+    _: Writer,
     idempotency_key: IdempotencyKey = None,
 ):
     """Create a user (201), or replace the profile of one (200): recommendations then use this
@@ -185,11 +208,18 @@ async def get_readyz(state: AppStateDep, response: Response) -> dict:
 
 @router.get("/model", responses={503: {"description": "no model"}})
 async def get_model(state: AppStateDep) -> dict:
-    """The manifest of the bundle in service, files and parity included."""
+    """The manifest of the bundle in service, files and parity included (where the training
+    data lay on the training machine is not shown: only its kind and name)."""
     model = state.holder.model
     if model is None:
         raise HTTPException(503, "no model loaded yet")
-    return model.bundle.manifest
+    manifest = dict(model.bundle.manifest)
+    data = dict(manifest.get("data", {}))
+    if "source" in data:
+        kind, _, where = str(data["source"]).partition(":")
+        data["source"] = f"{kind}:{PurePath(where).name}" if where else kind
+    manifest["data"] = data
+    return manifest
 
 
 @router.get("/metrics", response_class=Response)
@@ -208,9 +238,7 @@ async def post_admin_reload(
     token = state.settings.admin_token
     if token is None:
         raise HTTPException(404, "admin endpoints are off: no CDDAE_ADMIN_TOKEN configured")
-    expected = f"Bearer {token.get_secret_value()}".encode()
-    given = (authorization or "").encode("utf-8", "surrogateescape")
-    if authorization is None or not secrets.compare_digest(given, expected):
+    if not _bearer_ok(authorization, token):
         raise HTTPException(401, "missing or wrong bearer token")
     outcome = await asyncio.to_thread(state.holder.refresh, True)
     model = state.holder.model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
 
 ItemId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
 # Finite, bounded numbers only: NaN, ±Infinity and 1e308 are refused with a 422, never scored.
@@ -18,7 +18,7 @@ class Profile(BaseModel):
         json_schema_extra={"example": {"age": 31, "gender": "F", "occupation": "writer"}},
     )
 
-    age: int | None = Field(default=None, ge=1, le=120)
+    age: StrictInt | None = Field(default=None, ge=1, le=120)  # true or "31" are not ages
     gender: str | None = None
     occupation: str | None = None
 
@@ -68,14 +68,14 @@ class ScoreRequest(BaseModel):
     vector: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
     weights: dict[str, Weight] | None = None
     profile: Profile | None = None
-    n: int = Field(default=10, ge=1)
+    n: StrictInt = Field(default=10, ge=1)
     exclude: list[ItemId] = Field(default_factory=list, max_length=10_000)
     exclude_seen: bool = True
     candidates: list[ItemId] | None = Field(default=None, min_length=1, max_length=10_000)
 
     @model_validator(mode="after")
     def _one_history(self) -> ScoreRequest:
-        given = [k for k in ("items", "vector", "weights") if getattr(self, k) is not None]
+        given = [k for k in ("items", "vector", "weights") if getattr(self, k)]  # [] is none
         if len(given) > 1:
             raise ValueError(f"give at most one of items, vector, weights (got {given})")
         if self.vector is not None and any(v not in (0, 1) for v in self.vector):

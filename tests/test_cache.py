@@ -25,7 +25,7 @@ class Clock:
 def test_local_cache_ttl_lru_and_invalidation() -> None:
     async def scenario() -> None:
         clock = Clock()
-        cache = LocalCache(max_owners=2, ttl=10, clock=clock)
+        cache = LocalCache(max_bytes=650, ttl=10, clock=clock)  # about three entries
         await cache.set("a", "n=1", b"1")
         await cache.set("a", "n=2", b"2")
         assert await cache.get("a", "n=1") == b"1"
@@ -40,6 +40,20 @@ def test_local_cache_ttl_lru_and_invalidation() -> None:
         assert await cache.get("a", "x") is None
 
     asyncio.run(scenario())
+
+
+def test_local_cache_is_bounded_by_bytes_whatever_the_owners_hold() -> None:
+    async def scenario() -> LocalCache:
+        cache = LocalCache(max_bytes=200_000, ttl=60)
+        for user in range(100):  # each user asks for every n, with and without exclusion
+            for n in range(1, 101):
+                await cache.set(f"user:{user}", f"{n}:1", b"x" * 1000)
+        return cache
+
+    cache = asyncio.run(scenario())
+    assert 100_000 < cache.bytes <= 200_000  # whole owners are evicted, oldest first
+    assert asyncio.run(cache.get("user:99", "100:1")) is not None
+    assert asyncio.run(cache.get("user:0", "1:1")) is None
 
 
 def test_redis_cache_sets_ttl_with_jitter_and_invalidates() -> None:
@@ -85,7 +99,7 @@ def test_concurrent_misses_for_one_key_are_computed_once() -> None:
         return {"items": [1, 2]}
 
     async def scenario() -> list[dict]:
-        service = Recommendations(None, LocalCache(10, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
+        service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
         first = await asyncio.gather(*(service._cached("k", "f", compute) for _ in range(5)))
         again = await service._cached("k", "f", compute)
         return [*first, again]
@@ -102,7 +116,7 @@ def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
         raise LookupError("unknown user")
 
     async def scenario() -> list:
-        service = Recommendations(None, LocalCache(10, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
+        service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
         return await asyncio.gather(
             *(service._cached("k", "f", failing) for _ in range(3)), return_exceptions=True
         )
@@ -119,7 +133,7 @@ def test_a_cancelled_leader_leaves_the_waiters_their_answer() -> None:
         return {"items": [3]}
 
     async def scenario() -> tuple[list, bool]:
-        service = Recommendations(None, LocalCache(10, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
+        service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
         leader = asyncio.ensure_future(service._cached("k", "f", compute))
         await asyncio.sleep(0.01)
         waiters = [asyncio.ensure_future(service._cached("k", "f", compute)) for _ in range(3)]

@@ -117,7 +117,7 @@ def test_a_422_describes_a_huge_input_briefly(base_models: Path, tmp_path: Path)
 def _service(models: Path, store) -> Recommendations:
     holder = ModelHolder(models)
     holder.refresh()
-    return Recommendations(holder, LocalCache(100, 300), store, Metrics(), max_n=50)
+    return Recommendations(holder, LocalCache(2**20, 300), store, Metrics(), max_n=50)
 
 
 def test_a_list_computed_across_a_write_is_never_served_after_it(
@@ -193,3 +193,25 @@ def test_a_retried_write_is_recorded_once(base_models: Path, tmp_path: Path) -> 
         assert len(generated.headers["Idempotency-Key"]) == 32  # made up and returned
         lines = (tmp_path / "interactions.jsonl").read_text().splitlines()
         assert len(lines) == 3  # 2 items once, 1 item once
+
+
+def test_types_are_strict_and_paths_stay_private(base_models: Path, tmp_path: Path) -> None:
+    with running(base_models, tmp_path, None) as server:
+        for body in ({"n": True}, {"n": "5"}, {"profile": {"age": True}}, {"n": 2.5}):
+            answer = httpx.post(f"{server.url}/score", json=body)
+            assert answer.status_code == 422, (body, answer.text)
+        both_empty = httpx.post(f"{server.url}/score", json={"items": [], "weights": {"1": 1}})
+        assert both_empty.status_code == 200, both_empty.text  # an empty list is not "given"
+        source = httpx.get(f"{server.url}/model").json()["data"]["source"]
+        assert "/" not in source and source.startswith("grouplens:")
+
+
+def test_writes_can_require_a_token(base_models: Path, tmp_path: Path) -> None:
+    with running(base_models, tmp_path, None, CDDAE_WRITE_TOKEN="w-secret") as server:
+        body = {"items": ["1"]}
+        assert httpx.post(f"{server.url}/users/1/interactions", json=body).status_code == 401
+        assert httpx.put(f"{server.url}/users/n-1/profile", json={"age": 3}).status_code == 401
+        auth = {"Authorization": "Bearer w-secret"}
+        ok = httpx.post(f"{server.url}/users/1/interactions", json=body, headers=auth)
+        assert ok.status_code == 201
+        assert httpx.get(f"{server.url}/users/1/recommendations").status_code == 200  # reads open
