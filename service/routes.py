@@ -219,6 +219,11 @@ async def get_model(state: AppStateDep) -> dict:
         kind, _, where = str(data["source"]).partition(":")
         data["source"] = f"{kind}:{PurePath(where).name}" if where else kind
     manifest["data"] = data
+    spec = model.bundle.user_spec.to_dict()["fields"]
+    manifest["profile_fields"] = [  # what PUT …/profile and /score accept
+        {"name": f["name"], "kind": f["kind"], **({"values": f["values"]} if f["values"] else {})}
+        for f in spec
+    ]
     return manifest
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    Strict,
+    StrictInt,
+    model_validator,
+)
 
 ItemId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
 # Finite, bounded numbers only: NaN, ±Infinity and 1e308 are refused with a 422, never scored.
@@ -12,18 +21,32 @@ Weight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 Timestamp = Annotated[float, Field(ge=0, le=32_503_680_000, allow_inf_nan=False)]  # ≤ year 3000
 
 
-class Profile(BaseModel):
+ProfileValue = (
+    StrictInt
+    | Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    | Annotated[str, Strict(), Field(max_length=200)]
+    | Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=100)]
+    | None
+)
+
+
+class Profile(RootModel[dict[Annotated[str, Field(max_length=64)], ProfileValue]]):
+    """A user's profile: the fields the model in service was trained with (its feature spec,
+    learnt from the data's profile columns; `/model` lists them). Values: numbers, text, or
+    lists of labels; an unknown field or value is a 422 that names it."""
+
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"example": {"age": 31, "gender": "F", "occupation": "writer"}},
+        json_schema_extra={"example": {"age": 31, "gender": "F", "occupation": "writer"}}
     )
 
-    age: StrictInt | None = Field(default=None, ge=1, le=120)  # true or "31" are not ages
-    gender: str | None = None
-    occupation: str | None = None
+    @model_validator(mode="after")
+    def _bounded(self) -> Profile:
+        if len(self.root) > 50:
+            raise ValueError(f"at most 50 profile fields, got {len(self.root)}")
+        return self
 
     def fields(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        return {k: v for k, v in self.root.items() if v is not None}
 
 
 class RecommendedItem(BaseModel):

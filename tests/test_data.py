@@ -125,3 +125,22 @@ def test_csv_columns_and_rows_read_the_same(tmp_path: Path) -> None:
     assert fast.items.tolist() == slow.items.tolist()  # "007" stays "007"
     assert fast.ratings.tolist() == slow.ratings.tolist()
     assert fast.columns()[3].tolist() == slow.columns()[3].tolist()
+
+
+def test_profile_fields_are_inferred_from_the_data_and_overridable(tmp_path: Path) -> None:
+    from training.dataset import fit_user_spec
+
+    _write(tmp_path, "ratings.csv", "user,item,rating\n1,a,5\n2,b,5\n3,a,4\n")
+    _write(tmp_path, "users.csv", "user,country,tenure,interests,gender,zip,nickname\n"
+           "1,FR,3.5,jazz|film,F,75001,x1\n2,DE,10,film,M,10115,x2\n3,,1,,F,,x3\n")  # fmt: skip
+    data = load_dataset(tmp_path)
+    assert data.user_profiles["3"] == {"tenure": "1", "gender": "F", "nickname": "x3"}
+    spec = fit_user_spec(data.user_profiles)
+    kinds = {f.name: f.kind for f in spec.fields}
+    assert kinds == {"gender": "categorical", "country": "categorical", "interests": "multi",
+                     "nickname": "categorical", "tenure": "numeric"}  # fmt: skip
+    assert spec.encode({"country": "DE", "interests": ["jazz"], "tenure": 10}).sum() > 0
+    spec = fit_user_spec(data.user_profiles, {"nickname": "ignore", "zip": "categorical"})
+    assert "nickname" not in spec.names and "zip" in spec.names
+    with pytest.raises(ValueError, match="unknown kind"):
+        fit_user_spec(data.user_profiles, {"zip": "colour"})

@@ -17,12 +17,13 @@ from training.report import metrics_table
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:
-    """A JSON or TOML file with optional sections `model`, `train`, `protocol`, `preset`."""
+    """A JSON or TOML file with optional sections `model`, `train`, `protocol`, `preset` and
+    `features` (`{"user": {"field": "categorical|multi|bucket|numeric|ignore"}}`)."""
     if path is None:
         return {}
     text = path.read_text()
     config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    if unknown := set(config) - {"model", "train", "protocol", "preset"}:
+    if unknown := set(config) - {"model", "train", "protocol", "preset", "features"}:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}")
     return config
 
@@ -46,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     protocol = ProtocolConfig(**{**config.get("protocol", {}), "seed": args.seed})
     if args.protocol:
         protocol.name = args.protocol
-    prepared = prepare(args.data, protocol, args.train_file, args.test_file)
+    user_fields = config.get("features", {}).get("user")
+    prepared = prepare(args.data, protocol, args.train_file, args.test_file, user_fields)
     train = config.get("train")
     if args.device:
         train = {**(train or {}), "device": args.device}

@@ -252,8 +252,9 @@ def load_recbole(folder: Path) -> RawDataset:
 _CSV_ALIASES = {"userid": "user", "user_id": "user", "movieid": "item", "item_id": "item"}
 
 
-def _csv_header(path: Path, allowed: set[str], required: set[str]) -> list[str]:
-    """The header's column names (aliases resolved), checked against what the file may hold."""
+def _csv_header(path: Path, allowed: set[str] | None, required: set[str]) -> list[str]:
+    """The header's column names (aliases resolved), checked against what the file may hold
+    (`allowed` None: any column, as in a profile file)."""
     if not path.is_file():
         raise DataError(path, None, "file not found")
     with path.open(encoding="utf-8", newline="") as handle:
@@ -262,14 +263,16 @@ def _csv_header(path: Path, allowed: set[str], required: set[str]) -> list[str]:
         raise DataError(path, 1, "empty file, expected a header line")
     names = [_CSV_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in header]
     for name in names:
-        if name not in allowed:
+        if allowed is not None and name not in allowed:
             raise DataError(path, 1, f"unknown column {name!r}; allowed: {sorted(allowed)}")
+    if len(set(names)) != len(names):
+        raise DataError(path, 1, f"a column named twice in {names}")
     if missing := required - set(names):
         raise DataError(path, 1, f"missing column(s) {sorted(missing)}")
     return names
 
 
-def _csv(path: Path, allowed: set[str], required: set[str]) -> Iterator[tuple[int, dict]]:
+def _csv(path: Path, allowed: set[str] | None, required: set[str]) -> Iterator[tuple[int, dict]]:
     names = _csv_header(path, allowed, required)
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
@@ -341,8 +344,8 @@ def _read_rows(path: Path) -> Interactions:
 
 def load_csv(ratings: Path, users: Path | None = None, items: Path | None = None) -> RawDataset:
     data = RawDataset(load_interactions_csv(ratings), source=f"csv:{ratings}")
-    if users is not None:
-        for n, row in _csv(users, {"user", *USER_FIELDS}, {"user"}):
+    if users is not None:  # any columns: profile fields are data (training.dataset infers them)
+        for n, row in _csv(users, None, {"user"}):
             user = row.pop("user")
             data.user_profiles[user] = _user_profile(users, n, row)
     if items is not None:
@@ -353,7 +356,7 @@ def load_csv(ratings: Path, users: Path | None = None, items: Path | None = None
 
 
 def _user_profile(path: Path, line: int, row: dict[str, str]) -> dict[str, Any]:
-    profile: dict[str, Any] = dict(row)
+    profile: dict[str, Any] = {k: v for k, v in row.items() if v != ""}  # empty: not known
     if row.get("age"):
         profile["age"] = int(_number(path, line, "age", row["age"]))
     return profile

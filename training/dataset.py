@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,16 +32,56 @@ def _index_of(ids: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(text[order], vocab.astype(str))]
 
 
-def fit_user_spec(profiles: dict[str, dict[str, Any]]) -> FeatureSpec:
-    """Gender and occupation one-hot, age as MovieLens age bands; only fields the data has."""
+# How MovieLens's user fields are encoded; any other field is inferred from its values, and a
+# config's `features.user` section overrides either: {"zip": "categorical", "age": "ignore"}.
+KNOWN_USER_FIELDS: dict[str, str] = {
+    "gender": "categorical", "occupation": "categorical", "age": "bucket", "zip": "ignore",
+}  # fmt: skip
+FIELD_KINDS = ("categorical", "multi", "bucket", "numeric", "ignore")
+MAX_CATEGORIES = 200  # more distinct values than this reads as free text or ids: not encoded
+
+
+def infer_kind(values: list[Any]) -> str:
+    """numeric when every value is a number; multi when values are lists or "a|b" strings;
+    categorical up to MAX_CATEGORIES distinct values; else ignore (ids, free text)."""
+    present = [v for v in values if v is not None and v != ""]
+    if not present:
+        return "ignore"
+    if all(_is_number(v) for v in present):
+        return "numeric"
+    if any(isinstance(v, list) or (isinstance(v, str) and "|" in v) for v in present):
+        return "multi"
+    if len({str(v) for v in present}) <= MAX_CATEGORIES:
+        return "categorical"
+    return "ignore"
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def fit_user_spec(
+    profiles: dict[str, dict[str, Any]], overrides: dict[str, str] | None = None
+) -> FeatureSpec:
+    """A spec for whatever fields the profiles carry: MovieLens's as before (gender and
+    occupation one-hot, age in MovieLens age bands, zip not encoded), others inferred, any of
+    them overridden by `overrides` (field -> kind, or "ignore")."""
+    overrides = overrides or {}
+    if bad := {k: v for k, v in overrides.items() if v not in FIELD_KINDS}:
+        raise ValueError(f"features.user: unknown kind(s) {bad}; choose from {FIELD_KINDS}")
+    names = {name for profile in profiles.values() for name in profile}
+    known = [n for n in ("gender", "occupation", "age") if n in names]
     fields = []
-    column = lambda name: [p.get(name) for p in profiles.values()]  # noqa: E731
-    if any(column("gender")):
-        fields.append(fit_field("gender", "categorical", column("gender")))
-    if any(column("occupation")):
-        fields.append(fit_field("occupation", "categorical", column("occupation")))
-    if any(v is not None for v in column("age")):
-        fields.append(fit_field("age", "bucket", column("age")))
+    for name in [*known, *sorted(names - set(known))]:
+        column = [p.get(name) for p in profiles.values()]
+        kind = overrides.get(name) or KNOWN_USER_FIELDS.get(name) or infer_kind(column)
+        if kind != "ignore" and any(v is not None and v != "" for v in column):
+            fields.append(fit_field(name, kind, column))  # type: ignore[arg-type]
     return FeatureSpec(tuple(fields))
 
 
@@ -80,14 +121,18 @@ class ImplicitDataset:
 
     @classmethod
     def from_raw(
-        cls, raw: RawDataset, threshold: float = DEFAULT_THRESHOLD, *extra: Interactions
+        cls,
+        raw: RawDataset,
+        threshold: float = DEFAULT_THRESHOLD,
+        *extra: Interactions,
+        user_fields: dict[str, str] | None = None,
     ) -> ImplicitDataset:
         """Id maps cover every user and item in `raw` and in `extra` (e.g. explicit test files)."""
         columns = [inter.columns() for inter in (raw.interactions, *extra)]
         user_ids = _natural_order(np.concatenate([c[0].vocab for c in columns]))
         catalogue = np.array(list(raw.item_profiles), dtype=object)
         item_ids = _natural_order(np.concatenate([*(c[1].vocab for c in columns), catalogue]))
-        user_spec = fit_user_spec(raw.user_profiles)
+        user_spec = fit_user_spec(raw.user_profiles, user_fields)
         item_spec = fit_item_spec(raw.item_profiles)
         data = cls(
             user_ids=user_ids,

@@ -70,13 +70,15 @@ def prepare(
     protocol: ProtocolConfig,
     train_file: Path | None = None,
     test_file: Path | None = None,
+    user_fields: dict[str, str] | None = None,
 ) -> Prepared:
+    """Load and split; `user_fields` overrides how profile fields are encoded (field -> kind)."""
     raw = data if isinstance(data, RawDataset) else load_dataset(data)
     if (train_file is None) != (test_file is None):
         raise ValueError("--train-file and --test-file go together")
     if train_file is not None and test_file is not None:
-        return _prepare_explicit(raw, protocol, train_file, test_file)
-    dataset = ImplicitDataset.from_raw(raw, protocol.threshold)
+        return _prepare_explicit(raw, protocol, train_file, test_file, user_fields)
+    dataset = ImplicitDataset.from_raw(raw, protocol.threshold, user_fields=user_fields)
     outer, inner = train_valid_test(
         dataset.positives, dataset.timestamps, protocol.name, protocol.fraction, protocol.seed
     )
@@ -88,13 +90,19 @@ def prepare(
 
 
 def _prepare_explicit(
-    raw: RawDataset, protocol: ProtocolConfig, train_file: Path, test_file: Path
+    raw: RawDataset,
+    protocol: ProtocolConfig,
+    train_file: Path,
+    test_file: Path,
+    user_fields: dict[str, str] | None = None,
 ) -> Prepared:
     """Train/test from files; ids also span the folder's data so the maps match the built-in
     split's; validation is carved from the training file as usual."""
     train_inter, test_inter = load_interactions_csv(train_file), load_interactions_csv(test_file)
     profiled = RawDataset(train_inter, raw.user_profiles, raw.item_profiles, raw.source)
-    dataset = ImplicitDataset.from_raw(profiled, protocol.threshold, test_inter, raw.interactions)
+    dataset = ImplicitDataset.from_raw(
+        profiled, protocol.threshold, test_inter, raw.interactions, user_fields=user_fields
+    )
     test, _ = dataset.to_matrices(test_inter)
     test = (test - test.multiply(dataset.positives)).tocsr()
     test.eliminate_zeros()

@@ -259,7 +259,8 @@ def _run(data, models_dir, source, kind, seed, gate, output, config, trim, log) 
     earlier = sum(f[0] for f in folded)
     log(f"{base} ratings from {data}; recorded interactions: {earlier} folded before, "
         f"{new[0]} new (mark {after} → {mark}); recorded profiles: {new[1]} new")  # fmt: skip
-    prepared = prepare(raw, ProtocolConfig(seed=seed))
+    user_fields = config.get("features", {}).get("user")
+    prepared = prepare(raw, ProtocolConfig(seed=seed), user_fields=user_fields)
     _, checkpoint = train_and_evaluate(
         kind, prepared, seed, model=config.get("model"), train=config.get("train"), progress=False
     )
