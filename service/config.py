@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         default=0, ge=0, le=100, description="0: one onnxruntime call per request, in a thread"
     )
     reload_interval_seconds: float = Field(default=2.0, gt=0)
+    idle_timeout_seconds: int = Field(
+        default=5,
+        ge=1,
+        description="a connection idle this long (before or between requests) is closed",
+    )
+    max_connections: int = Field(
+        default=2048, ge=16, description="connections and tasks at once; beyond, 503s"
+    )
     interactions_log: Path = Field(
         default=Path("data/interactions.jsonl"),
         description="append-only store for new interactions and profiles when Redis is unset",

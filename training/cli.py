@@ -214,13 +214,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from service.config import Settings
-    from service.main import create_app
+    from service.server import serve
 
     settings = Settings(models_dir=args.models_dir)  # every other setting: CDDAE_* variables
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    serve(settings, args.host, args.port, args.log_level)
 
 
 def cmd_experiments(args: argparse.Namespace) -> None:

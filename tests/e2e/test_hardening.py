@@ -215,3 +215,24 @@ def test_writes_can_require_a_token(base_models: Path, tmp_path: Path) -> None:
         ok = httpx.post(f"{server.url}/users/1/interactions", json=body, headers=auth)
         assert ok.status_code == 201
         assert httpx.get(f"{server.url}/users/1/recommendations").status_code == 200  # reads open
+
+
+def test_idle_connections_are_closed_and_the_service_stays_reachable(
+    base_models: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with running(base_models, tmp_path, None, CDDAE_IDLE_TIMEOUT_SECONDS="1") as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
+        try:
+            assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+            time.sleep(2.5)
+            closed = 0
+            for sock in idle:
+                sock.settimeout(2)
+                closed += sock.recv(1) == b""  # the server hung up
+            assert closed == len(idle)
+            assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+        finally:
+            for sock in idle:
+                sock.close()
