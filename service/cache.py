@@ -1,9 +1,11 @@
 """Recommendation cache: Redis when configured, an in-process LRU otherwise.
 
-Entries are grouped per owner (a user, or one ad-hoc request) in a Redis hash whose key carries
-the model version: a promotion invalidates everything by construction, and invalidating a user
-is one DEL. Redis calls have short timeouts; after a failure the cache is bypassed for a while
-(`degraded`), then tried again, so a slow or dead Redis never fails a request.
+Entries are grouped per owner (a user at one generation, or one ad-hoc request) in a Redis hash
+whose key carries the model version: a promotion invalidates everything by construction, and a
+write for a user moves the user's generation, hence the key (service.store). Nothing is ever
+deleted to invalidate; old keys expire. Redis calls have short timeouts; after a failure the
+cache is bypassed for a while (`degraded`), then tried again, so a slow or dead Redis never
+fails a request.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ class Cache(Protocol):
     async def get(self, key: str, field: str) -> bytes | None: ...
 
     async def set(self, key: str, field: str, value: bytes) -> None: ...
-
-    async def invalidate(self, key: str) -> None: ...
 
     async def check(self) -> bool: ...
 
@@ -86,9 +86,6 @@ class LocalCache:
         while self.bytes > self._max and self._entries:
             self._drop(next(iter(self._entries)))
 
-    async def invalidate(self, key: str) -> None:
-        self._drop(key)
-
     async def check(self) -> bool:
         return True
 
@@ -134,13 +131,6 @@ class RedisCache:
         try:
             async with self._client.pipeline(transaction=True) as pipe:
                 await pipe.hset(key, field, value).expire(key, ttl).execute()
-        except (TimeoutError, RedisError, OSError):
-            self._failed()
-
-    async def invalidate(self, key: str) -> None:
-        # Not skipped while degraded: a stale list must not outlive a recorded interaction.
-        try:
-            await self._client.delete(key)
         except (TimeoutError, RedisError, OSError):
             self._failed()
 

@@ -141,8 +141,8 @@ class Model:
         source = self.source(query)
         values = self.popularity if source == "popularity" or scores is None else scores
         allowed = np.zeros(self.n_items, dtype=bool)
-        allowed[slice(None) if candidates is None else list(candidates)] = True
-        allowed[list(exclude)] = False
+        allowed[slice(None) if candidates is None else np.asarray(candidates, np.int64)] = True
+        allowed[np.asarray(exclude, np.int64)] = False
         pool = np.flatnonzero(allowed)  # sorted, unique: one pass, no set operations
         if len(pool) == 0:
             return Ranked([], source)

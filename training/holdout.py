@@ -40,7 +40,7 @@ def evaluate_bundle(
     theirs_to_ours = np.full(model.n_items, -1, dtype=np.int64)
     known = ours_to_theirs >= 0
     theirs_to_ours[ours_to_theirs[known]] = np.flatnonzero(known)
-    candidates = ours_to_theirs[known].tolist()
+    candidates = ours_to_theirs[known]
     lists = np.full((len(users), max_n), -1, dtype=np.int64)
     for start in range(0, len(users), chunk):
         rows = users[start : start + chunk]

@@ -17,16 +17,7 @@ from service.metrics import Metrics
 from service.recommendations import Recommendations
 from service.store import FileStore, StoreUnavailable
 from tests.e2e.conftest import ADMIN_TOKEN, running
-from tests.e2e.test_lifecycle import _copy_as_new_version
-
-
-def _until(predicate, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.e2e.test_lifecycle import _copy_as_new_version, _wait_for
 
 
 def test_a_non_ascii_bearer_token_is_a_401(base_models: Path, tmp_path: Path) -> None:
@@ -57,7 +48,7 @@ def test_the_watcher_survives_a_broken_pointer_and_readiness_says_so(
 
         (models / bundle.CURRENT).unlink()
         (models / bundle.CURRENT).mkdir()  # a directory where the pointer should be
-        assert _until(lambda: "pointer_error" in ready()["detail"])
+        assert _wait_for(lambda: "pointer_error" in ready()["detail"])
         assert ready()["status"] == "degraded"
         assert httpx.get(f"{server.url}/users/1/recommendations").status_code == 200
 
@@ -67,7 +58,7 @@ def test_the_watcher_survives_a_broken_pointer_and_readiness_says_so(
         graph = (models / second / "model.onnx").read_bytes()
         (models / second / "model.onnx").write_bytes(b"not a graph")
         (models / bundle.CURRENT).write_text(second + "\n")
-        assert _until(lambda: second in ready()["detail"]["refused_versions"])
+        assert _wait_for(lambda: second in ready()["detail"]["refused_versions"])
         state = ready()  # the pointer names a version that is not served: not "ok"
         assert state["status"] == "degraded" and state["model_version"] == good
         assert str(models) not in str(state)  # reasons name files, not the server's paths
@@ -75,9 +66,9 @@ def test_the_watcher_survives_a_broken_pointer_and_readiness_says_so(
         # Repaired, the pointer moved away and back: the version is tried again.
         (models / second / "model.onnx").write_bytes(graph)
         (models / bundle.CURRENT).write_text(good + "\n")
-        assert _until(lambda: ready()["detail"]["current_pointer"] == good)
+        assert _wait_for(lambda: ready()["detail"]["current_pointer"] == good)
         (models / bundle.CURRENT).write_text(second + "\n")
-        assert _until(lambda: ready()["model_version"] == second)
+        assert _wait_for(lambda: ready()["model_version"] == second)
         assert ready()["status"] == "ok"
 
 
