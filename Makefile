@@ -6,7 +6,7 @@ MODELS_DIR ?= models
 RUN_DIR ?= runs/cddae
 PORT ?= 8000
 
-.PHONY: run test install
+.PHONY: run test install faults
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,3 +25,7 @@ run: install
 test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Faults under load on loopback (own redis-server per scenario; about a minute): docs/RELIABILITY.md
+faults: install
+	$(BIN)/python scripts/fault_suite.py
