@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from service.batcher import MicroBatcher
 from service.cache import Cache, LocalCache, RedisCache, redis_client
@@ -85,7 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Top-N recommendations from a Collaborative Deep Denoising Autoencoder",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from a package: the page works without the internet
+        redoc_url=None,
     )
+    mount_docs(app)
     app.state.cddae = state
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router)
@@ -121,3 +124,22 @@ def _brief(value: object) -> object:
         return value
     text = repr(value)
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+def mount_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's files from the swagger-ui-bundle package, not from a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="cddae — API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )

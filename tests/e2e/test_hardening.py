@@ -227,3 +227,11 @@ def test_idle_connections_are_closed_and_the_service_stays_reachable(
         finally:
             for sock in idle:
                 sock.close()
+
+
+def test_the_docs_page_needs_no_cdn(base_models: Path, tmp_path: Path) -> None:
+    with running(base_models, tmp_path, None) as server:
+        page = httpx.get(f"{server.url}/docs")
+        assert page.status_code == 200 and "cdn" not in page.text.lower()
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            assert httpx.get(f"{server.url}/static/swagger/{asset}").status_code == 200
