@@ -209,6 +209,12 @@ def main() -> None:
     plot(results, args.out / "scale.png")
 
 
+def _pop(r: dict) -> str:
+    if r["pop_P@10"] != r["pop_P@10"]:  # NaN: not measured
+        return "not run"
+    return f"{r['pop_P@10']:.4f} / {r['pop_R@10']:.4f}"
+
+
 def print_table(results: dict) -> None:
     print(
         "| size | users × items × interactions | train s (peak GB) | P@10 / R@10 (popularity) "
@@ -218,7 +224,7 @@ def print_table(results: dict) -> None:
     for name, r in sorted(results.items(), key=lambda kv: kv[1]["interactions"]):
         print(f"| {name} | {r['users']:,} × {r['items']:,} × {r['interactions']:,} | "
               f"{r['train_s']:.0f} ({r['train_peak_gb']:.1f}) | {r['P@10']:.4f} / {r['R@10']:.4f} "
-              f"({r['pop_P@10']:.4f} / {r['pop_R@10']:.4f}) | {r['export_s']:.0f} "
+              f"({_pop(r)}) | {r['export_s']:.0f} "
               f"({r['export_peak_gb']:.1f}) | {r['bundle_mb']:.0f} | "
               f"{r['ready_s']:.1f} | {r['service_rss_gb']:.2f} | "
               f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} |")  # fmt: skip
