@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from service.bundle import (
     EVENTS,
+    MANIFEST,
     BundleError,
     LockedError,
     current_version,
@@ -39,7 +40,6 @@ from service.bundle import (
     models_lock,
     promote,
     promotion_history,
-    read_manifest,
 )
 from training.data import RawDataset, load_dataset
 
@@ -247,7 +247,7 @@ def _run(data, models_dir, source, kind, seed, gate, output, config, trim, log) 
     from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
 
     current = current_version(models_dir)
-    state = read_manifest(models_dir / current).get("events", {}) if current else {}
+    state = _events_state(models_dir, current)
     after = state.get("mark") if state.get("source") == source.name else None
     chain = list(state.get("segments", []))
     raw = load_dataset(data)
@@ -299,6 +299,18 @@ def _run(data, models_dir, source, kind, seed, gate, output, config, trim, log) 
     return Outcome.PROMOTED
 
 
+def _events_state(models_dir: Path, version: str | None) -> dict[str, Any]:
+    """The event bookkeeping of a version's manifest, read leniently: a bundle of an older
+    format (which the service would refuse) still tells where the log was folded up to."""
+    if version is None:
+        return {}
+    try:
+        manifest = json.loads((models_dir / version / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        raise RuntimeError(f"{version}: cannot read its manifest ({error})") from None
+    return manifest.get("events", {})
+
+
 def _trim(models_dir: Path, source: EventSource) -> int:
     """Trim the log up to the oldest mark any version on disk still depends on."""
     marks = []
@@ -306,7 +318,7 @@ def _trim(models_dir: Path, source: EventSource) -> int:
     for version in promotion_history(models_dir):
         if version not in on_disk:
             continue
-        events = read_manifest(models_dir / version).get("events", {})
+        events = _events_state(models_dir, version)
         if events.get("source") != source.name or not events.get("mark"):
             return 0  # a version that would reread the log from its start: keep it all
         marks.append(events["mark"])
