@@ -51,3 +51,26 @@ def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str
         padded = {**feeds, "items": np.pad(feeds["items"], ((0, 0), (0, 4)))}
         padded["weights"] = np.pad(feeds["weights"], ((0, 0), (0, 4)))
         np.testing.assert_allclose(session.run(["scores"], padded)[0], scores, atol=1e-6)
+
+
+def test_weights_past_the_limit_travel_as_external_data(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    from service.recommender import Model
+
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    _, checkpoint = train_and_evaluate(
+        "cddae", prepared, model={"hidden": [16]}, train=FAST, progress=False
+    )
+    inline, _ = export_checkpoint(checkpoint, tmp_path)
+    external, figures = export_checkpoint(checkpoint, tmp_path, external_above=0)
+    folder = tmp_path / external
+    assert (folder / "model.onnx.data").stat().st_size > (folder / "model.onnx").stat().st_size
+    assert "model.onnx.data" in load_bundle(folder).manifest["files"]  # checksummed
+    assert figures["max_abs_diff"] <= 1e-4
+    a, b = Model.load(tmp_path / inline), Model.load(folder)  # the service loads both
+    queries = [a.known_user(u) for u in range(5)]
+    np.testing.assert_allclose(a.scores(queries), b.scores(queries), atol=1e-6)
+    (folder / "model.onnx.data").write_bytes(b"truncated")
+    with pytest.raises(Exception, match=r"model\.onnx\.data: sha256"):
+        Model.load(folder)

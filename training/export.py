@@ -102,9 +102,21 @@ def parity_sample(n_users: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_users, PARITY_USERS, replace=False))
 
 
+# Protobuf caps one file at 2 GB: above this many bytes of weights the graph keeps them in
+# `model.onnx.data` beside it (the bundle carries and checksums both).
+EXTERNAL_DATA_ABOVE = 1 << 30
+
+
 def to_onnx(
-    module: nn.Module, example: tuple[torch.Tensor, ...], outputs: tuple[str, ...] = ("scores",)
-) -> bytes:
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    outputs: tuple[str, ...] = ("scores",),
+    external_above: int = EXTERNAL_DATA_ABOVE,
+) -> dict[str, bytes]:
+    """The graph as bundle files: `model.onnx`, and `model.onnx.data` when the weights pass
+    `external_above` bytes."""
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    external = weights > external_above
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -120,21 +132,30 @@ def to_onnx(
             output_names=list(outputs),
             dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}, {0: batch}, {0: batch}),
             dynamo=True,
-            external_data=False,
+            external_data=external,
             verbose=False,
         )
         quiet.setLevel(level)
-        return path.read_bytes()
+        files = {"model.onnx": path.read_bytes()}
+        data = path.with_name("model.onnx.data")
+        if data.exists():
+            files["model.onnx.data"] = data.read_bytes()
+        return files
 
 
-def parity(onnx_bytes: bytes, module: nn.Module, checkpoint: Checkpoint) -> dict[str, float]:
+def parity(graph: dict[str, bytes], module: nn.Module, checkpoint: Checkpoint) -> dict[str, float]:
     """onnxruntime against PyTorch on a seeded sample of users, in chunks: largest score
     difference and the share of users whose top-10 (seen items excluded) is the same."""
     import onnxruntime as ort
 
     from training.metrics import mask_seen
 
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as tmp:  # from files, as the service loads it
+        for name, payload in graph.items():
+            (Path(tmp) / name).write_bytes(payload)
+        session = ort.InferenceSession(
+            str(Path(tmp) / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
     sample = parity_sample(checkpoint.positives.shape[0])
     worst, same = 0.0, 0
     for start in range(0, len(sample), 256):
@@ -164,7 +185,7 @@ def check_parity(figures: dict[str, float]) -> None:
         )
 
 
-def bundle_files(checkpoint: Checkpoint, onnx_bytes: bytes) -> dict[str, bytes]:
+def bundle_files(checkpoint: Checkpoint, graph: dict[str, bytes]) -> dict[str, bytes]:
     catalogue = checkpoint.item_catalogue
     profiles = [catalogue.get(str(item_id), {}) for item_id in checkpoint.item_ids]
     popularity = np.asarray(checkpoint.positives.sum(axis=0), dtype=np.float32).ravel()
@@ -187,22 +208,25 @@ def bundle_files(checkpoint: Checkpoint, onnx_bytes: bytes) -> dict[str, bytes]:
         "item_spec": checkpoint.item_spec.to_dict(),
     }
     return {
-        "model.onnx": onnx_bytes,
+        **graph,
         "arrays.npz": arrays_payload(arrays),
         "features.json": json.dumps(features).encode(),
     }
 
 
 def export_checkpoint(
-    checkpoint: Checkpoint, models_dir: Path, extra: dict[str, Any] | None = None
+    checkpoint: Checkpoint,
+    models_dir: Path,
+    extra: dict[str, Any] | None = None,
+    external_above: int = EXTERNAL_DATA_ABOVE,
 ) -> tuple[str, dict[str, float]]:
     """Export the served model, check parity (refusing a graph that fails it), write the bundle;
     return (version, parity figures). `extra` adds manifest sections (the retraining job's)."""
     from service.bundle import models_lock
 
     module = InferencePath(restore(checkpoint, served=True), checkpoint.kind)
-    onnx_bytes = to_onnx(module, model_inputs(checkpoint, np.arange(2)))
-    figures = parity(onnx_bytes, module, checkpoint)
+    graph = to_onnx(module, model_inputs(checkpoint, np.arange(2)), external_above=external_above)
+    figures = parity(graph, module, checkpoint)
     check_parity(figures)
     n_users, n_items = checkpoint.train.shape
     meta = checkpoint.meta
@@ -241,5 +265,5 @@ def export_checkpoint(
     }
     manifest.update(extra or {})
     with models_lock(models_dir):
-        version = write_bundle(models_dir, bundle_files(checkpoint, onnx_bytes), manifest)
+        version = write_bundle(models_dir, bundle_files(checkpoint, graph), manifest)
     return version, figures
