@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     mount_docs(app)
+    publish_limits(app, settings)
     app.state.cddae = state
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router)
@@ -143,3 +144,27 @@ def mount_docs(app: FastAPI) -> None:
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon-32x32.png",
         )
+
+
+def publish_limits(app: FastAPI, settings: Settings) -> None:
+    """Limits that are settings (n's maximum, a batch's size) go into the OpenAPI schema, so
+    the contract says what the service enforces."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "n":
+                    parameter["schema"]["maximum"] = settings.max_n
+        components = schema.get("components", {}).get("schemas", {})
+        if "ScoreRequest" in components:
+            components["ScoreRequest"]["properties"]["n"]["maximum"] = settings.max_n
+        if "BatchScoreRequest" in components:
+            components["BatchScoreRequest"]["properties"]["users"]["maxItems"] = settings.max_batch
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

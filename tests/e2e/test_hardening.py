@@ -235,3 +235,17 @@ def test_the_docs_page_needs_no_cdn(base_models: Path, tmp_path: Path) -> None:
         assert page.status_code == 200 and "cdn" not in page.text.lower()
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
             assert httpx.get(f"{server.url}/static/swagger/{asset}").status_code == 200
+
+
+def test_the_schema_states_the_limits_the_service_enforces(
+    base_models: Path, tmp_path: Path
+) -> None:
+    with running(base_models, tmp_path, None) as server:  # CDDAE_MAX_N=50, CDDAE_MAX_BATCH=8
+        schema = httpx.get(f"{server.url}/openapi.json").json()
+        get = schema["paths"]["/users/{user_id}/recommendations"]["get"]
+        n = next(p for p in get["parameters"] if p["name"] == "n")
+        assert n["schema"]["maximum"] == 50
+        components = schema["components"]["schemas"]
+        assert components["ScoreRequest"]["properties"]["n"]["maximum"] == 50
+        assert components["BatchScoreRequest"]["properties"]["users"]["maxItems"] == 8
+        assert httpx.get(f"{server.url}/users/1/recommendations?n=51").status_code == 422
