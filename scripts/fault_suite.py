@@ -224,36 +224,31 @@ def verdict(name: str, load: Load, found: Counter, keyed: bool) -> dict:
     }
 
 
-def redis_pause(models: Path, work: Path) -> dict:
+def redis_fault(models: Path, work: Path, name: str, fault) -> dict:
+    """Load for 8 s; two seconds in, `fault(server)` (it returns when Redis is back)."""
     server = RedisServer(work / "redis").start()
     api = Api(models, work, server.url).start()
     try:
         load = Load(lambda: api.url, seconds=8).run()
         time.sleep(2)
-        server.signal(signal.SIGSTOP)
-        time.sleep(3)
-        server.signal(signal.SIGCONT)
+        fault(server)
         load.join()
-        return verdict("Redis SIGSTOP 3 s", load, events_in_stream(server.url), keyed=False)
+        return verdict(name, load, events_in_stream(server.url), keyed=False)
     finally:
         api.stop()
         server.signal(signal.SIGKILL)
 
 
-def redis_kill(models: Path, work: Path) -> dict:
-    server = RedisServer(work / "redis").start()
-    api = Api(models, work, server.url).start()
-    try:
-        load = Load(lambda: api.url, seconds=8).run()
-        time.sleep(2)
-        server.signal(signal.SIGKILL)
-        time.sleep(2)
-        server.start()  # same port, same AOF
-        load.join()
-        return verdict("Redis SIGKILL, restarted", load, events_in_stream(server.url), False)
-    finally:
-        api.stop()
-        server.signal(signal.SIGKILL)
+def pause(server: RedisServer) -> None:
+    server.signal(signal.SIGSTOP)
+    time.sleep(3)
+    server.signal(signal.SIGCONT)
+
+
+def kill_and_restart(server: RedisServer) -> None:
+    server.signal(signal.SIGKILL)
+    time.sleep(2)
+    server.start()  # same port, same AOF
 
 
 def api_kill(models: Path, work: Path, with_redis: bool) -> dict:
@@ -321,8 +316,8 @@ def idle_connections(models: Path, work: Path) -> dict:
 
 
 SCENARIOS = {
-    "redis-stop": redis_pause,
-    "redis-kill": redis_kill,
+    "redis-stop": lambda m, w: redis_fault(m, w, "Redis SIGSTOP 3 s", pause),
+    "redis-kill": lambda m, w: redis_fault(m, w, "Redis SIGKILL, restarted", kill_and_restart),
     "api-kill-file": lambda m, w: api_kill(m, w, with_redis=False),
     "api-kill-redis": lambda m, w: api_kill(m, w, with_redis=True),
     "torn-tail": torn_tail,
