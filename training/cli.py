@@ -83,41 +83,39 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from training.checkpoint import Checkpoint
     from training.data import load_interactions_csv
-    from training.metrics import evaluate_scores
-    from training.pipeline import restore
+    from training.metrics import evaluate_chunked
+    from training.pipeline import ranker, restore
 
     checkpoint = Checkpoint.load(args.checkpoint)
     test = checkpoint.test
     if args.test_file is not None:
         test = _map_test_file(checkpoint, load_interactions_csv(args.test_file))
-    recommender = restore(checkpoint)
-    users = np.arange(len(checkpoint.user_ids))
-    scores = recommender.score(checkpoint.train, users, checkpoint.user_features)
-    results = {k: v.tolist() for k, v in evaluate_scores(scores, checkpoint.train, test).items()}
+    rank = ranker(restore(checkpoint), checkpoint.user_features)  # in chunks: no users × items
+    results = {k: v.tolist() for k, v in evaluate_chunked(rank, checkpoint.train, test).items()}
     print(f"{checkpoint.kind} from {args.checkpoint}")
     print(metrics_table(results))
     _write_json(args.json, {"model": checkpoint.kind, "metrics": results})
 
 
 def _map_test_file(checkpoint, inter):
-    """Positives of a test CSV under the checkpoint's id maps, training items removed."""
+    """Positives of a test CSV under the checkpoint's id maps, training items removed (rows
+    with ids the checkpoint does not know are dropped). Vectorised: no loop per row."""
     import numpy as np
     import scipy.sparse as sp
 
-    threshold = checkpoint.meta["data"]["threshold"]
-    users = {u: n for n, u in enumerate(checkpoint.user_ids)}
-    items = {i: n for n, i in enumerate(checkpoint.item_ids)}
-    rows, cols = [], []
-    for user, item, rating in zip(inter.users, inter.items, inter.ratings, strict=True):
-        if rating >= threshold and user in users and item in items:
-            rows.append(users[user])
-            cols.append(items[item])
+    from service.bundle import IdIndex
+
+    users, items, ratings, _ = inter.columns()
+    rows = IdIndex(checkpoint.user_ids.astype(str)).lookup(users.vocab.astype(str))[users.codes]
+    cols = IdIndex(checkpoint.item_ids.astype(str)).lookup(items.vocab.astype(str))[items.codes]
+    positive = inter.implicit | (ratings >= checkpoint.meta["data"]["threshold"])
+    keep = positive & (rows >= 0) & (cols >= 0)
     shape = checkpoint.train.shape
-    test = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
+    test = sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=shape
+    )
     test.data[:] = 1.0
     return (test - test.multiply(checkpoint.train)).tocsr()
 
