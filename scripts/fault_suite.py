@@ -172,7 +172,7 @@ class Load:
                 try:
                     answer = httpx.post(
                         f"{self.url_of()}/users/{user}/interactions",
-                        json={"items": [item], "timestamps": [float(k)]},
+                        json={"items": [{"item": item, "timestamp": float(k)}]},
                         headers={"Idempotency-Key": key},
                         timeout=3,
                     )

@@ -19,6 +19,9 @@ FieldKind = Literal["categorical", "multi", "bucket", "numeric"]
 
 # MovieLens-1M's age bands, applied to MovieLens-100K's exact ages.
 AGE_BAND_EDGES: tuple[float, ...] = (18, 25, 35, 45, 50, 56)
+# A number a request may give for a numeric or bucket field: far past any real profile value,
+# small enough that standardising it stays finite in float32.
+NUMBER_LIMIT = 1e9
 
 
 class FeatureError(ValueError):
@@ -63,6 +66,37 @@ class FieldSpec:
             out[bisect.bisect_right(self.edges, self._number(value))] = 1.0
         else:
             out[0] = (self._number(value) - self.mean) / self.std
+
+    def json_schema(self) -> dict[str, Any]:
+        """What a request may send for this field, as JSON Schema (null: not known)."""
+        if self.kind == "categorical":
+            value: dict[str, Any] = {"type": "string", "enum": list(self.values)}
+        elif self.kind == "multi":
+            label = {"type": "string", "enum": list(self.values)}
+            value = {"type": "array", "items": label, "maxItems": max(len(self.values), 1)}
+        else:
+            value = {"type": "number", "minimum": -NUMBER_LIMIT, "maximum": NUMBER_LIMIT}
+        return {"anyOf": [value, {"type": "null"}], "title": self.name}
+
+    def check_request_value(self, value: Any) -> None:
+        """Strict JSON types for a request (training reads CSV text and is lenient): a number
+        field takes a number, not "5" or true; a label field takes text; a multi field a list."""
+        if value is None:
+            return
+        if self.kind in ("bucket", "numeric"):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
+                raise FeatureError(
+                    f"{self.name} must be a number within ±{NUMBER_LIMIT:g}, got {value!r}"
+                )
+        elif self.kind == "categorical" and not (isinstance(value, str) and value):
+            raise FeatureError(
+                f"{self.name} must be one of its values (null: unknown), got {value!r}"
+            )
+        elif self.kind == "multi" and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise FeatureError(f"{self.name} must be a list of labels, got {value!r}")
 
     def _index(self, label: str) -> int:
         try:
@@ -109,6 +143,25 @@ class FeatureSpec:
             spec.encode_into(out[start : start + spec.width], profile.get(spec.name))
             start += spec.width
         return out
+
+    def check_request(self, profile: Mapping[str, Any]) -> None:
+        """A request's profile against this spec, strictly typed (see `check_request_value`)."""
+        by_name = {f.name: f for f in self.fields}
+        unknown = set(profile) - set(by_name)
+        if unknown:
+            raise FeatureError(
+                f"unknown profile field(s) {sorted(unknown)}; expected {list(self.names)}"
+            )
+        for name, value in profile.items():
+            by_name[name].check_request_value(value)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The profile a request may send for this spec, as JSON Schema (for OpenAPI)."""
+        return {
+            "type": "object",
+            "properties": {f.name: f.json_schema() for f in self.fields},
+            "additionalProperties": False,
+        }
 
     def encode_many(self, profiles: Iterable[Mapping[str, Any] | None]) -> np.ndarray:
         rows = [self.encode(p) for p in profiles]

@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     mount_docs(app)
-    publish_limits(app, settings)
+    publish_contract(app, settings, state.holder)
     app.state.cddae = state
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router)
@@ -146,14 +146,19 @@ def mount_docs(app: FastAPI) -> None:
         )
 
 
-def publish_limits(app: FastAPI, settings: Settings) -> None:
-    """Limits that are settings (n's maximum, a batch's size) go into the OpenAPI schema, so
-    the contract says what the service enforces."""
+def publish_contract(app: FastAPI, settings: Settings, holder: ModelHolder) -> None:
+    """The OpenAPI schema says what the service enforces: limits that are settings (n's
+    maximum, a batch's size) and the profile fields of the model in service (rebuilt when
+    another version comes into service)."""
     build = app.openapi
+    built: dict[str | None, dict] = {}
 
     def openapi() -> dict:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
+        model = holder.model
+        version = model.version if model is not None else None
+        if version in built:
+            return built[version]
+        app.openapi_schema = None
         schema = build()
         for operation in (op for path in schema["paths"].values() for op in path.values()):
             for parameter in operation.get("parameters", []):
@@ -164,7 +169,18 @@ def publish_limits(app: FastAPI, settings: Settings) -> None:
             components["ScoreRequest"]["properties"]["n"]["maximum"] = settings.max_n
         if "BatchScoreRequest" in components:
             components["BatchScoreRequest"]["properties"]["users"]["maxItems"] = settings.max_batch
-        app.openapi_schema = schema
+        if model is not None and "ScoreRequest" in components:
+            vector = {"type": "array", "items": {"enum": [0, 1]},
+                      "minItems": model.n_items, "maxItems": model.n_items}  # fmt: skip
+            components["ScoreRequest"]["properties"]["vector"]["anyOf"] = [vector, {"type": "null"}]
+        if model is not None and "Profile" in components:
+            profile = components["Profile"]
+            components["Profile"] = {
+                **{k: profile[k] for k in ("title", "description", "example") if k in profile},
+                **model.bundle.user_spec.json_schema(),
+            }
+        built.clear()  # one version's schema at a time
+        built[version] = app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

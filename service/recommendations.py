@@ -24,6 +24,8 @@ from service.recommender import InputError, Model, Query
 from service.schemas import ScoreRequest
 from service.store import Store, StoreUnavailable, UserState
 
+MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
+
 
 class NotFound(LookupError):
     pass
@@ -162,29 +164,29 @@ class Recommendations:
         }
 
     async def add_interactions(
-        self, user_id: str, items: Sequence[str], timestamps: Sequence[float] | None, key: str
-    ) -> tuple[int, bool]:
-        """Record; (items, whether this write is new). A repeated key records nothing."""
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float], key: str
+    ) -> tuple[int, bool, list[str]]:
+        """Record; (items, whether this write is new, the items the model in service does not
+        know yet: recorded all the same, they join the catalogue at the next retrain). A
+        repeated key records nothing."""
         model = self.model()
-        model.item_indices(items)  # unknown items: 422 before anything is written
+        _, unknown = model.known_items(items)
         if user_id not in model.user_index:
             state = await self.store.user_state(user_id)  # unreadable: 503, not "unknown"
             if state.profile is None and not state.added:
                 raise NotFound(
                     f"unknown user {user_id!r}; create it with PUT /users/{{id}}/profile"
                 )
-        now = time.time()
-        new = await self.store.add_interactions(
-            user_id, list(items), list(timestamps or [now] * len(items)), key
-        )
-        return len(items), new
+        new = await self.store.add_interactions(user_id, list(items), list(timestamps), key)
+        return len(items), new, unknown
 
     async def set_profile(
         self, user_id: str, profile: dict[str, Any], key: str
     ) -> tuple[bool, bool]:
         """Create or replace; (whether the user is new, whether this write is new)."""
         model = self.model()
-        model.encode_profile(profile)  # unknown values: 422 before anything is written
+        model.encode_profile(profile)  # unknown fields or values: 422 before anything is written
+        profile = {k: v for k, v in profile.items() if v is not None}
         created = False
         if user_id not in model.user_index:
             state = await self.store.user_state(user_id)
@@ -194,35 +196,42 @@ class Recommendations:
 
     # --- ad-hoc users --------------------------------------------------------------------------
 
-    def _adhoc_query(self, model: Model, request: ScoreRequest) -> Query:
-        if request.vector is not None:
+    def _adhoc_query(self, model: Model, request: ScoreRequest) -> tuple[Query, list[str]]:
+        """The query, and the item ids the model does not know (left out, and named). The
+        history is the union of items, vector and weights; an item in weights keeps its weight."""
+        weights: dict[int, float] = {}
+        if request.vector:
             if len(request.vector) != model.n_items:
                 raise InputError(
                     f"vector has {len(request.vector)} entries, the catalogue has {model.n_items}"
                 )
-            weights = {i: 1.0 for i, v in enumerate(request.vector) if v}
-        elif request.weights is not None:
-            indices = model.item_indices(list(request.weights))
-            weights = {i: float(w) for i, w in zip(indices, request.weights.values(), strict=True)}
+            weights.update((i, 1.0) for i, v in enumerate(request.vector) if v)
+        indices, unknown = model.known_items(request.items or [])
+        weights.update(dict.fromkeys(indices, 1.0))
+        if request.weights:  # a weight of 0 takes an item out
+            indices, missing = model.known_items(list(request.weights))
+            absent = set(missing)
+            values = [w for item, w in request.weights.items() if item not in absent]
+            weights.update((i, float(w)) for i, w in zip(indices, values, strict=True))
             weights = {i: w for i, w in weights.items() if w}
-        else:
-            weights = dict.fromkeys(model.item_indices(request.items or []), 1.0)
-        profile = request.profile.fields() if request.profile else None
-        return Query(weights, model.encode_profile(profile), -1, bool(profile))
+            unknown += missing
+        features = model.encode_profile(request.profile.root if request.profile else None)
+        known = bool(request.profile and request.profile.fields())
+        return Query(weights, features, -1, known), unknown
 
     def _prepare(self, model: Model, request: ScoreRequest, where: str) -> _Prepared:
         try:
             self._check_n(request.n)
-            query = self._adhoc_query(model, request)
-            exclude = model.item_indices(request.exclude)
-            candidates = model.item_indices(request.candidates) if request.candidates else None
+            query, unknown = self._adhoc_query(model, request)
+            exclude, _ = model.known_items(request.exclude)
+            candidates = model.known_items(request.candidates)[0] if request.candidates else None
         except InputError as error:
             raise InputError(f"{where}{error}") from None
         if request.exclude_seen:
             exclude = [*exclude, *query.weights]
         digest = hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:32]
         key = cache_key(model.version, f"score:{digest}")
-        return _Prepared(query, exclude, candidates, request.n, key)
+        return _Prepared(query, exclude, candidates, request.n, key, unknown[:MAX_NAMED])
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[dict[str, Any]]:
         """Cached entries from the cache; all misses scored in one onnxruntime batch."""
@@ -253,6 +262,8 @@ class Recommendations:
                 p.query, scores[row[i]] if i in row else None, p.n, p.exclude, p.candidates
             )
             results[i] = {**self._response(model, ranked), "cached": False}
+            if p.unknown:
+                results[i]["unknown_items"] = p.unknown
             fresh.append((p.key, results[i]))
         await asyncio.gather(
             *(self.cache.set(k, "", json.dumps({**r, "cached": False}).encode()) for k, r in fresh)
@@ -267,3 +278,4 @@ class _Prepared:
     candidates: list[int] | None
     n: int
     key: str
+    unknown: list[str]

@@ -83,17 +83,21 @@ class Model:
 
     # --- inputs --------------------------------------------------------------------------------
 
-    def item_indices(self, item_ids: Sequence[str]) -> list[int]:
+    def known_items(self, item_ids: Sequence[str]) -> tuple[list[int], list[str]]:
+        """(indices of the ids this model's catalogue has, the ids it does not have). An unknown
+        id is not an error: the catalogue grows with each retrain, and a client may know an item
+        before the model in service does."""
         if not item_ids:
-            return []
+            return [], []
         found = self.item_index.lookup(np.asarray(item_ids, dtype=str))
-        if (found < 0).any():
-            unknown = [item_ids[i] for i in np.flatnonzero(found < 0)[:20]]
-            raise InputError(f"unknown item id(s): {unknown}")
-        return found.tolist()
+        known = found >= 0
+        unknown = [item_ids[i] for i in np.flatnonzero(~known)]
+        return found[known].tolist(), unknown
 
     def encode_profile(self, profile: Mapping[str, Any] | None) -> np.ndarray:
         try:
+            if profile:
+                self.bundle.user_spec.check_request(profile)
             return self.bundle.user_spec.encode(profile)
         except FeatureError as error:
             raise InputError(f"profile: {error}") from None

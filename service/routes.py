@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from pathlib import PurePath
 from typing import Annotated
@@ -13,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
 from service.deps import AppStateDep
-from service.recommendations import NoModel, NotFound
+from service.recommendations import MAX_NAMED, NoModel, NotFound
 from service.recommender import InputError
 from service.schemas import (
     BatchScoreRequest,
@@ -142,13 +143,13 @@ async def post_interactions(
     same Idempotency-Key and it is recorded exactly once."""
     key = _write_key(idempotency_key, response)
     try:
-        count, new = await state.recommendations.add_interactions(
-            user_id, body.items, body.timestamps, key
+        count, new, unknown = await state.recommendations.add_interactions(
+            user_id, body.item_ids(), body.timestamps(time.time()), key
         )
     except HANDLED as error:
         raise _http_error(error) from None
     return {"user_id": user_id, "recorded": count if new else 0, "store": state.store_backend,
-            "replayed": not new}  # fmt: skip
+            "replayed": not new, "unknown_items": unknown[:MAX_NAMED]}  # fmt: skip
 
 
 @router.put(
@@ -168,7 +169,7 @@ async def put_profile(
     profile. Idempotency-Key as for interactions."""
     key = _write_key(idempotency_key, response)
     try:
-        created, new = await state.recommendations.set_profile(user_id, body.fields(), key)
+        created, new = await state.recommendations.set_profile(user_id, body.root, key)
     except HANDLED as error:
         raise _http_error(error) from None
     response.status_code = 201 if created else 200

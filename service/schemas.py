@@ -11,14 +11,29 @@ from pydantic import (
     Field,
     RootModel,
     Strict,
+    StrictBool,
     StrictInt,
     model_validator,
 )
 
-ItemId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+ItemId = Annotated[str, Strict(), Field(min_length=1, max_length=128)]  # "50", not 50
+
+
 # Finite, bounded numbers only: NaN, ±Infinity and 1e308 are refused with a 422, never scored.
-Weight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
-Timestamp = Annotated[float, Field(ge=0, le=32_503_680_000, allow_inf_nan=False)]  # ≤ year 3000
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 5 and 5.0, but not true or "5"."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+# Strict: a number is a JSON number (an integer is fine), never true or "5".
+Weight = Annotated[float, Strict(), Field(ge=0, le=100, allow_inf_nan=False)]
+Timestamp = Annotated[  # seconds since 1970, up to the year 3000
+    float, Strict(), Field(ge=0, le=32_503_680_000, allow_inf_nan=False)
+]
 
 
 ProfileValue = (
@@ -75,10 +90,13 @@ class RecommendationsResponse(BaseModel):
     source: Literal["model", "profile", "popularity"]
     cached: bool
     degraded: bool = False  # the store was unreadable: the bundle's history only, not cached
+    # Item ids in the request that the model in service does not know: left out of scoring.
+    unknown_items: list[str] = Field(default_factory=list, max_length=20)
 
 
 class ScoreRequest(BaseModel):
-    """One ad-hoc user: at most one of items / vector / weights, an optional profile."""
+    """One ad-hoc user: the history is the union of items, vector and weights (each optional;
+    an item in weights keeps its weight, the others weigh 1), an optional profile."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -88,19 +106,16 @@ class ScoreRequest(BaseModel):
     )
 
     items: list[ItemId] | None = Field(default=None, max_length=10_000)
-    vector: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
-    weights: dict[str, Weight] | None = None
+    vector: list[Annotated[float, Strict(), Field(allow_inf_nan=False)]] | None = None
+    weights: dict[ItemId, Weight] | None = Field(default=None, max_length=10_000)
     profile: Profile | None = None
-    n: StrictInt = Field(default=10, ge=1)
+    n: JsonInt = Field(default=10, ge=1)
     exclude: list[ItemId] = Field(default_factory=list, max_length=10_000)
-    exclude_seen: bool = True
+    exclude_seen: StrictBool = True
     candidates: list[ItemId] | None = Field(default=None, min_length=1, max_length=10_000)
 
     @model_validator(mode="after")
-    def _one_history(self) -> ScoreRequest:
-        given = [k for k in ("items", "vector", "weights") if getattr(self, k)]  # [] is none
-        if len(given) > 1:
-            raise ValueError(f"give at most one of items, vector, weights (got {given})")
+    def _binary_vector(self) -> ScoreRequest:
         if self.vector is not None and any(v not in (0, 1) for v in self.vector):
             raise ValueError("vector entries must be 0 or 1")
         return self
@@ -130,24 +145,35 @@ class BatchScoreResponse(BaseModel):
     results: list[RecommendationsResponse]
 
 
+class Interaction(BaseModel):
+    """One item with the time it happened (absent: the time it is recorded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item: ItemId
+    timestamp: Timestamp | None = None
+
+
 class InteractionsRequest(BaseModel):
+    """Items as ids, or as {"item", "timestamp"} objects where the time is known: a time travels
+    with its item, so there is no second list whose length could disagree."""
+
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "example": {"items": ["50", "172"], "timestamps": [1764133200, 1764133260]}
-        },
+        json_schema_extra={"example": {"items": ["50", {"item": "172", "timestamp": 1764133260}]}},
     )
 
-    items: list[ItemId] = Field(min_length=1, max_length=1000)
-    timestamps: list[Timestamp] | None = None
+    items: list[ItemId | Interaction] = Field(min_length=1, max_length=1000)
 
-    @model_validator(mode="after")
-    def _aligned(self) -> InteractionsRequest:
-        if self.timestamps is not None and len(self.timestamps) != len(self.items):
-            raise ValueError(
-                f"timestamps has {len(self.timestamps)} entries, items has {len(self.items)}"
-            )
-        return self
+    def item_ids(self) -> list[str]:
+        return [i.item if isinstance(i, Interaction) else i for i in self.items]
+
+    def timestamps(self, now: float) -> list[float]:
+        """Each item's time: its own where given, else `now`."""
+        return [
+            i.timestamp if isinstance(i, Interaction) and i.timestamp is not None else now
+            for i in self.items
+        ]
 
 
 class InteractionsResponse(BaseModel):
@@ -159,6 +185,9 @@ class InteractionsResponse(BaseModel):
     recorded: int
     store: str
     replayed: bool = False  # the Idempotency-Key was seen: nothing recorded again
+    # Recorded, but not in the catalogue of the model in service: they count from the next
+    # retrain on (which adds them to the catalogue).
+    unknown_items: list[str] = Field(default_factory=list, max_length=20)
 
 
 class ProfileResponse(BaseModel):

@@ -21,7 +21,7 @@ FAST = {"model": {"hidden": [16]}, "train": {"epochs": 8, "lr": 0.01, "batch_siz
 REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, flushed by the tests
 
 
-def _interaction(user: str, item: int, t: float) -> dict:
+def _interaction(user: str, item: int | str, t: float) -> dict:
     return {"type": "interaction", "user": user, "item": str(item), "timestamp": t}
 
 
@@ -108,7 +108,8 @@ def test_two_runs_fold_each_event_exactly_once_and_move_the_mark(
     want = loaded.user_spec.encode({"gender": "F", "age": 30})
     assert loaded.user_features[user].tolist() == want.tolist()
 
-    second = [_interaction("new-2", i, 2e9 + i) for i in (6, 7, 8)]
+    # An item the catalogue does not have yet (the service records it): it joins at retrain.
+    second = [_interaction("new-2", i, 2e9 + k) for k, i in enumerate((6, 7, 8, "fresh-1"))]
     log.record(second)
     assert job(log, "--gate", "0", *(["--trim"] if kind == "redis" else [])) == Outcome.PROMOTED
     state = _events_state(job.models)
@@ -117,13 +118,14 @@ def test_two_runs_fold_each_event_exactly_once_and_move_the_mark(
     assert set(folded.values()) == {1}  # nothing twice
     assert set(folded) == {_key(e) for e in first + second}
     manifest = bundle.read_manifest(job.models / bundle.current_version(job.models))
-    assert manifest["retrain"]["recorded_interactions"] == 8
-    assert manifest["retrain"]["new_interactions"] == 3
+    assert manifest["retrain"]["recorded_interactions"] == 9
+    assert manifest["retrain"]["new_interactions"] == 4
+    assert "fresh-1" in bundle.load_bundle(job.models / manifest["version"]).item_ids.tolist()
     if kind == "file":
         assert int(state["mark"]) == (tmp_path / "events.jsonl").stat().st_size
     else:  # trimmed up to the oldest mark a version on disk needs: the first version's
         remaining = log.client.xrange(STREAM)
-        assert remaining[0][0].decode() == mark_1 and len(remaining) == 4
+        assert remaining[0][0].decode() == mark_1 and len(remaining) == 5
 
     assert job(log, "--gate", "0") == Outcome.PROMOTED  # nothing new: same mark, same chain
     assert _events_state(job.models)["segments"] == state["segments"]

@@ -83,9 +83,9 @@ def test_non_finite_and_huge_numbers_are_422s_that_serialise(
         ("/score", '{"weights": {"1": Infinity}}'),
         ("/score", '{"weights": {"1": NaN}}'),
         ("/score", '{"vector": [-Infinity]}'),
-        ("/users/1/interactions", '{"items": ["1"], "timestamps": [NaN]}'),
-        ("/users/1/interactions", '{"items": ["1"], "timestamps": [1e308]}'),
-        ("/users/1/interactions", '{"items": ["1"], "timestamps": [-5]}'),
+        ("/users/1/interactions", '{"items": [{"item": "1", "timestamp": NaN}]}'),
+        ("/users/1/interactions", '{"items": [{"item": "1", "timestamp": 1e308}]}'),
+        ("/users/1/interactions", '{"items": [{"item": "1", "timestamp": -5}]}'),
     ]
     with running(base_models, tmp_path, None) as server:
         for path, body in bodies:
@@ -127,7 +127,7 @@ def test_a_list_computed_across_a_write_is_never_served_after_it(
         service._scores = slow_scores  # type: ignore[method-assign]
         racing = asyncio.ensure_future(service.for_user("3", 5, True))
         await asyncio.sleep(0.1)
-        await service.add_interactions("3", [top], None, "race-1")
+        await service.add_interactions("3", [top], [time.time()], "race-1")
         await racing  # the old list, computed from the state before the write
         service._scores = scores  # type: ignore[method-assign]
         after = await service.for_user("3", 5, True)
@@ -164,7 +164,7 @@ def test_a_failed_read_never_looks_like_absence(base_models: Path) -> None:
         with pytest.raises(StoreUnavailable):  # created through the API: unknown now, so 503
             await service.for_user("made-by-put", 5, True)
         with pytest.raises(StoreUnavailable):  # not "unknown user, create it with PUT"
-            await service.add_interactions("made-by-put", ["1"], None, "k")
+            await service.add_interactions("made-by-put", ["1"], [time.time()], "k")
         with pytest.raises(StoreUnavailable):
             await service.set_profile("made-by-put", {"gender": "F"}, "k")
 
