@@ -120,7 +120,8 @@ def test_two_runs_fold_each_event_exactly_once_and_move_the_mark(
     manifest = bundle.read_manifest(job.models / bundle.current_version(job.models))
     assert manifest["retrain"]["recorded_interactions"] == 9
     assert manifest["retrain"]["new_interactions"] == 4
-    assert "fresh-1" in bundle.load_bundle(job.models / manifest["version"]).item_ids.tolist()
+    served = bundle.load_bundle(job.models / bundle.current_version(job.models))
+    assert "fresh-1" in served.item_ids.tolist()
     if kind == "file":
         assert int(state["mark"]) == (tmp_path / "events.jsonl").stat().st_size
     else:  # trimmed up to the oldest mark a version on disk needs: the first version's
