@@ -1,7 +1,7 @@
 """Micro-batching: queries that arrive within a short window share one onnxruntime call.
 
-Off by default (`CDDAE_MICRO_BATCH_MS=0`): each request then runs its own call in a worker
-thread. docs/BENCHMARKS.md has the measurements behind that default.
+Off by default (`CDDAE_MICRO_BATCH_MS=0`): a single user's call (about 0.1 ms) then runs on
+the event loop, larger ones in a worker thread. docs/PERFORMANCE.md has the measurements.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     )
     ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
     micro_batch_ms: float = Field(
-        default=0, ge=0, le=100, description="0: one onnxruntime call per request, in a thread"
+        default=0, ge=0, le=100, description="0: one onnxruntime call per request (see batcher.py)"
     )
     reload_interval_seconds: float = Field(default=2.0, gt=0)
     idle_timeout_seconds: int = Field(
@@ -49,10 +49,24 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=2048, ge=16, description="connections and tasks at once; beyond, 503s"
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="server processes; more than one needs Redis (the embedded store is one "
+        "process's)",
+    )
     interactions_log: Path = Field(
         default=Path("data/interactions.jsonl"),
         description="append-only store for new interactions and profiles when Redis is unset",
     )
+
+    @model_validator(mode="after")
+    def _workers_share_redis(self) -> Settings:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("CDDAE_WORKERS > 1 needs CDDAE_REDIS_URL: the embedded store and "
+                             "cache belong to one process")  # fmt: skip
+        return self
 
     @field_validator("redis_url")
     @classmethod

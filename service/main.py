@@ -66,6 +66,9 @@ def build_state(settings: Settings) -> AppState:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from service.server import quiet_invalid_requests
+
+    quiet_invalid_requests()
     settings = settings or Settings()
     state = build_state(settings)
 
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await state.recommendations.settle()
         await state.cache.close()
         state.store.close()
 

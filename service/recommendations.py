@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +19,13 @@ from service.batcher import MicroBatcher
 from service.cache import Cache, cache_key
 from service.holder import ModelHolder
 from service.metrics import Metrics
-from service.recommender import InputError, Model, Query
+from service.recommender import InputError, Model, Query, Ranked, finish
 from service.schemas import ScoreRequest
 from service.store import Store, StoreUnavailable, UserState
 
 MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
+INLINE_ITEMS = 2_000  # work on at most this many items runs on the event loop (well under 1 ms)
+MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer is not cached
 
 
 class NotFound(LookupError):
@@ -47,7 +48,9 @@ class Recommendations:
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
         self.max_n, self.batcher = max_n, batcher
-        self._inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+        self._pending: list[tuple[str, str, bytes]] = []  # cache writes not yet sent
+        self._flusher: asyncio.Future[None] | None = None
 
     def model(self) -> Model:
         model = self.holder.model
@@ -58,12 +61,13 @@ class Recommendations:
     # --- caching with single flight ------------------------------------------------------------
 
     async def _cached(
-        self, key: str, field: str, compute: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> dict[str, Any]:
-        hit = await self.cache.get(key, field)
+        self, key: str, field: str, compute: Callable[[], Awaitable[bytes]], hit: bytes | None
+    ) -> bytes:
+        """An answer: `hit` where the caller found one, else computed once for all who ask at
+        the same time, and put in the cache without the caller waiting for that."""
         if hit is not None:
             self.metrics.cache.labels("hit").inc()
-            return {**json.loads(hit), "cached": True}
+            return finish(hit, cached=True)
         self.metrics.cache.labels("miss").inc()
         flight = self._inflight.get((key, field))
         if flight is None:
@@ -72,14 +76,35 @@ class Recommendations:
             flight = asyncio.ensure_future(self._compute_and_cache(key, field, compute))
             self._inflight[(key, field)] = flight
             flight.add_done_callback(self._landed(key, field))
-        return {**await asyncio.shield(flight), "cached": False}
+        return finish(await asyncio.shield(flight), cached=False)
 
     async def _compute_and_cache(
-        self, key: str, field: str, compute: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> dict[str, Any]:
-        result = await compute()
-        await self.cache.set(key, field, json.dumps(result).encode())
-        return result
+        self, key: str, field: str, compute: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        answer = await compute()
+        self._cache_later(key, field, answer)
+        return answer
+
+    def _cache_later(self, key: str, field: str, answer: bytes) -> None:
+        """Write to the cache in the background: the answer does not wait for it, and the
+        writes of one moment go together, in one round trip. Bounded: when too many are
+        pending (a slow Redis) this one is skipped."""
+        if len(self._pending) >= MAX_PENDING_WRITES:
+            return
+        self._pending.append((key, field, answer))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_writes())
+
+    async def settle(self) -> None:
+        """Wait for the pending cache writes (at shutdown; in tests)."""
+        if self._flusher is not None:
+            await self._flusher
+
+    async def _flush_writes(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # let the answers of this moment join
+            batch, self._pending = self._pending, []
+            await self.cache.set_many(batch)
 
     def _landed(self, key: str, field: str) -> Callable[[asyncio.Future], None]:
         def done(flight: asyncio.Future) -> None:
@@ -90,9 +115,14 @@ class Recommendations:
         return done
 
     async def _scores(self, model: Model, queries: Sequence[Query]):
+        """Small work (one user, a short history: about 0.1 ms) runs on the event loop, where a
+        thread hop would cost more than the call; larger batches in a worker thread, or
+        gathered by the micro-batcher when it is on."""
         started = time.perf_counter()
         if self.batcher is not None:
             scores = await self.batcher.scores(model, list(queries))
+        elif sum(len(q.weights) for q in queries) <= INLINE_ITEMS and len(queries) == 1:
+            scores = model.scores(queries)
         else:
             scores = await asyncio.to_thread(model.scores, queries)
         elapsed = time.perf_counter() - started
@@ -105,27 +135,31 @@ class Recommendations:
 
     # --- known users ---------------------------------------------------------------------------
 
-    async def for_user(self, user_id: str, n: int, exclude_seen: bool) -> dict[str, Any]:
-        """A known user's list. The cache key carries the user's generation, which every write
-        bumps atomically with itself: no list from before a write is served after it. When the
-        store cannot be read, a user in the bundle still gets a list from the bundle alone,
-        marked degraded and not cached; anyone else gets a 503, never a 404."""
+    async def for_user(self, user_id: str, n: int, exclude_seen: bool) -> bytes:
+        """A known user's answer (JSON). The cache key carries the user's generation, which
+        every write bumps atomically with itself: no list from before a write is served after
+        it. With Redis, state and cached answer come in one round trip. When the store cannot be
+        read, a user in the bundle still gets a list from the bundle alone, marked degraded and
+        not cached; anyone else gets a 503, never a 404."""
         self._check_n(n)
         model = self.model()
+        prefix, field = cache_key(model.version, f"user:{user_id}:"), f"{n}:{int(exclude_seen)}"
+        probe = (
+            (prefix, field) if self.cache.backend == "redis" and not self.cache.degraded else None
+        )
         try:
-            state = await self.store.user_state(user_id)
+            state = await self.store.user_state(user_id, probe)
         except StoreUnavailable:
             index = model.user_index.get(user_id)
             if index is None:
                 raise
             query = model.known_user(index)
-            return {**await self._rank_user(model, query, n, exclude_seen), "degraded": True,
-                    "cached": False}  # fmt: skip
-        key = cache_key(model.version, f"user:{user_id}:{state.generation}")
+            ranked = await self._rank_user(model, query, n, exclude_seen)
+            return finish(model.answer(ranked, degraded=True), cached=False)
+        key = prefix + str(state.generation)
+        hit = state.cached if probe is not None else await self.cache.get(key, field)
         return await self._cached(
-            key,
-            f"{n}:{int(exclude_seen)}",
-            lambda: self._for_user(model, user_id, state, n, exclude_seen),
+            key, field, lambda: self._for_user(model, user_id, state, n, exclude_seen), hit
         )
 
     def _user_query(self, model: Model, user_id: str, state: UserState) -> Query:
@@ -145,23 +179,15 @@ class Recommendations:
 
     async def _for_user(
         self, model: Model, user_id: str, state: UserState, n: int, exclude_seen: bool
-    ) -> dict[str, Any]:
+    ) -> bytes:
         query = self._user_query(model, user_id, state)
-        return await self._rank_user(model, query, n, exclude_seen)
+        return model.answer(await self._rank_user(model, query, n, exclude_seen))
 
-    async def _rank_user(self, model: Model, query: Query, n: int, exclude_seen: bool) -> dict:
+    async def _rank_user(self, model: Model, query: Query, n: int, exclude_seen: bool) -> Ranked:
         scores = None
         if model.source(query) != "popularity":
             scores = (await self._scores(model, [query]))[0]
-        ranked = model.rank(query, scores, n, exclude=query.excluded() if exclude_seen else [])
-        return self._response(model, ranked)
-
-    def _response(self, model: Model, ranked) -> dict[str, Any]:
-        return {
-            "model_version": model.version,
-            "items": model.describe(ranked),
-            "source": ranked.source,
-        }
+        return model.rank(query, scores, n, exclude=query.excluded() if exclude_seen else [])
 
     async def add_interactions(
         self, user_id: str, items: Sequence[str], timestamps: Sequence[float], key: str
@@ -233,21 +259,21 @@ class Recommendations:
         key = cache_key(model.version, f"score:{digest}")
         return _Prepared(query, exclude, candidates, request.n, key, unknown[:MAX_NAMED])
 
-    async def score(self, requests: Sequence[ScoreRequest]) -> list[dict[str, Any]]:
-        """Cached entries from the cache; all misses scored in one onnxruntime batch."""
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[bytes]:
+        """Answers (JSON): hits from the cache; all misses scored in one onnxruntime batch.
+        A batch's input building and ranking run in a worker thread, a single user's inline."""
         model = self.model()
-        batch = len(requests) > 1
-        prepared = [
-            self._prepare(model, r, f"users[{i}]: " if batch else "")
-            for i, r in enumerate(requests)
-        ]
+        if len(requests) == 1 and _small(requests[0]):
+            prepared = [self._prepare(model, requests[0], "")]
+        else:
+            prepared = await asyncio.to_thread(self._prepare_all, model, requests)
         hits = await asyncio.gather(*(self.cache.get(p.key, "") for p in prepared))
-        results: list[dict[str, Any] | None] = [None] * len(prepared)
+        answers: list[bytes | None] = [None] * len(prepared)
         misses = []
         for i, hit in enumerate(hits):
             self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
             if hit is not None:
-                results[i] = {**json.loads(hit), "cached": True}
+                answers[i] = finish(hit, cached=True)
             else:
                 misses.append(i)
         to_score = [i for i in misses if model.source(prepared[i].query) != "popularity"]
@@ -255,20 +281,24 @@ class Recommendations:
             await self._scores(model, [prepared[i].query for i in to_score]) if to_score else None
         )
         row = {i: r for r, i in enumerate(to_score)}
-        fresh = []
         for i in misses:
             p = prepared[i]
             ranked = model.rank(
                 p.query, scores[row[i]] if i in row else None, p.n, p.exclude, p.candidates
             )
-            results[i] = {**self._response(model, ranked), "cached": False}
-            if p.unknown:
-                results[i]["unknown_items"] = p.unknown
-            fresh.append((p.key, results[i]))
-        await asyncio.gather(
-            *(self.cache.set(k, "", json.dumps({**r, "cached": False}).encode()) for k, r in fresh)
-        )
-        return results  # type: ignore[return-value]
+            answer = model.answer(ranked, p.unknown)
+            answers[i] = finish(answer, cached=False)
+            self._cache_later(p.key, "", answer)
+        return answers  # type: ignore[return-value]
+
+    def _prepare_all(self, model: Model, requests: Sequence[ScoreRequest]) -> list[_Prepared]:
+        return [self._prepare(model, r, f"users[{i}]: ") for i, r in enumerate(requests)]
+
+
+def _small(request: ScoreRequest) -> bool:
+    """Whether building this request's input is cheap enough for the event loop."""
+    sizes = (request.items, request.vector, request.weights, request.exclude, request.candidates)
+    return sum(len(x) for x in sizes if x) <= INLINE_ITEMS
 
 
 @dataclass

@@ -3,6 +3,7 @@ bundle it is built from."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,14 @@ class Query:
 
 @dataclass
 class Ranked:
-    items: list[tuple[int, float]]  # (item index, score), best first
+    indices: np.ndarray  # item indices, best first
+    scores: np.ndarray  # their scores
     source: str  # model | profile | popularity
+
+    @property
+    def items(self) -> list[tuple[int, float]]:
+        """(item index, score) pairs, best first."""
+        return list(zip(self.indices.tolist(), self.scores.tolist(), strict=True))
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -71,6 +78,14 @@ class Model:
         self._item_ids = bundle.item_ids.tolist()
         self._titles = bundle.item_titles.tolist()
         self._genres = [g.split("|") if g else [] for g in bundle.item_genres.tolist()]
+        # Each item's JSON around its score, built once per version: an answer is then joined
+        # from bytes, not serialised object by object.
+        self._heads = [b'{"item_id":%s,"score":' % _json(i) for i in self._item_ids]
+        self._tails = [
+            b',"title":%s,"genres":%s}' % (_json(t), _json(g))
+            for t, g in zip(self._titles, self._genres, strict=True)
+        ]
+        self._version_json = _json(self.version)
         self.uses_profile = (
             bundle.manifest["model"]["kind"] == "cddae" and bundle.user_spec.width > 0
         )
@@ -144,17 +159,24 @@ class Model:
         """Top-n of one user. `scores` is None where the popularity fallback serves."""
         source = self.source(query)
         values = self.popularity if source == "popularity" or scores is None else scores
-        allowed = np.zeros(self.n_items, dtype=bool)
-        allowed[slice(None) if candidates is None else np.asarray(candidates, np.int64)] = True
-        allowed[np.asarray(exclude, np.int64)] = False
-        pool = np.flatnonzero(allowed)  # sorted, unique: one pass, no set operations
-        if len(pool) == 0:
-            return Ranked([], source)
-        pool_scores = values[pool]
-        k = min(n, len(pool))
-        best = np.argpartition(-pool_scores, k - 1)[:k]
-        best = best[np.lexsort((pool[best], -pool_scores[best]))]
-        return Ranked([(int(pool[b]), float(pool_scores[b])) for b in best], source)
+        if candidates is None:  # everything but the excluded: mask, then partial sort
+            masked = np.array(values, dtype=np.float64)
+            masked[np.asarray(exclude, np.int64)] = -np.inf
+            pool = None
+        else:
+            allowed = np.zeros(self.n_items, dtype=bool)
+            allowed[np.asarray(candidates, np.int64)] = True
+            allowed[np.asarray(exclude, np.int64)] = False
+            pool = np.flatnonzero(allowed)  # sorted, unique: one pass, no set operations
+            masked = values[pool].astype(np.float64)
+        k = min(n, len(masked))
+        if k == 0:
+            return Ranked(np.zeros(0, np.int64), np.zeros(0), source)
+        best = np.argpartition(-masked, k - 1)[:k]
+        best = best[np.lexsort((best, -masked[best]))]  # by score, ties by index
+        best = best[masked[best] > -np.inf]  # fewer allowed items than n
+        indices = best if pool is None else pool[best]
+        return Ranked(indices, masked[best], source)
 
     def source(self, query: Query) -> str:
         if query.weights:
@@ -162,6 +184,33 @@ class Model:
         if query.has_profile and self.uses_profile:
             return "profile"
         return "popularity"
+
+    def answer(self, ranked: Ranked, unknown: Sequence[str] = (), degraded: bool = False) -> bytes:
+        """The JSON of an answer without its closing `"cached"` field (see `finish`): what the
+        cache keeps, so that an answer is serialised once, when it is computed."""
+        count = len(ranked.indices)
+        parts: list[bytes] = [b","] * (4 * count)
+        if count:
+            picked = ranked.indices.tolist()
+            parts[0::4] = [self._heads[i] for i in picked]
+            # Scores rounded and printed by the C JSON encoder, all at once.
+            scores = ranked.scores
+            if not np.isfinite(scores).all():  # never from a sane model; never invalid JSON
+                scores = np.nan_to_num(scores, posinf=0.0, neginf=0.0)
+            rounded = np.round(scores, 6)
+            parts[1::4] = json.dumps(rounded.tolist()).encode()[1:-1].split(b", ")
+            parts[2::4] = [self._tails[i] for i in picked]
+        items = b"".join(parts[:-1])
+        return (
+            b'{"model_version":%s,"source":"%s","degraded":%s,"unknown_items":%s,"items":[%s]'
+            % (
+                self._version_json,
+                ranked.source.encode(),
+                b"true" if degraded else b"false",
+                _json(list(unknown)),
+                items,
+            )
+        )
 
     def describe(self, ranked: Ranked) -> list[dict[str, Any]]:
         return [
@@ -173,3 +222,12 @@ class Model:
             }
             for i, score in ranked.items
         ]
+
+
+def finish(answer: bytes, cached: bool) -> bytes:
+    """An answer from `Model.answer` (computed now, or from the cache) made whole."""
+    return answer + (b',"cached":true}' if cached else b',"cached":false}')
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

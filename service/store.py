@@ -56,6 +56,14 @@ class UserState:
     generation: int = 0
     added: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None
+    # The cached answer, when the store could look it up in the same round trip (`probe`);
+    # then `added` and `profile` are not read: the answer needs neither.
+    cached: bytes | None = None
+
+
+# Where a user's cached answer lies, for a store that can look it up with the state: the cache
+# key's prefix (the generation completes it) and the field.
+Probe = tuple[str, str]
 
 
 def _key(user: str, what: str) -> str:
@@ -63,7 +71,7 @@ def _key(user: str, what: str) -> str:
 
 
 class Store(Protocol):
-    async def user_state(self, user: str) -> UserState: ...
+    async def user_state(self, user: str, probe: Probe | None = None) -> UserState: ...
 
     async def add_interactions(
         self, user: str, items: Sequence[str], timestamps: Sequence[float], key: str
@@ -162,7 +170,7 @@ class FileStore:
             self._users[user].generation += 1
             return True
 
-    async def user_state(self, user: str) -> UserState:
+    async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
         state = self._users.get(user)
         if state is None:
             return UserState()
@@ -183,6 +191,17 @@ class FileStore:
         with contextlib.suppress(OSError):
             self._handle.close()
 
+
+# The read of an uncached or cached GET in one round trip: the generation, then the cached
+# answer under it; only on a miss the recorded items and the profile. KEYS: generation, items,
+# profile. ARGV: the cache key's prefix, the field. (The cache key is computed here, so this
+# script wants the cache and the store in one Redis, not a cluster.)
+_READ = """
+local gen = redis.call('get', KEYS[1]) or '0'
+local hit = redis.call('hget', ARGV[1] .. gen, ARGV[2])
+if hit then return {gen, hit} end
+return {gen, false, redis.call('smembers', KEYS[2]), redis.call('get', KEYS[3])}
+"""
 
 # One script per write: the key checked and recorded, the events appended, the state updated
 # and the generation bumped, atomically. KEYS: key marker, stream, state key, generation.
@@ -210,9 +229,13 @@ class RedisStore:
         self._client = client
         self._add = client.register_script(_ADD)
         self._profile = client.register_script(_PROFILE)
+        self._read = client.register_script(_READ)
 
-    async def user_state(self, user: str) -> UserState:
-        """Generation, added items and profile in one round trip."""
+    async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
+        """Generation, added items and profile in one round trip; with a probe, the cached
+        answer in the same one (and on a hit nothing else)."""
+        if probe is not None:
+            return await self._probed_state(user, probe)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.get(_key(user, "gen")).smembers(_key(user, "items"))
@@ -221,6 +244,22 @@ class RedisStore:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
         return UserState(
             int(generation or 0),
+            sorted(m.decode() for m in members),
+            json.loads(profile) if profile else None,
+        )
+
+    async def _probed_state(self, user: str, probe: Probe) -> UserState:
+        keys = [_key(user, "gen"), _key(user, "items"), _key(user, "profile")]
+        try:
+            reply = await self._read(keys=keys, args=list(probe))
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailable("the interaction store (Redis) did not answer") from error
+        generation = int(reply[0])
+        if reply[1] is not None:
+            return UserState(generation, cached=reply[1])
+        members, profile = reply[2], reply[3] if len(reply) > 3 else None
+        return UserState(
+            generation,
             sorted(m.decode() for m in members),
             json.loads(profile) if profile else None,
         )

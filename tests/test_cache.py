@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import redis
@@ -89,17 +90,18 @@ def test_redis_cache_bypasses_a_dead_server_then_retries() -> None:
 def test_concurrent_misses_for_one_key_are_computed_once() -> None:
     calls = 0
 
-    async def compute() -> dict:
+    async def compute() -> bytes:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.05)
-        return {"items": [1, 2]}
+        return b'{"items":[1,2]'
 
     async def scenario() -> list[dict]:
         service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
-        first = await asyncio.gather(*(service._cached("k", "f", compute) for _ in range(5)))
-        again = await service._cached("k", "f", compute)
-        return [*first, again]
+        first = await asyncio.gather(*(service._cached("k", "f", compute, None) for _ in range(5)))
+        await service.settle()  # the cache write happens in the background
+        again = await service._cached("k", "f", compute, await service.cache.get("k", "f"))
+        return [json.loads(r) for r in (*first, again)]
 
     results = asyncio.run(scenario())
     assert calls == 1
@@ -108,15 +110,18 @@ def test_concurrent_misses_for_one_key_are_computed_once() -> None:
 
 
 def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
-    async def failing() -> dict:
+    async def failing() -> bytes:
         await asyncio.sleep(0.01)
         raise LookupError("unknown user")
 
     async def scenario() -> list:
         service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
-        return await asyncio.gather(
-            *(service._cached("k", "f", failing) for _ in range(3)), return_exceptions=True
+        answers = await asyncio.gather(
+            *(service._cached("k", "f", failing, None) for _ in range(3)), return_exceptions=True
         )
+        await service.settle()
+        assert await service.cache.get("k", "f") is None
+        return answers
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, LookupError) for r in results)
@@ -125,18 +130,21 @@ def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
 
 
 def test_a_cancelled_leader_leaves_the_waiters_their_answer() -> None:
-    async def compute() -> dict:
+    async def compute() -> bytes:
         await asyncio.sleep(0.05)
-        return {"items": [3]}
+        return b'{"items":[3]'
 
     async def scenario() -> tuple[list, bool]:
         service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
-        leader = asyncio.ensure_future(service._cached("k", "f", compute))
+        leader = asyncio.ensure_future(service._cached("k", "f", compute, None))
         await asyncio.sleep(0.01)
-        waiters = [asyncio.ensure_future(service._cached("k", "f", compute)) for _ in range(3)]
+        waiters = [
+            asyncio.ensure_future(service._cached("k", "f", compute, None)) for _ in range(3)
+        ]
         await asyncio.sleep(0.01)
         leader.cancel()  # the client that started the computation went away
-        answers = await asyncio.gather(*waiters, return_exceptions=True)
+        answers = [json.loads(a) for a in await asyncio.gather(*waiters)]
+        await service.settle()
         cached = await service.cache.get("k", "f") is not None
         return answers, leader.cancelled() and cached
 

@@ -1,0 +1,274 @@
+"""The service against the framework's floor, open loop, everything in one run.
+
+    python scripts/bench_http.py --models-dir models --checkpoint runs/cddae \\
+        [--rates 250,500,1000] [--seconds 10] [--redis-url redis://127.0.0.1:6379/8] \\
+        [--profile docs/performance/profile-after.txt] [--out docs/performance/results.json]
+
+Servers, each started on loopback with the same server settings (`service.server.run`):
+- reference: a bare FastAPI endpoint returning a fixed 10-item list (scripts/bench_apps.py);
+- torch: the PyTorch model called in a FastAPI handler (what a user would otherwise write);
+- the service with Redis as cache and store, and the service on the embedded default.
+Scenarios, each at every rate for `--seconds`, latency from the intended send time
+(scripts/loadgen.py): cached GET (50 hot users, warmed first), uncached GET (a random user and
+n ≤ 100, every (user, n, exclude_seen) asked once in the whole run, so nothing is a hit),
+POST /score (one ad-hoc user, 20 random items, each body different). Then the most each
+sustains: 32 clients back to back for 5 s. With --profile, py-spy samples the Redis service
+during its uncached GET at the middle rate and the top functions are written there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Request, closed_loop, open_loop
+
+from service.bundle import current_version, load_bundle
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def started(command: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen]:
+    process = subprocess.Popen(command, env={**os.environ, **env})
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/users/1/recommendations").status_code < 500:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:3]} did not start")
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def service_command(models: Path, port: int) -> list[str]:
+    return [str(BIN / "cddae"), "serve", "--models-dir", str(models), "--port", str(port),
+            "--log-level", "warning"]  # fmt: skip
+
+
+class Workload:
+    """Request makers over one bundle's users and items, seeded."""
+
+    def __init__(self, models: Path, seed: int = 0):
+        bundle = load_bundle(models / str(current_version(models)))
+        self.users = bundle.user_ids.tolist()
+        self.items = bundle.item_ids.tolist()
+        self.rng = random.Random(seed)
+        triples = [(u, n, e) for u in range(len(self.users)) for n in range(1, 101) for e in (0, 1)]
+        self.rng.shuffle(triples)
+        self.unasked = iter(triples)  # uncached GETs: each (user, n, exclude_seen) once per run
+
+    def uncached_get(self, _: int) -> Request:
+        user, n, exclude = next(self.unasked)
+        flag = "true" if exclude else "false"
+        return Request(
+            "GET", f"/users/{self.users[user]}/recommendations?n={n}&exclude_seen={flag}"
+        )
+
+    def hot_get(self, i: int) -> Request:
+        return Request("GET", f"/users/{self.users[i % 50]}/recommendations?n=10")
+
+    def random_user_get(self, _: int) -> Request:
+        user = self.rng.randrange(len(self.users))
+        return Request(
+            "GET", f"/users/{self.users[user]}/recommendations?n={self.rng.randint(1, 100)}"
+        )
+
+    def score(self, _: int) -> Request:
+        items = self.rng.sample(self.items, 20)
+        return Request("POST", "/score", json.dumps({"items": items, "n": 10}).encode())
+
+
+def measure(
+    name: str, port: int, make: Callable[[int], Request], rates: list[float], seconds: float,
+    results: dict, on_middle: Callable[[], None] | None = None,
+) -> None:  # fmt: skip
+    asyncio.run(open_loop("127.0.0.1", port, make, 100, 1))  # warm-up, not recorded
+    for k, rate in enumerate(rates):
+        if on_middle is not None and k == len(rates) // 2:
+            on_middle()
+        result = asyncio.run(open_loop("127.0.0.1", port, make, rate, seconds))
+        results.setdefault(name, {})[str(int(rate))] = summary = result.summary()
+        figures = "  ".join(f"{q} {summary[q]:8.2f}" for q in ("p50", "p90", "p99", "max"))
+        print(
+            f"{name:32s} {rate:6.0f}/s  {figures} ms  errors {summary['errors']}  "
+            f"achieved {summary['achieved']}/s",
+            flush=True,
+        )
+        time.sleep(1)
+
+
+def saturate(name: str, port: int, make: Callable[[int], Request], results: dict) -> None:
+    result = asyncio.run(closed_loop("127.0.0.1", port, make, clients=32, seconds=5))
+    results.setdefault("max_throughput", {})[name] = round(result.achieved, 1)
+    print(f"{name:32s} sustains {result.achieved:8.1f}/s ({sum(result.errors.values())} errors)")
+
+
+def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """py-spy on the service for `seconds`; raw stacks next to `out`, summarised into it."""
+    raw = out.with_suffix(".raw")
+    return subprocess.Popen(
+        [str(BIN / "py-spy"), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+         "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def summarise_profile(raw: Path, out: Path, top: int = 25) -> None:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  + ")" for f in stack.split(";") if f]  # fmt: skip
+        n = int(count)
+        total += n
+        if frames:
+            own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    lines = [f"# py-spy, {total} samples; share of samples (self / including callees)", ""]
+    lines += [f"{100 * n / total:5.1f}% self   {name}" for name, n in own.most_common(top)]
+    lines += [""]
+    lines += [f"{100 * n / total:5.1f}% incl   {name}" for name, n in inclusive.most_common(top)]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def markdown(results: dict) -> str:
+    """The results as the table in docs/PERFORMANCE.md."""
+    rows = ["| server, scenario | rate/s | achieved/s | p50 ms | p90 ms | p99 ms | max ms | errors "
+            "| p99 / reference |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    ratios = results.get("p99_over_reference", {})
+    for name, by_rate in results.items():
+        if not isinstance(by_rate, dict) or name in ("max_throughput", "p99_over_reference"):
+            continue
+        for rate, s in by_rate.items():
+            ratio = ratios.get(name, {}).get(rate, 1.0 if name == "reference" else "")
+            rows.append(f"| {name} | {rate} | {s['achieved']} | {s['p50']} | {s['p90']} | "
+                        f"{s['p99']} | {s['max']} | {s['errors']} | {ratio} |")  # fmt: skip
+    most = results.get("max_throughput", {})
+    if most:
+        rows += ["", "| server, scenario | most sustained, requests/s | share of the reference |",
+                 "|---|---|---|"]  # fmt: skip
+        reference = most.get("reference")
+        for name, rate in most.items():
+            share = f"{100 * rate / reference:.0f}%" if reference else ""
+            rows.append(f"| {name} | {rate} | {share} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models-dir", type=Path)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--rates", default="250,500,1000")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8")
+    parser.add_argument("--profile", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--table", type=Path, help="print this results file as markdown, exit")
+    parser.add_argument("--only", default="", help="comma-separated servers to run")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes for the reference and Redis service"
+    )
+    args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return
+    if args.models_dir is None or args.checkpoint is None:
+        parser.error("--models-dir and --checkpoint are needed to measure")
+    rates = [float(r) for r in args.rates.split(",")]
+    work = Workload(args.models_dir)
+    results: dict = {"rates": rates, "seconds": args.seconds, "started": time.strftime("%FT%T")}
+    only = set(filter(None, args.only.split(",")))
+    import redis
+
+    def run_service(label: str, env: dict[str, str], profiled: bool = False) -> None:
+        port = free_port()
+        with started(service_command(args.models_dir, port), env, port) as process:
+            measure(f"{label} cached GET", port, work.hot_get, rates, args.seconds, results)
+            if env.get("CDDAE_REDIS_URL"):
+                redis.Redis.from_url(env["CDDAE_REDIS_URL"]).flushdb()
+            spy = None
+
+            def start_profile() -> None:
+                nonlocal spy
+                if profiled and args.profile:
+                    spy = profile(process.pid, args.seconds, args.profile)
+
+            measure(f"{label} uncached GET", port, work.uncached_get, rates, args.seconds,
+                    results, start_profile)  # fmt: skip
+            if spy is not None:
+                spy.wait()
+                summarise_profile(args.profile.with_suffix(".raw"), args.profile)
+            measure(f"{label} POST /score", port, work.score, rates, args.seconds, results)
+            saturate(f"{label} uncached GET", port, work.uncached_get, results)
+
+    if not only or "reference" in only:
+        port = free_port()
+        command = [sys.executable, str(HERE / "bench_apps.py"), "reference", "--port", str(port),
+                   "--workers", str(args.workers)]  # fmt: skip
+        with started(command, {}, port):
+            measure("reference", port, work.hot_get, rates, args.seconds, results)
+            saturate("reference", port, work.hot_get, results)
+    if not only or "torch" in only:
+        port = free_port()
+        command = [sys.executable, str(HERE / "bench_apps.py"), "torch", "--port", str(port),
+                   "--checkpoint", str(args.checkpoint)]  # fmt: skip
+        with started(command, {}, port):
+            measure("torch in handler", port, work.random_user_get, rates, args.seconds, results)
+            saturate("torch in handler", port, work.random_user_get, results)
+    if not only or "redis" in only:
+        redis.Redis.from_url(args.redis_url).flushdb()
+        env = {"CDDAE_REDIS_URL": args.redis_url, "CDDAE_WORKERS": str(args.workers)}
+        run_service("service redis", env, profiled=args.workers == 1)
+    if not only or "embedded" in only:
+        log = Path(f"/tmp/cddae-bench-{os.getpid()}.jsonl")
+        run_service("service embedded", {"CDDAE_REDIS_URL": "", "CDDAE_INTERACTIONS_LOG": str(log)})
+        log.unlink(missing_ok=True)
+    if "reference" in results:
+        ratios = {}
+        for name, by_rate in results.items():
+            if isinstance(by_rate, dict) and name not in ("reference", "max_throughput"):
+                ratios[name] = {
+                    rate: round(s["p99"] / results["reference"][rate]["p99"], 2)
+                    for rate, s in by_rate.items()
+                    if rate in results["reference"]
+                }
+        results["p99_over_reference"] = ratios
+        print(json.dumps(ratios, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
