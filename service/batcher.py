@@ -7,6 +7,7 @@ the event loop, larger ones in a worker thread. docs/PERFORMANCE.md has the meas
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -14,8 +15,10 @@ from service.recommender import Model, Query
 
 
 class MicroBatcher:
-    def __init__(self, window_seconds: float, max_batch: int = 64):
-        self.window, self.max_batch = window_seconds, max_batch
+    def __init__(
+        self, window_seconds: float, max_batch: int = 64, executor: Executor | None = None
+    ):
+        self.window, self.max_batch, self.executor = window_seconds, max_batch, executor
         self._pending: list[tuple[Model, Query, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task] = set()
@@ -42,15 +45,19 @@ class MicroBatcher:
         for entry in pending:  # a model swap mid-window: each model scores its own queries
             groups.setdefault(id(entry[0]), []).append(entry)
         for group in groups.values():
-            task = asyncio.ensure_future(self._run(group))
+            task = asyncio.ensure_future(self._run(group, self.executor))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     @staticmethod
-    async def _run(group: list[tuple[Model, Query, asyncio.Future]]) -> None:
+    async def _run(
+        group: list[tuple[Model, Query, asyncio.Future]], executor: Executor | None
+    ) -> None:
         model = group[0][0]
         try:
-            scores = await asyncio.to_thread(model.scores, [query for _, query, _ in group])
+            queries = [query for _, query, _ in group]
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(executor, model.scores, queries)
         except Exception as error:
             for _, _, future in group:
                 if not future.done():

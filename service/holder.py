@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from service.bundle import current_version
@@ -28,6 +29,12 @@ class ModelHolder:
         self.pointer: str | None = None  # what CURRENT named at the last look
         self.pointer_error: str | None = None  # why CURRENT could not be read, if it could not
         self._lock = threading.Lock()
+        # Model loads have a thread of their own: a slow load never holds up inference or
+        # the store's writes (which have their own executors).
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
+
+    async def refresh_async(self, force: bool = False) -> str:
+        return await asyncio.get_running_loop().run_in_executor(self._loader, self.refresh, force)
 
     def refresh(self, force: bool = False) -> str:
         """Load the version CURRENT names if it is new; return what happened, for logs/admin."""
@@ -70,6 +77,6 @@ class ModelHolder:
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.refresh)
+                await self.refresh_async()
             except Exception:
                 log.exception("model watcher: this look failed; trying again in %s s", interval)

@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("model: %s", await asyncio.to_thread(state.holder.refresh))
+        log.info("model: %s", await state.holder.refresh_async())
         watcher = asyncio.create_task(state.holder.watch(settings.reload_interval_seconds))
         yield
         watcher.cancel()

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,11 @@ class Recommendations:
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
         self.max_n, self.batcher = max_n, batcher
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+        # CPU work too large for the event loop (batches, long inputs) has threads of its own,
+        # apart from the store's writes and model loads: one cannot starve the others.
+        self.compute = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compute")
+        if batcher is not None and batcher.executor is None:
+            batcher.executor = self.compute
         self._pending: list[tuple[str, str, bytes]] = []  # cache writes not yet sent
         self._flusher: asyncio.Future[None] | None = None
 
@@ -124,7 +130,8 @@ class Recommendations:
         elif sum(len(q.weights) for q in queries) <= INLINE_ITEMS and len(queries) == 1:
             scores = model.scores(queries)
         else:
-            scores = await asyncio.to_thread(model.scores, queries)
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(self.compute, model.scores, queries)
         elapsed = time.perf_counter() - started
         self.metrics.inference_latency.labels(Metrics.batch_label(len(queries))).observe(elapsed)
         return scores
@@ -266,7 +273,8 @@ class Recommendations:
         if len(requests) == 1 and _small(requests[0]):
             prepared = [self._prepare(model, requests[0], "")]
         else:
-            prepared = await asyncio.to_thread(self._prepare_all, model, requests)
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(self.compute, self._prepare_all, model, requests)
         hits = await asyncio.gather(*(self.cache.get(p.key, "") for p in prepared))
         answers: list[bytes | None] = [None] * len(prepared)
         misses = []

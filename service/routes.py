@@ -257,6 +257,6 @@ async def post_admin_reload(
         raise HTTPException(404, "admin endpoints are off: no CDDAE_ADMIN_TOKEN configured")
     if not _bearer_ok(authorization, token):
         raise HTTPException(401, "missing or wrong bearer token")
-    outcome = await asyncio.to_thread(state.holder.refresh, True)
+    outcome = await state.holder.refresh_async(True)
     model = state.holder.model
     return {"outcome": outcome, "model_version": model.version if model else None}

@@ -28,6 +28,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,6 +93,7 @@ class FileStore:
         self._users: dict[str, UserState] = {}
         self._keys: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         self._handle = self._open()
         try:
             self._replay()
@@ -154,6 +156,12 @@ class FileStore:
             if len(self._keys) > LOCAL_KEYS:
                 self._keys.popitem(last=False)
 
+    async def _write(self, user: str, events: list[dict[str, Any]], key: str) -> bool:
+        """Appends and their fsyncs on the store's own thread, in order: a slow disk holds up
+        writes, not inference or model loads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._append, user, events, key)
+
     def _append(self, user: str, events: list[dict[str, Any]], key: str) -> bool:
         payload = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events).encode()
         with self._lock:
@@ -181,13 +189,14 @@ class FileStore:
             {"type": "interaction", "user": user, "item": item, "timestamp": ts, "key": key}
             for item, ts in zip(items, timestamps, strict=True)
         ]
-        return await asyncio.to_thread(self._append, user, events, key)
+        return await self._write(user, events, key)
 
     async def set_profile(self, user: str, profile: dict[str, Any], key: str) -> bool:
         event = {"type": "profile", "user": user, "profile": profile, "key": key}
-        return await asyncio.to_thread(self._append, user, [event], key)
+        return await self._write(user, [event], key)
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         with contextlib.suppress(OSError):
             self._handle.close()
 

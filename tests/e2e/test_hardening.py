@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from service.holder import ModelHolder
 from service.metrics import Metrics
 from service.recommendations import Recommendations
 from service.recommender import finish
+from service.schemas import ScoreRequest
 from service.store import FileStore, StoreUnavailable
 from tests.e2e.conftest import ADMIN_TOKEN, running
 from tests.e2e.test_lifecycle import _copy_as_new_version, _wait_for
@@ -268,3 +270,27 @@ def test_an_answer_is_serialised_once_and_reads_back_as_described(base_models: P
     assert excluded.isdisjoint(i["item_id"] for i in answer["items"])
     empty = model.rank(model.known_user(3), None, 5, candidates=[2], exclude=[2])
     assert json.loads(finish(model.answer(empty), cached=False))["items"] == []
+
+
+def test_a_stuck_disk_holds_up_writes_not_scoring(base_models: Path, tmp_path: Path) -> None:
+    """Writes, model loads and CPU work have executors of their own: while the store's write
+    is stuck (a disk that does not answer), a batch is still scored and a model still loads."""
+    released = threading.Event()
+
+    async def scenario() -> int:
+        store = FileStore(tmp_path / "events.jsonl")
+        service = _service(base_models, store)
+        append = store._append
+        store._append = lambda *args: released.wait(30) and append(*args)  # type: ignore[method-assign]
+        write = asyncio.ensure_future(service.add_interactions("3", ["1"], [time.time()], "k"))
+        await asyncio.sleep(0.05)
+        batch = [ScoreRequest(items=["1"]), ScoreRequest(items=["2"])]  # a batch: a thread
+        answers = await asyncio.wait_for(service.score(batch), timeout=10)
+        loaded = await asyncio.wait_for(service.holder.refresh_async(True), timeout=10)
+        released.set()
+        await write
+        store.close()
+        assert "in service" in loaded
+        return len(answers)
+
+    assert asyncio.run(scenario()) == 2
