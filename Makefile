@@ -6,7 +6,7 @@ MODELS_DIR ?= models
 RUN_DIR ?= runs/cddae
 PORT ?= 8000
 
-.PHONY: run test install faults
+.PHONY: run test install faults compose-test
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,3 +29,7 @@ test: install
 # Faults under load on loopback (own redis-server per scenario; about a minute): docs/RELIABILITY.md
 faults: install
 	$(BIN)/python scripts/fault_suite.py
+
+# The deployment for real (docker.io, debootstrap, docker-compose; first run ~15 min): scripts/compose_test.py
+compose-test: install
+	$(BIN)/python scripts/compose_test.py

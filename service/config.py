@@ -68,6 +68,15 @@ class Settings(BaseSettings):
                              "cache belong to one process")  # fmt: skip
         return self
 
+    @field_validator("admin_token", "write_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`CDDAE_ADMIN_TOKEN=` (as compose passes an unset variable) means no token, never
+        "the empty token", which any `Bearer ` header would match."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:

@@ -33,7 +33,6 @@ from typing import Any, Protocol
 from service.bundle import (
     EVENTS,
     MANIFEST,
-    BundleError,
     LockedError,
     current_version,
     list_versions,
@@ -277,26 +276,54 @@ def _run(data, models_dir, source, kind, seed, gate, output, config, trim, log) 
     if output is not None:
         checkpoint.save(output)
     version, parity = export_checkpoint(checkpoint, models_dir, extra)
+    # The gate compares what can be compared honestly: the new run's evaluation (its model fit
+    # without its holdout) against the evaluation recorded in the manifest of the version in
+    # service, same protocol and metric. The served models cannot be compared on a holdout:
+    # both were fit on all the data, so such a score measures how much each memorised, and a
+    # model that stopped earlier (and generalises better) would lose. Then the new bundle
+    # itself, through onnxruntime as the service scores it, must hold its own evaluated level
+    # on that holdout (it has seen it): a broken export or a collapsed final fit stops here.
+    new_eval = float(checkpoint.meta["metrics"]["P"][9])
+    old_eval = _evaluated_p10(models_dir, current, kind, log)
     users = holdout_users(prepared, seed=seed)
-    new_p = float(evaluate_bundle(models_dir / version, prepared, users)["P"][9])
-    old_p = None
-    if current is not None:
-        try:
-            old_p = float(evaluate_bundle(models_dir / current, prepared, users)["P"][9])
-        except (BundleError, OSError, ValueError) as error:
-            log(f"the version in service cannot be scored ({error}); gating on nothing")
-    versus = f"in service {old_p:.4f}" if old_p is not None else "nothing in service"
-    log(f"new version {version}: P@10 {new_p:.4f} vs {versus}, same holdout of {len(users)} "
-        f"users; parity max |Δ| {parity['max_abs_diff']:.1e}")  # fmt: skip
-    if old_p is not None and new_p < gate * old_p:
-        log(f"retrain: gated {version} (P@10 {new_p:.4f} < {gate} × {old_p:.4f}); "
-            f"mark stays at {after}")  # fmt: skip
+    served = float(evaluate_bundle(models_dir / version, prepared, users)["P"][9])
+    versus = (
+        f"in service {old_eval:.4f}" if old_eval is not None else "nothing comparable in service"
+    )
+    log(f"new version {version}: evaluated P@10 {new_eval:.4f} vs {versus}; the bundle scores "
+        f"{served:.4f} on that holdout of {len(users)} users; parity max |Δ| "
+        f"{parity['max_abs_diff']:.1e}")  # fmt: skip
+    if old_eval is not None and new_eval < gate * old_eval:
+        log(f"retrain: gated {version} (evaluated P@10 {new_eval:.4f} < {gate} × {old_eval:.4f}"
+            f"); mark stays at {after}")  # fmt: skip
+        return Outcome.GATED
+    if served < gate * new_eval:
+        log(f"retrain: gated {version} (the bundle scores {served:.4f} < {gate} × its evaluated "
+            f"{new_eval:.4f}: export or final fit broken); mark stays at {after}")  # fmt: skip
         return Outcome.GATED
     promote(models_dir, version)
     trimmed = _trim(models_dir, source) if trim else 0
-    log(f"retrain: promoted {version} (P@10 {new_p:.4f}, {versus}); {new[0]} new interactions, "
-        f"mark {mark}, {trimmed} events trimmed")  # fmt: skip
+    log(f"retrain: promoted {version} (evaluated P@10 {new_eval:.4f}, {versus}); {new[0]} new "
+        f"interactions, mark {mark}, {trimmed} events trimmed")  # fmt: skip
     return Outcome.PROMOTED
+
+
+def _evaluated_p10(
+    models_dir: Path, version: str | None, kind: str, log: Callable[[str], None]
+) -> float | None:
+    """P@10 of the evaluation recorded in a version's manifest, when it is comparable: the same
+    protocol family as this job's (a random holdout; the model kind may differ)."""
+    if version is None:
+        return None
+    try:
+        manifest = json.loads((models_dir / version / MANIFEST).read_text())
+        if manifest.get("protocol", {}).get("name") != "random":
+            log(f"{version} was evaluated on another protocol; gating on nothing")
+            return None
+        return float(manifest["metrics"]["P@10"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log(f"the version in service has no readable evaluation ({error}); gating on nothing")
+        return None
 
 
 def _events_state(models_dir: Path, version: str | None) -> dict[str, Any]:

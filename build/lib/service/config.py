@@ -1,0 +1,87 @@
+"""Settings: one validated object, read from CDDAE_* environment variables.
+
+A bad value stops the service at start with a message naming the variable, rather than
+failing later on a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDDAE_", extra="ignore")
+
+    models_dir: Path = Path("models")
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db; unset: in-process cache and stores"
+    )
+    redis_timeout_seconds: float = Field(default=0.05, gt=0, le=5)
+    redis_retry_seconds: float = Field(
+        default=1.0, gt=0, description="after a Redis failure, bypass it this long, then retry"
+    )
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+    cache_ttl_jitter: float = Field(default=0.1, ge=0, le=1, description="± share of the TTL")
+    local_cache_bytes: int = Field(
+        default=64 * 2**20, ge=2**16, description="in-process cache bound, bytes of lists"
+    )
+    max_n: int = Field(default=100, ge=1)
+    max_batch: int = Field(default=64, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    admin_token: SecretStr | None = None
+    write_token: SecretStr | None = Field(
+        default=None,
+        description="when set, recording interactions and profiles needs this bearer token",
+    )
+    ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    micro_batch_ms: float = Field(
+        default=0, ge=0, le=100, description="0: one onnxruntime call per request (see batcher.py)"
+    )
+    reload_interval_seconds: float = Field(default=2.0, gt=0)
+    idle_timeout_seconds: int = Field(
+        default=5,
+        ge=1,
+        description="a connection idle this long (before or between requests) is closed",
+    )
+    max_connections: int = Field(
+        default=2048, ge=16, description="connections and tasks at once; beyond, 503s"
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="server processes; more than one needs Redis (the embedded store is one "
+        "process's)",
+    )
+    interactions_log: Path = Field(
+        default=Path("data/interactions.jsonl"),
+        description="append-only store for new interactions and profiles when Redis is unset",
+    )
+
+    @model_validator(mode="after")
+    def _workers_share_redis(self) -> Settings:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("CDDAE_WORKERS > 1 needs CDDAE_REDIS_URL: the embedded store and "
+                             "cache belong to one process")  # fmt: skip
+        return self
+
+    @field_validator("admin_token", "write_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`CDDAE_ADMIN_TOKEN=` (as compose passes an unset variable) means no token, never
+        "the empty token", which any `Bearer ` header would match."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value

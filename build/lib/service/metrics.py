@@ -1,0 +1,41 @@
+"""Prometheus metrics, in a registry per app so several apps can live in one process (tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_latency = Histogram(
+            "cddae_request_seconds", "HTTP request latency", ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.inference_latency = Histogram(
+            "cddae_inference_seconds", "onnxruntime latency per batch", ["batch"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.cache = Counter(
+            "cddae_cache_total", "cache lookups", ["result"], registry=self.registry
+        )
+        self.model_version = Gauge(
+            "cddae_model_info", "the model version in service (value 1)", ["version"],
+            registry=self.registry,
+        )  # fmt: skip
+        self._version: str | None = None
+
+    def set_version(self, version: str | None) -> None:
+        if version == self._version:
+            return
+        if self._version is not None:
+            self.model_version.remove(self._version)
+        if version is not None:
+            self.model_version.labels(version).set(1)
+        self._version = version
+
+    @staticmethod
+    def batch_label(size: int) -> str:
+        return "1" if size == 1 else "2-16" if size <= 16 else "17+"

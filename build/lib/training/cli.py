@@ -1,0 +1,354 @@
+"""`cddae`: the project's one command-line tool.
+
+Heavy imports (torch, scipy) happen inside the commands that need them, so `cddae serve` runs
+in the serving image, which has neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from training.report import metrics_table
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    """A JSON or TOML file with optional sections `model`, `train`, `protocol`, `preset` and
+    `features` (`{"user": {"field": "categorical|multi|bucket|numeric|ignore"}}`)."""
+    if path is None:
+        return {}
+    text = path.read_text()
+    config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    if unknown := set(config) - {"model", "train", "protocol", "preset", "features"}:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}")
+    return config
+
+
+def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from training.fetch import fetch_ml100k
+
+    fetch_ml100k(args.dest, args.source)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
+
+    config = _load_config(args.config)
+    protocol = ProtocolConfig(**{**config.get("protocol", {}), "seed": args.seed})
+    if args.protocol:
+        protocol.name = args.protocol
+    user_fields = config.get("features", {}).get("user")
+    prepared = prepare(args.data, protocol, args.train_file, args.test_file, user_fields)
+    train = config.get("train")
+    if args.device:
+        train = {**(train or {}), "device": args.device}
+    _, checkpoint = train_and_evaluate(
+        args.model,
+        prepared,
+        seed=args.seed,
+        preset=args.preset or config.get("preset", "default"),
+        model=config.get("model"),
+        train=train,
+        progress=not args.quiet,
+        final_fit=not args.no_final_fit,
+    )
+    if args.output:
+        checkpoint.save(args.output)
+    meta = checkpoint.meta
+    print(
+        f"{args.model} on {meta['data']['source']} — protocol {checkpoint.meta['protocol']['name']}"
+        f", seed {args.seed}, {meta['evaluated_users']} users evaluated, "
+        f"fit {meta['fit_seconds']:.1f} s"
+    )
+    print(metrics_table(meta["metrics"]))
+    served = meta["served"]
+    if served["fit_seconds"] is not None:
+        print(
+            f"served model: fit on all data ({served['positives']} positives) in "
+            f"{served['fit_seconds']:.1f} s"
+        )
+    else:
+        print("served model: the evaluated one (--no-final-fit); export it only for testing")
+    _write_json(args.json, {"model": args.model, **meta})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from training.checkpoint import Checkpoint
+    from training.data import load_interactions_csv
+    from training.metrics import evaluate_chunked
+    from training.pipeline import ranker, restore
+
+    checkpoint = Checkpoint.load(args.checkpoint)
+    test = checkpoint.test
+    if args.test_file is not None:
+        test = _map_test_file(checkpoint, load_interactions_csv(args.test_file))
+    rank = ranker(restore(checkpoint), checkpoint.user_features)  # in chunks: no users × items
+    results = {k: v.tolist() for k, v in evaluate_chunked(rank, checkpoint.train, test).items()}
+    print(f"{checkpoint.kind} from {args.checkpoint}")
+    print(metrics_table(results))
+    _write_json(args.json, {"model": checkpoint.kind, "metrics": results})
+
+
+def _map_test_file(checkpoint, inter):
+    """Positives of a test CSV under the checkpoint's id maps, training items removed (rows
+    with ids the checkpoint does not know are dropped). Vectorised: no loop per row."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from service.bundle import IdIndex
+
+    users, items, ratings, _ = inter.columns()
+    rows = IdIndex(checkpoint.user_ids.astype(str)).lookup(users.vocab.astype(str))[users.codes]
+    cols = IdIndex(checkpoint.item_ids.astype(str)).lookup(items.vocab.astype(str))[items.codes]
+    positive = inter.implicit | (ratings >= checkpoint.meta["data"]["threshold"])
+    keep = positive & (rows >= 0) & (cols >= 0)
+    shape = checkpoint.train.shape
+    test = sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=shape
+    )
+    test.data[:] = 1.0
+    return (test - test.multiply(checkpoint.train)).tocsr()
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from training.checkpoint import Checkpoint
+    from training.metrics import mask_seen, top_n
+    from training.pipeline import restore
+
+    checkpoint = Checkpoint.load(args.checkpoint)
+    recommender = restore(checkpoint, served=True)  # what the service would serve
+    n_users = len(checkpoint.user_ids)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w") as out:
+        out.write("user\titem\trank\tscore\n")
+        for start in range(0, n_users, 1024):  # users in chunks: memory bound by the chunk
+            users = np.arange(start, min(start + 1024, n_users))
+            history = checkpoint.positives[users]
+            scores = recommender.score(history, users, checkpoint.user_features[users])
+            masked = mask_seen(scores, checkpoint.seen[users])
+            lists = top_n(masked, args.n)
+            for row, user in enumerate(users):
+                for rank, item in enumerate(lists[row], start=1):
+                    score = masked[row, item]
+                    if np.isfinite(score):  # fewer unseen items than n: the list is shorter
+                        out.write(f"{checkpoint.user_ids[user]}\t{checkpoint.item_ids[item]}"
+                                  f"\t{rank}\t{score:.6g}\n")  # fmt: skip
+    print(f"wrote {n_users} users × {args.n} items to {args.output}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from service.bundle import promote
+    from training.checkpoint import Checkpoint
+    from training.export import export_checkpoint
+
+    version, figures = export_checkpoint(Checkpoint.load(args.checkpoint), args.models_dir)
+    print(
+        f"wrote bundle {version} to {args.models_dir}: parity max |Δ| "
+        f"{figures['max_abs_diff']:.2e}, top-10 agreement {figures['top10_agreement']:.2%}"
+    )
+    if args.promote:
+        promote(args.models_dir, version)
+        print(f"promoted {version}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from service import bundle
+
+    models_dir = args.models_dir
+    if args.action == "list":
+        current = bundle.current_version(models_dir)
+        print(f"{'':2}{'version':<34}{'kind':<8}{'created':<27}{'P@10':>8}{'R@10':>8}")
+        for version in bundle.list_versions(models_dir):
+            try:
+                m = bundle.read_manifest(models_dir / version)
+            except bundle.BundleError as error:
+                print(f"  {version:<34}unreadable: {error}")
+                continue
+            metrics = m.get("metrics", {})
+            print(
+                f"{'*' if version == current else ' '} {version:<34}{m['model']['kind']:<8}"
+                f"{m['created_at']:<27}{metrics.get('P@10', float('nan')):>8.4f}"
+                f"{metrics.get('R@10', float('nan')):>8.4f}"
+            )
+    elif args.action == "promote":
+        bundle.promote(models_dir, args.version)
+        print(f"promoted {args.version}")
+    elif args.action == "rollback":
+        print(f"rolled back to {bundle.rollback(models_dir)}")
+    elif args.action == "gc":
+        removed = bundle.gc(models_dir, args.keep)
+        print(f"removed {len(removed)} version(s): {' '.join(removed) or '-'}")
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from training.retrain import EventSource, FileEvents, RedisEvents, retrain
+
+    settings = Settings()  # where the service stores events: CDDAE_REDIS_URL or the file
+    redis_url = args.redis_url or (None if args.events else settings.redis_url)
+    source: EventSource
+    if redis_url:
+        source = RedisEvents(redis_url)
+    else:
+        source = FileEvents(args.events or settings.interactions_log)
+    config = _load_config(args.config)
+    outcome = retrain(
+        args.data, args.models_dir, source, args.model, args.seed, args.gate, args.output, config,
+        trim=args.trim,
+    )  # fmt: skip
+    return int(outcome)  # 0 promoted, 1 gated, 2 failed, 3 locked: cron reports all but 0
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from service.config import Settings
+    from service.server import serve
+
+    settings = Settings(models_dir=args.models_dir)  # every other setting: CDDAE_* variables
+    serve(settings, args.host, args.port, args.log_level)
+
+
+def cmd_experiments(args: argparse.Namespace) -> None:
+    import shlex
+
+    from training.data import load_dataset
+    from training.experiments import paper_settings, run_all
+    from training.paper_report import write_report
+
+    source = load_dataset(args.data).source  # fails early, with the file and line, if malformed
+    settings = paper_settings(quick=args.quick)
+    seeds = list(range(args.seeds if args.seeds is not None else 2 if args.quick else 5))
+    train = {"epochs": args.epochs} if args.epochs else {}
+    print(f"{len(settings)} settings × {len(seeds)} seeds = {len(settings) * len(seeds)} runs")
+    results = run_all(args.data, settings, seeds, train, workers=args.workers)
+    command = "cddae " + shlex.join(args.argv)
+    report = write_report(results, settings, args.output, command, seeds, source)
+    minutes = results["_elapsed"][0]["seconds"] / 60
+    print(f"wrote {report} in {minutes:.1f} min")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.names import KINDS, PRESETS, PROTOCOLS
+
+    parser = argparse.ArgumentParser(prog="cddae", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
+    fetch = data.add_parser("fetch", help="fetch MovieLens-100K into a cache folder")
+    fetch.add_argument("dataset", choices=["ml-100k"])
+    fetch.add_argument("--dest", type=Path, default=Path("data"))
+    fetch.add_argument("--from", dest="source", type=Path, help="copy from local files instead")
+    fetch.set_defaults(func=cmd_fetch)
+
+    train = sub.add_parser("train", help="train and evaluate one model")
+    train.add_argument("--model", choices=KINDS, required=True)
+    train.add_argument("--data", type=Path, required=True, help="a folder in any supported layout")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--config", type=Path, help="JSON or TOML: model, train, protocol")
+    train.add_argument("--preset", choices=PRESETS, help="default (tuned) or paper (Experiment 1)")
+    train.add_argument("--protocol", choices=PROTOCOLS)
+    train.add_argument("--output", type=Path, help="checkpoint folder")
+    train.add_argument("--json", type=Path, help="write the results as JSON")
+    train.add_argument("--train-file", type=Path, help="interactions CSV replacing the split")
+    train.add_argument("--test-file", type=Path)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="where the autoencoders train"
+    )
+    train.add_argument(
+        "--no-final-fit",
+        action="store_true",
+        help="evaluate only: skip fitting the served model on all data",
+    )
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint")
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--test-file", type=Path)
+    evaluate.add_argument("--json", type=Path)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    recommend = sub.add_parser("recommend", help="top-N lists of every training user as TSV")
+    recommend.add_argument("--checkpoint", type=Path, required=True)
+    recommend.add_argument("--n", type=int, default=10)
+    recommend.add_argument("--output", type=Path, required=True)
+    recommend.set_defaults(func=cmd_recommend)
+
+    export = sub.add_parser("export", help="export a checkpoint to ONNX as a model bundle")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--models-dir", type=Path, default=Path("models"))
+    export.add_argument("--promote", action="store_true", help="put the new version in service")
+    export.set_defaults(func=cmd_export)
+
+    models = sub.add_parser("models", help="list, promote, roll back, clean up model versions")
+    models.add_argument("action", choices=["list", "promote", "rollback", "gc"])
+    models.add_argument("version", nargs="?", help="with promote: the version")
+    models.add_argument("--models-dir", type=Path, default=Path("models"))
+    models.add_argument("--keep", type=int, default=3, help="with gc: newest versions to keep")
+    models.set_defaults(func=cmd_models)
+
+    serve = sub.add_parser("serve", help="serve recommendations over HTTP (uvicorn)")
+    serve.add_argument("--models-dir", type=Path, default=Path("models"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    retrain = sub.add_parser("retrain", help="batch job: retrain with recorded events, promote")
+    retrain.add_argument("--data", type=Path, required=True, help="the base data set")
+    retrain.add_argument("--models-dir", type=Path, default=Path("models"))
+    retrain.add_argument("--model", choices=KINDS, default="cddae")
+    retrain.add_argument("--events", type=Path, help="the file store (default: as the service)")
+    retrain.add_argument("--redis-url", help="read the Redis stream (default: CDDAE_REDIS_URL)")
+    retrain.add_argument("--gate", type=float, default=0.9,
+                         help="promote only if P@10 ≥ gate × the version in service, "
+                              "both scored on this run's holdout")  # fmt: skip
+    retrain.add_argument("--seed", type=int, default=0)
+    retrain.add_argument("--config", type=Path)
+    retrain.add_argument("--output", type=Path, help="also keep the checkpoint here")
+    retrain.add_argument(
+        "--trim",
+        action="store_true",
+        help="after a promotion, trim the Redis stream up to the oldest mark still on disk",
+    )
+    retrain.set_defaults(func=cmd_retrain)
+
+    experiments = sub.add_parser("experiments", help="reproduce the paper's experiments")
+    experiments.add_argument("suite", choices=["paper"])
+    experiments.add_argument("--data", type=Path, required=True)
+    experiments.add_argument("--seeds", type=int, help="split seeds (default 5, --quick 2)")
+    experiments.add_argument("--output", type=Path, default=Path("reports/paper"))
+    experiments.add_argument("--quick", action="store_true", help="fewer settings and seeds")
+    experiments.add_argument("--epochs", type=int, help="cap on training epochs per run")
+    experiments.add_argument("--workers", type=int, default=2, help="parallel runs")
+    experiments.set_defaults(func=cmd_experiments)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.command == "models" and args.action == "promote" and not args.version:
+        parser.error("models promote needs a VERSION")
+    try:
+        return args.func(args) or 0  # a command returns nothing, or an exit code
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"cddae: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+#!/bin/sh
+# First start of the stack: the data set in place (copied from /seed when it holds it, else
+# downloaded), then, when no model is in service yet, the first one trained and promoted by the
+# same job cron runs. Idempotent: a second start finds the data and the model and does nothing.
+#   cddae-init              data and first model
+#   cddae-init --data-only  data only (the retraining job calls this)
+set -eu
+data="${CDDAE_DATA_DIR:-/data}"
+models="${CDDAE_MODELS_DIR:-/models}"
+name="${CDDAE_DATASET:-ml-100k}"
+if [ ! -e "$data/$name" ]; then
+  if [ -d "/seed/$name" ] && [ -n "$(ls -A "/seed/$name")" ]; then
+    cddae data fetch "$name" --dest "$data" --from "/seed/$name"
+  else
+    cddae data fetch "$name" --dest "$data"
+  fi
+fi
+[ "${1:-}" = "--data-only" ] && exit 0
+if [ -s "$models/CURRENT" ]; then
+  echo "init: $(cat "$models/CURRENT") is in service; nothing to do"
+  exit 0
+fi
+echo "init: no model in service; training the first one"
+exec cddae-retrain
