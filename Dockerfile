@@ -12,21 +12,38 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-RUN python3 -m venv /opt/venv
 WORKDIR /app
+
+# Build stages: the venvs are made here, with the wheelhouse; the images below copy only the
+# venv, so no wheel (torch's least of all) ends up in a layer of an image that is shipped.
+FROM base AS build
+RUN python3 -m venv /opt/venv
 COPY wheelhouse/ /wheelhouse/
+COPY docker/install.sh /usr/local/bin/cddae-install
 COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject.toml alone (empty packages stand in for the code): that
+# layer, torch included, is rebuilt only when the dependencies change, not with every commit.
+RUN mkdir service training && touch service/__init__.py training/__init__.py
+
+FROM build AS train-build
+RUN cddae-install '.[train]'
 COPY service ./service
 COPY training ./training
-COPY docker/install.sh /usr/local/bin/cddae-install
+RUN cddae-install --no-deps --force-reinstall .
+
+FROM build AS serve-build
+RUN cddae-install .
+COPY service ./service
+COPY training ./training
+RUN cddae-install --no-deps --force-reinstall .
 
 FROM base AS train
-RUN cddae-install '.[train]' && rm -rf /wheelhouse
+COPY --from=train-build /opt/venv /opt/venv
 ENTRYPOINT ["cddae"]
 CMD ["--help"]
 
 FROM train AS scheduler
-# Debian's cron: the classic, maintained cron daemon, in the base's own package manager.
+# Debian's cron: the classic, maintained cron daemon, from the base's own package manager.
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cron \
     && rm -rf /var/lib/apt/lists/*
 COPY docker/scheduler.sh /usr/local/bin/cddae-scheduler
@@ -36,9 +53,9 @@ ENTRYPOINT []
 CMD ["cddae-scheduler"]
 
 FROM base AS serve
-RUN cddae-install . && rm -rf /wheelhouse \
-    && (useradd --system --uid 10001 --no-create-home cddae 2>/dev/null \
-        || adduser --system --uid 10001 --no-create-home cddae)
+COPY --from=serve-build /opt/venv /opt/venv
+RUN useradd --system --uid 10001 --no-create-home cddae 2>/dev/null \
+    || adduser --system --uid 10001 --no-create-home cddae
 USER 10001
 ENV CDDAE_MODELS_DIR=/models CDDAE_INTERACTIONS_LOG=/data/interactions.jsonl
 EXPOSE 8000

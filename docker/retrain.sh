@@ -11,6 +11,10 @@ cddae-init --data-only >>"$data/retrain.log" 2>&1
 cddae retrain --data "$data/$name" --models-dir "${CDDAE_MODELS_DIR:-/models}" \
   >"$data/retrain.last.log" 2>&1
 code=$?
+if [ "$code" -eq 0 ]; then  # keep the models volume bounded: the newest versions and CURRENT
+  cddae models gc --models-dir "${CDDAE_MODELS_DIR:-/models}" --keep "${CDDAE_KEEP_VERSIONS:-5}" \
+    >>"$data/retrain.last.log" 2>&1 || true
+fi
 cat "$data/retrain.last.log" >>"$data/retrain.log"
 summary=$(grep '^retrain: ' "$data/retrain.last.log" | tail -n 1)
 [ -n "$summary" ] || summary="retrain: failed — $(tail -n 1 "$data/retrain.last.log")"

@@ -13,10 +13,10 @@ from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
 FAST = {"epochs": 5, "patience": 5, "batch_size": 16}
 
 
-@pytest.mark.parametrize("kind", ["cddae", "cdae", "ease"])
+@pytest.mark.parametrize("kind", ["cddae", "cdae", "ease", "edlae"])
 def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str) -> None:
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
-    neural = kind != "ease"
+    neural = kind not in ("ease", "edlae")
     _, checkpoint = train_and_evaluate(
         kind, prepared, model={"hidden": [16]} if neural else None,
         train=FAST if neural else None, progress=False,

@@ -12,7 +12,7 @@ TINY = {"hidden": [32]}
 FAST = {"epochs": 40, "patience": 8, "batch_size": 16}
 
 
-@pytest.mark.parametrize("kind", ["pop", "itemknn", "ease", "dae", "cdae", "cddae"])
+@pytest.mark.parametrize("kind", ["pop", "itemknn", "ease", "edlae", "dae", "cdae", "cddae"])
 def test_models_learn_the_planted_pattern(synthetic_dir: Path, kind: str) -> None:
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
     neural = kind in ("dae", "cdae", "cddae")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.baselines import EASE, ItemKNN, MostPopular
+from training.baselines import EASE, EDLAE, ItemKNN, MostPopular
 from training.checkpoint import Checkpoint
 from training.data import RawDataset, load_dataset, load_interactions_csv
 from training.dataset import DEFAULT_THRESHOLD, ImplicitDataset
@@ -35,9 +35,9 @@ def make_recommender(
     """A fresh model of `kind`; `model`/`train` override the preset's options."""
     if kind not in KINDS:
         raise ValueError(f"unknown model {kind!r}; choose from {KINDS}")
-    if kind in ("pop", "itemknn", "ease"):
+    if kind in ("pop", "itemknn", "ease", "edlae"):
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in (model or {}).items()}
-        baseline = {"pop": MostPopular, "itemknn": ItemKNN, "ease": EASE}[kind]
+        baseline = {"pop": MostPopular, "itemknn": ItemKNN, "ease": EASE, "edlae": EDLAE}[kind]
         try:
             return baseline(**options)
         except TypeError:
