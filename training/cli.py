@@ -82,6 +82,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     _write_json(args.json, {"model": args.model, **meta})
 
 
+def cmd_new_users(args: argparse.Namespace) -> None:
+    from training.new_users import run, table
+
+    kinds = tuple(k for k in args.models.split(",") if k)
+    config = json.loads(args.config.read_text()) if args.config else {}  # {kind: {model, train}}
+    results = run(args.data, kinds, args.seed, args.fraction, config=config)
+    for metric in ("P@10", "R@10", "NDCG@10"):
+        print()
+        print(table(results, metric))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from training.checkpoint import Checkpoint
     from training.data import load_interactions_csv
@@ -323,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="after a promotion, trim the Redis stream up to the oldest mark still on disk",
     )
     retrain.set_defaults(func=cmd_retrain)
+
+    new_users = sub.add_parser(
+        "new-users", help="user-disjoint protocol: held-out users asked for as ad-hoc users"
+    )
+    new_users.add_argument("--data", type=Path, required=True)
+    new_users.add_argument("--models", default="cddae,ease,edlae,itemknn")
+    new_users.add_argument("--seed", type=int, default=0)
+    new_users.add_argument("--fraction", type=float, default=0.2)
+    new_users.add_argument("--config", type=Path, help='{"cddae": {"model": {...}}, ...}')
+    new_users.add_argument("--json", type=Path)
+    new_users.set_defaults(func=cmd_new_users)
 
     experiments = sub.add_parser("experiments", help="reproduce the paper's experiments")
     experiments.add_argument("suite", choices=["paper"])
