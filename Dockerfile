@@ -20,19 +20,22 @@ FROM base AS build
 RUN python3 -m venv /opt/venv
 COPY wheelhouse/ /wheelhouse/
 COPY docker/install.sh /usr/local/bin/cddae-install
-COPY pyproject.toml README.md ./
-# Dependencies first, from pyproject.toml alone (empty packages stand in for the code): that
-# layer, torch included, is rebuilt only when the dependencies change, not with every commit.
-RUN mkdir service training && touch service/__init__.py training/__init__.py
+COPY pyproject.toml ./
+# Dependencies first, from pyproject.toml alone (empty packages and README stand in for the
+# real ones): that layer, torch included, is rebuilt only when the dependencies change, not
+# with every commit.
+RUN mkdir service training && touch service/__init__.py training/__init__.py README.md
 
 FROM build AS train-build
 RUN cddae-install '.[train]'
+COPY README.md ./
 COPY service ./service
 COPY training ./training
 RUN cddae-install --no-deps --force-reinstall .
 
 FROM build AS serve-build
 RUN cddae-install .
+COPY README.md ./
 COPY service ./service
 COPY training ./training
 RUN cddae-install --no-deps --force-reinstall .

@@ -43,7 +43,7 @@ MIRROR = "http://deb.debian.org/debian"
 IMAGE_PYTHON = "3.11.2"  # Debian bookworm's python3 (the host may differ: markers do)
 CACHE = Path.home() / ".cache" / "cddae"
 PORT = 18000
-SEED = ROOT.parent / "shared" / "data"  # ml-100k for the init step, when this machine has it
+SHARED = ROOT.parent / "shared" / "data"  # ml-100k beside the checkout, on the dev machine
 
 
 def say(message: str) -> None:
@@ -60,8 +60,7 @@ def compose(*args: str, check: bool = True, capture: bool = False) -> subprocess
     env = {**os.environ, "BASE_IMAGE": BASE_IMAGE, "REDIS_IMAGE": REDIS_IMAGE,
            "CDDAE_PORT": str(PORT), "CDDAE_RETRAIN_SCHEDULE": "* * * * *",
            "CDDAE_ADMIN_TOKEN": "compose-test", "CDDAE_TAG": "compose-test"}  # fmt: skip
-    if (SEED / "ml-100k").is_dir():
-        env["CDDAE_SEED_DIR"] = str(SEED)
+    env["CDDAE_SEED_DIR"] = str(SEED_DIR)
     return run("docker-compose", "-p", PROJECT, *args, check=check, capture=capture, env=env,
                cwd=ROOT)  # fmt: skip
 
@@ -122,6 +121,25 @@ def ensure_base_images() -> None:
         say(f"building {REDIS_IMAGE} from Debian's redis-server")
         run("docker", "build", "-q", "-t", REDIS_IMAGE, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
             "-f", str(ROOT / "docker" / "redis.Dockerfile"), str(ROOT / "docker"))  # fmt: skip
+
+
+SEED_DIR = CACHE / "seed"  # holds ml-100k/ for the init container (which reaches no PyPI)
+
+
+def ensure_seed() -> None:
+    """The data set the init step copies: from $CDDAE_ML100K or ../shared/data when there, else
+    fetched on the host once (GroupLens, or the recbole wheel through pip)."""
+    target = SEED_DIR / "ml-100k"
+    if (target / "u.data").exists():
+        return
+    SEED_DIR.mkdir(parents=True, exist_ok=True)
+    local = os.environ.get("CDDAE_ML100K") or (SHARED / "ml-100k")
+    command = [str(Path(sys.executable).parent / "cddae"), "data", "fetch", "ml-100k",
+               "--dest", str(SEED_DIR)]  # fmt: skip
+    if Path(local).is_dir():
+        command += ["--from", str(local)]
+    say("preparing the data set for the init step: " + " ".join(command[1:]))
+    run(*command)
 
 
 def ensure_wheelhouse() -> None:
@@ -252,6 +270,7 @@ def main() -> int:
             return 0
         raise
     ensure_base_images()
+    ensure_seed()
     ensure_wheelhouse()
     say("building the images")
     compose("build")
