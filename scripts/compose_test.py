@@ -130,7 +130,7 @@ def ensure_seed() -> None:
     """The data set the init step copies: from $CDDAE_ML100K or ../shared/data when there, else
     fetched on the host once (GroupLens, or the recbole wheel through pip)."""
     target = SEED_DIR / "ml-100k"
-    if (target / "u.data").exists():
+    if target.is_dir() and any(target.iterdir()):  # GroupLens or RecBole files: either loads
         return
     SEED_DIR.mkdir(parents=True, exist_ok=True)
     local = os.environ.get("CDDAE_ML100K") or (SHARED / "ml-100k")
