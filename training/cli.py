@@ -95,6 +95,17 @@ def cmd_new_users(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from training.tune import tune
+
+    kinds = tuple(k for k in args.models.split(",") if k)
+    report = tune(args.data, kinds, args.budget, args.seed)
+    for kind, chosen in report["models"].items():
+        print(f"{kind:8s} validation NDCG@10 {chosen['NDCG@10']:.4f}  {chosen['chosen']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from training.checkpoint import Checkpoint
     from training.data import load_interactions_csv
@@ -347,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     new_users.add_argument("--config", type=Path, help='{"cddae": {"model": {...}}, ...}')
     new_users.add_argument("--json", type=Path)
     new_users.set_defaults(func=cmd_new_users)
+
+    tune_ = sub.add_parser("tune", help="equal-budget random search on validation NDCG@10")
+    tune_.add_argument("--data", type=Path, required=True)
+    tune_.add_argument("--models", default="ease,edlae,itemknn,dae,cdae,cddae")
+    tune_.add_argument("--budget", type=int, default=8, help="trials per model")
+    tune_.add_argument("--seed", type=int, default=100, help="the tuning split (not reported)")
+    tune_.add_argument("--json", type=Path)
+    tune_.set_defaults(func=cmd_tune)
 
     experiments = sub.add_parser("experiments", help="reproduce the paper's experiments")
     experiments.add_argument("suite", choices=["paper"])

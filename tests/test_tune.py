@@ -1,0 +1,27 @@
+"""The tuner: equal budgets, validation only — the tuning split's test part is never read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.pipeline import ProtocolConfig, prepare
+from training.tune import TUNING_SEED, tune, tuning_split
+
+
+def test_the_tuning_split_never_holds_its_test_part(synthetic_dir: Path) -> None:
+    outer = prepare(synthetic_dir, ProtocolConfig(seed=TUNING_SEED))
+    tuning = tuning_split(synthetic_dir, TUNING_SEED)
+    assert (tuning.train != outer.fit).nnz == 0 and (tuning.test != outer.valid).nnz == 0
+    for part in (tuning.train, tuning.test, tuning.fit, tuning.valid):
+        assert part.multiply(outer.test).nnz == 0  # the split's own test items: never seen
+    assert (tuning.fit + tuning.valid != tuning.train).nnz == 0
+    assert TUNING_SEED not in range(5)  # the seeds reports average
+
+
+def test_every_model_gets_the_same_budget(synthetic_dir: Path) -> None:
+    report = tune(synthetic_dir, ("ease", "edlae", "itemknn"), budget=3, log=lambda _: None)
+    for kind, result in report["models"].items():
+        assert len(result["trials"]) == 3, kind
+        assert result["NDCG@10"] == max(t["NDCG@10"] for t in result["trials"])
+    ease = report["models"]["ease"]["chosen"]["model"]["lambdas"]
+    assert len(ease) == 1  # one setting per trial, not EASE's own grid
