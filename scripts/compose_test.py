@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,8 +154,16 @@ def ensure_wheelhouse() -> None:
         cached.mkdir(parents=True)
         # async-timeout: redis needs it below Python 3.11.3 (the image's 3.11.2), and the host's
         # pip evaluates markers for its own interpreter; setuptools: to build this project.
-        run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(cached),
-            f"{ROOT}[train]", "async-timeout", "setuptools>=68", "wheel")  # fmt: skip
+        # The project's dependencies from a stand-in with its pyproject.toml alone: building the
+        # checkout itself would leave a build/ folder in it.
+        with tempfile.TemporaryDirectory() as stand_in:
+            shutil.copy2(ROOT / "pyproject.toml", stand_in)
+            for package in ("service", "training"):
+                (Path(stand_in) / package).mkdir()
+                (Path(stand_in) / package / "__init__.py").touch()
+            (Path(stand_in) / "README.md").touch()
+            run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(cached),
+                f"{stand_in}[train]", "async-timeout", "setuptools>=68", "wheel")  # fmt: skip
         for built in cached.glob("cddae-*.whl"):  # the project is built in the image, from source
             built.unlink()
         (cached / ".complete").touch()

@@ -1,6 +1,0 @@
-"""Names the command line offers, importable without torch or scipy (the serving image)."""
-
-KINDS = ("pop", "itemknn", "ease", "dae", "cdae", "cddae")
-NEURAL = ("dae", "cdae", "cddae")
-PRESETS = ("default", "paper")
-PROTOCOLS = ("random", "temporal", "leave-one-out")
