@@ -36,11 +36,8 @@ def evaluate_bundle(
     """Metrics at N = 1..max_n of the bundle in `folder` on `users` of `prepared`'s holdout."""
     model = Model.load(folder)
     ds = prepared.dataset
-    ours_to_theirs = model.item_index.lookup(np.asarray(ds.item_ids, dtype=str))
-    theirs_to_ours = np.full(model.n_items, -1, dtype=np.int64)
-    known = ours_to_theirs >= 0
-    theirs_to_ours[ours_to_theirs[known]] = np.flatnonzero(known)
-    candidates = ours_to_theirs[known]
+    ours_to_theirs, theirs_to_ours = item_maps(model, prepared)
+    candidates = ours_to_theirs[ours_to_theirs >= 0]
     lists = np.full((len(users), max_n), -1, dtype=np.int64)
     for start in range(0, len(users), chunk):
         rows = users[start : start + chunk]
@@ -59,18 +56,34 @@ def evaluate_bundle(
     return metrics_from_hits(hits, relevant, lists, ds.n_items)
 
 
+def item_maps(model: Model, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """(our item index → the bundle's, -1 where it has none; and back)."""
+    ds = prepared.dataset
+    ours_to_theirs = model.item_index.lookup(np.asarray(ds.item_ids, dtype=str))
+    theirs_to_ours = np.full(model.n_items, -1, dtype=np.int64)
+    known = ours_to_theirs >= 0
+    theirs_to_ours[ours_to_theirs[known]] = np.flatnonzero(known)
+    return ours_to_theirs, theirs_to_ours
+
+
+def profile_features(model: Model, prepared: Prepared, user: int) -> tuple[np.ndarray, bool]:
+    """A user's profile by the bundle's own spec (a value it never saw: nothing known, as the
+    service does), and whether there is one."""
+    ds = prepared.dataset
+    spec = model.bundle.user_spec
+    profile = ds.raw.user_profiles.get(str(ds.user_ids[user])) or {}
+    try:
+        return spec.encode({k: v for k, v in profile.items() if k in spec.names}), bool(profile)
+    except FeatureError:
+        return spec.encode(None), bool(profile)
+
+
 def _query(model: Model, prepared: Prepared, user: int, ours_to_theirs: np.ndarray) -> Query:
     """The user's training split as the bundle's input; the profile by the bundle's own spec."""
     ds = prepared.dataset
     train = prepared.train.indices[prepared.train.indptr[user] : prepared.train.indptr[user + 1]]
     mapped = ours_to_theirs[train]
     items = mapped[mapped >= 0].tolist()
-    user_id = str(ds.user_ids[user])
-    spec = model.bundle.user_spec
-    profile = ds.raw.user_profiles.get(user_id) or {}
-    try:
-        features = spec.encode({k: v for k, v in profile.items() if k in spec.names})
-    except FeatureError:  # a value the bundle never saw: nothing known, as the service does
-        features = spec.encode(None)
-    index = model.user_index.get(user_id, -1)
-    return Query(dict.fromkeys(items, 1.0), features, index, bool(profile), items)
+    features, has_profile = profile_features(model, prepared, user)
+    index = model.user_index.get(str(ds.user_ids[user]), -1)
+    return Query(dict.fromkeys(items, 1.0), features, index, has_profile, items)

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from service.features import FeatureError
 from service.recommender import Model, Query
 from training.data import RawDataset
+from training.holdout import item_maps, profile_features
 from training.metrics import evaluate_chunked, rank_by_scores, summary
 from training.pipeline import Prepared, ProtocolConfig, prepare, train_and_evaluate
 from training.splits import _select, split
@@ -82,22 +82,13 @@ def bundle_ranker(folder: Path, prepared: Prepared) -> RankChunk:
     """Lists from an exported bundle, each user asked for as an ad-hoc user of the service: the
     revealed items as the history, the profile by the bundle's spec, user index unknown."""
     model = Model.load(folder)
-    ds = prepared.dataset
-    ours_to_theirs = model.item_index.lookup(np.asarray(ds.item_ids, dtype=str))
-    theirs_to_ours = np.full(model.n_items, -1, dtype=np.int64)
-    known = ours_to_theirs >= 0
-    theirs_to_ours[ours_to_theirs[known]] = np.flatnonzero(known)
-    spec = model.bundle.user_spec
+    ours_to_theirs, theirs_to_ours = item_maps(model, prepared)
 
     def query(history: sp.csr_matrix, row: int, user: int) -> Query:
         items = ours_to_theirs[history.indices[history.indptr[row] : history.indptr[row + 1]]]
         items = items[items >= 0].tolist()
-        profile = ds.raw.user_profiles.get(str(ds.user_ids[user])) or {}
-        try:
-            features = spec.encode({k: v for k, v in profile.items() if k in spec.names})
-        except FeatureError:
-            features = spec.encode(None)
-        return Query(dict.fromkeys(items, 1.0), features, -1, bool(profile), items)
+        features, has_profile = profile_features(model, prepared, user)
+        return Query(dict.fromkeys(items, 1.0), features, -1, has_profile, items)
 
     def rank(history: sp.csr_matrix, users: np.ndarray, n: int) -> np.ndarray:
         queries = [query(history, row, int(u)) for row, u in enumerate(users)]
