@@ -225,6 +225,7 @@ def check_retrain_takes_recorded_interactions() -> None:
     assert recorded.status_code == 201, recorded.text
     summary = retrain_now()
     say(f"retrain now: {summary}")
+    assert "retrain: promoted" in summary, summary  # the job's one line says what happened
     version = current_pointer()
     assert version != before, "the retrain did not promote a new version"
     wait_for("the API to serve the new version", lambda: served_version() == version, 30)
