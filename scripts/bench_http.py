@@ -232,20 +232,18 @@ def main() -> None:
             measure(f"{label} POST /score", port, work.score, rates, args.seconds, results)
             saturate(f"{label} uncached GET", port, work.uncached_get, results)
 
+    def run_yardstick(label: str, app_args: list[str], make: Callable[[int], Request]) -> None:
+        port = free_port()
+        command = [sys.executable, str(HERE / "bench_apps.py"), *app_args, "--port", str(port)]
+        with started(command, {}, port):
+            measure(label, port, make, rates, args.seconds, results)
+            saturate(label, port, make, results)
+
     if not only or "reference" in only:
-        port = free_port()
-        command = [sys.executable, str(HERE / "bench_apps.py"), "reference", "--port", str(port),
-                   "--workers", str(args.workers)]  # fmt: skip
-        with started(command, {}, port):
-            measure("reference", port, work.hot_get, rates, args.seconds, results)
-            saturate("reference", port, work.hot_get, results)
+        run_yardstick("reference", ["reference", "--workers", str(args.workers)], work.hot_get)
     if not only or "torch" in only:
-        port = free_port()
-        command = [sys.executable, str(HERE / "bench_apps.py"), "torch", "--port", str(port),
-                   "--checkpoint", str(args.checkpoint)]  # fmt: skip
-        with started(command, {}, port):
-            measure("torch in handler", port, work.random_user_get, rates, args.seconds, results)
-            saturate("torch in handler", port, work.random_user_get, results)
+        torch_args = ["torch", "--checkpoint", str(args.checkpoint)]
+        run_yardstick("torch in handler", torch_args, work.random_user_get)
     if not only or "redis" in only:
         redis.Redis.from_url(args.redis_url).flushdb()
         env = {"CDDAE_REDIS_URL": args.redis_url, "CDDAE_WORKERS": str(args.workers)}
