@@ -10,6 +10,7 @@ import numpy as np
 from service.features import FeatureSpec, fit_field
 from training.cli import main
 from training.experiments import paper_settings, user_columns
+from training.paper_report import Stats, _exp1_claim
 
 
 def test_quick_suite_writes_a_complete_report(synthetic_dir: Path, tmp_path: Path) -> None:
@@ -31,15 +32,38 @@ def test_quick_suite_writes_a_complete_report(synthetic_dir: Path, tmp_path: Pat
     for setting in settings:  # every setting has a full row: 12 cells, each mean ± std
         cells = table_rows[setting.label]
         assert all(re.fullmatch(r" \d\.\d{4} ± \d\.\d{4} ", c) for c in cells), cells
-    assert "| EASE | " in report and "seeds where CDDAE is ahead" in report
-    verdicts = re.findall(r"\*\*(held|did not hold|mixed)\*\*", report)
-    assert len(verdicts) >= 8  # exp1..exp4, in the summary table and under each section
+    assert (
+        "| EASE | " in report and "| EDLAE | " in report and "seeds where CDDAE is ahead" in report
+    )
+    verdicts = re.findall(r"\*\*(held|did not hold|mixed|not testable)\*\*", report)
+    assert len(verdicts) >= 10  # exp1 (twice)..exp4, in the summary and under each section
+    # The new-users section: its K table for both metrics, its plot and both goals.
+    assert "## New users" in report and (out / "new_users.png").read_bytes()[:4] == b"\x89PNG"
+    for metric in ("P@10", "R@10"):
+        assert f"| {metric} | K = 0 | K = 1 | K = 3 | K = 5 |" in report
+    assert re.search(r"Goal at K = 0, CDDAE's P@10 ≥ popularity by \w+'s: \*\*(met|missed)", report)
+    assert re.search(r"Goal at K = 3, CDDAE's R@10 ≥ ease's: \*\*(met|missed)\*\*", report)
 
 
 def test_quick_is_a_subset_of_the_full_suite() -> None:
     quick = {s.key for s in paper_settings(quick=True)}
     full = {s.key for s in paper_settings(quick=False)}
-    assert quick < full and len(full) == 44
+    assert quick < full and len(full) == 48
+
+
+def test_a_model_at_popularitys_figures_is_reported_as_collapsed() -> None:
+    def stats(p: float, r: float) -> Stats:
+        metrics = {"P": [p] * 10, "R": [r] * 10}
+        return Stats([{"metrics": metrics, "seconds": 1.0, "seed": 0}])
+
+    popular = stats(0.1155, 0.1300)
+    copies = {"DAE": stats(0.1156, 0.1301), "CDAE": stats(0.1157, 0.1299),
+              "CDDAE": stats(0.1156, 0.1300)}  # fmt: skip
+    _, measured, verdict = _exp1_claim(copies, popular)
+    assert verdict == "not testable" and "collapsed" in measured and "DAE, CDAE, CDDAE" in measured
+    learned = {"DAE": stats(0.20, 0.22), "CDAE": stats(0.19, 0.21), "CDDAE": stats(0.22, 0.25)}
+    _, measured, verdict = _exp1_claim(learned, popular)
+    assert "collapsed" not in measured and verdict == "held"
 
 
 def test_user_columns_select_fields() -> None:

@@ -59,8 +59,8 @@ def test_weights_past_the_limit_travel_as_external_data(
     from service.recommender import Model
 
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
-    _, checkpoint = train_and_evaluate(
-        "cddae", prepared, model={"hidden": [16]}, train=FAST, progress=False
+    _, checkpoint = train_and_evaluate(  # wide enough that the weights outweigh the graph
+        "cddae", prepared, model={"hidden": [64]}, train=FAST, progress=False
     )
     inline, _ = export_checkpoint(checkpoint, tmp_path)
     external, figures = export_checkpoint(checkpoint, tmp_path, external_above=0)

@@ -1,5 +1,7 @@
 """Model output shapes, the loss, the sparse input layer, and the unseen-user path."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -13,7 +15,7 @@ from training.models import (
     ModelConfig,
     Sizes,
     paper_config,
-    reconstruction_loss,
+    reconstruction_cells,
 )
 
 SIZES = Sizes(n_items=30, n_users=8, user_features=5, item_features=torch.rand(30, 4))
@@ -52,6 +54,10 @@ def test_unseen_user_uses_the_reserved_row() -> None:
     assert not torch.equal(net(x, None, torch.tensor([-1])), net(x, None, torch.tensor([0])))
 
 
+def reconstruction_loss(logits, x, output, loss) -> torch.Tensor:
+    return reconstruction_cells(logits, x, output, loss).sum(dim=1)
+
+
 def test_reconstruction_losses_by_hand() -> None:
     logits = torch.tensor([[0.0, 0.0]])
     x = torch.tensor([[1.0, 0.0]])
@@ -68,6 +74,40 @@ def test_config_rejects_bad_values() -> None:
         ModelConfig(corruption=1.0)
     with pytest.raises(ValueError, match="unknown model option"):
         ModelConfig.from_dict({"widht": 3})
+
+
+@pytest.mark.parametrize("negatives", [0, 5000])
+def test_emphasis_weights_only_the_dropped_positives(negatives: int) -> None:
+    """Raising `emphasis` from 1 to 4 adds 3× the loss of exactly the cells whose input the
+    corruption dropped (here the first item, a positive of every user), in the full loss and
+    in the sampled one (5,000 draws cover all 30 items)."""
+    torch.manual_seed(0)
+    x = (torch.rand(4, 30) < 0.3).float()
+    x[:, 0] = 1.0
+    net = Autoencoder(ModelConfig(kind="dae", hidden=(8,)), SIZES)
+
+    def drop_first(bag: Bag) -> Bag:
+        return Bag(bag.items, torch.where(bag.items == 0, 0.0, bag.weights), bag.offsets)
+
+    net.corrupt = drop_first
+    plain = net.loss(_bag(x), negatives=negatives)
+    net.config = replace(net.config, emphasis=4.0)
+    emphasised = net.loss(_bag(x), negatives=negatives)
+    logits = net.out(net.hidden(*net.bag_input(drop_first(_bag(x)))))[:, 0]
+    first = F.binary_cross_entropy_with_logits(logits, x[:, 0], reduction="none")
+    torch.testing.assert_close(emphasised - plain, 3 * first.mean())
+    with pytest.raises(ValueError, match="emphasis"):
+        ModelConfig(emphasis=0.0)
+
+
+def test_profile_norm_makes_the_profile_scale_free() -> None:
+    torch.manual_seed(0)
+    x = _bag((torch.rand(3, 30) < 0.3).float())
+    profile = torch.rand(3, 5)
+    for norm in (True, False):
+        net = Autoencoder(ModelConfig(kind="cddae", hidden=(12,), profile_norm=norm), SIZES)
+        same = torch.allclose(net(x, profile), net(x, 5 * profile), atol=1e-6)
+        assert same is norm
 
 
 def test_cold_start_rate_drops_whole_histories() -> None:

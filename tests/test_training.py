@@ -99,5 +99,6 @@ def test_item_item_models_refuse_what_cannot_fit(
 def test_sampled_loss_with_row_sparse_updates_learns_the_pattern(synthetic_dir: Path) -> None:
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
     train = {**FAST, "negatives": 20}  # 20 of 80 items drawn per batch
-    _, checkpoint = train_and_evaluate("cddae", prepared, model=TINY, train=train, progress=False)
+    model = {**TINY, "output": "sigmoid", "loss": "bce", "input_norm": False}  # sampled: BCE
+    _, checkpoint = train_and_evaluate("cddae", prepared, model=model, train=train, progress=False)
     assert checkpoint.meta["metrics"]["R"][9] > 0.5  # chance ≈ 0.14

@@ -25,3 +25,26 @@ def test_every_model_gets_the_same_budget(synthetic_dir: Path) -> None:
         assert result["NDCG@10"] == max(t["NDCG@10"] for t in result["trials"])
     ease = report["models"]["ease"]["chosen"]["model"]["lambdas"]
     assert len(ease) == 1  # one setting per trial, not EASE's own grid
+
+
+def test_the_defaults_are_the_tuners_choices() -> None:
+    """Every tuned kind's default sets exactly the options its search space draws (so no
+    hand-picked value rides along), and the default preset builds that model."""
+    import random
+
+    from training.pipeline import make_recommender
+    from training.tune import SPACES
+    from training.tuned import TUNED
+
+    assert set(TUNED) == set(SPACES)
+    for kind, chosen in TUNED.items():
+        draw = SPACES[kind](random.Random(0))
+        assert {part: set(options) for part, options in chosen.items()} == {
+            part: set(options) for part, options in draw.items()
+        }, kind
+    cddae = make_recommender("cddae").params()
+    assert list(cddae["model"]["hidden"]) == TUNED["cddae"]["model"]["hidden"]
+    assert cddae["train"]["lr"] == TUNED["cddae"]["train"]["lr"]
+    paper = make_recommender("cddae", "paper").params()
+    assert list(paper["model"]["hidden"]) == [50] and paper["model"]["loss"] == "mae"
+    assert make_recommender("ease").lambdas == tuple(TUNED["ease"]["model"]["lambdas"])

@@ -86,12 +86,16 @@ class _ItemItem:
 
 
 class ItemKNN(_ItemItem):
-    """Cosine similarity between item columns, keeping each item's `k` nearest neighbours."""
+    """Cosine similarity between item columns, keeping each item's `k` nearest neighbours;
+    `shrink` > 0 adds to the denominator, pulling similarities resting on few co-occurrences
+    toward 0."""
 
     kind = "itemknn"
 
-    def __init__(self, k: int = 100) -> None:
-        self.k = k
+    def __init__(self, k: int = 100, shrink: float = 0.0) -> None:
+        if k < 1 or shrink < 0:
+            raise ValueError("item-kNN needs k ≥ 1 and shrink ≥ 0")
+        self.k, self.shrink = k, shrink
 
     def fit(self, ctx: FitContext) -> None:
         # The Gram matrix, the similarity and the top-k cut: about three float32 copies.
@@ -99,7 +103,7 @@ class ItemKNN(_ItemItem):
         x = ctx.full_train.astype(np.float32)
         gram = np.asarray((x.T @ x).todense(), dtype=np.float32)
         norms = np.sqrt(np.diag(gram))
-        sim = gram / np.maximum(np.outer(norms, norms), 1e-12)
+        sim = gram / np.maximum(np.outer(norms, norms) + self.shrink, 1e-12)
         np.fill_diagonal(sim, 0.0)
         if self.k < sim.shape[0]:
             cut = np.argpartition(-sim, self.k, axis=0)[self.k :]
@@ -107,10 +111,10 @@ class ItemKNN(_ItemItem):
         self.similarity = sim
 
     def params(self) -> dict[str, Any]:
-        return {"k": self.k}
+        return {"k": self.k, "shrink": self.shrink}
 
     def production(self) -> ItemKNN:
-        return ItemKNN(self.k)
+        return ItemKNN(self.k, self.shrink)
 
 
 class EASE(_ItemItem):

@@ -256,8 +256,18 @@ def cmd_experiments(args: argparse.Namespace) -> None:
     train = {"epochs": args.epochs} if args.epochs else {}
     print(f"{len(settings)} settings × {len(seeds)} seeds = {len(settings) * len(seeds)} runs")
     results = run_all(args.data, settings, seeds, train, workers=args.workers)
+    new_users = []
+    if not args.no_new_users:
+        from tqdm.auto import tqdm
+
+        from training.names import NEURAL
+        from training.new_users import run
+
+        capped = {kind: {"train": train} for kind in NEURAL} if train else {}
+        for seed in tqdm(seeds, desc="new users"):
+            new_users.append(run(args.data, seed=seed, config=capped, log=lambda _: None))
     command = "cddae " + shlex.join(args.argv)
-    report = write_report(results, settings, args.output, command, seeds, source)
+    report = write_report(results, settings, args.output, command, seeds, source, new_users)
     minutes = results["_elapsed"][0]["seconds"] / 60
     print(f"wrote {report} in {minutes:.1f} min")
 
@@ -375,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_argument("--quick", action="store_true", help="fewer settings and seeds")
     experiments.add_argument("--epochs", type=int, help="cap on training epochs per run")
     experiments.add_argument("--workers", type=int, default=2, help="parallel runs")
+    experiments.add_argument(
+        "--no-new-users", action="store_true", help="skip the user-disjoint (new users) section"
+    )
     experiments.set_defaults(func=cmd_experiments)
     return parser
 

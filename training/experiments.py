@@ -45,14 +45,19 @@ BEST_LOSS = {"output": "sigmoid", "loss": "bce", **NO_ITEM_PROFILE}
 def paper_settings(quick: bool = False) -> list[Setting]:
     s: list[Setting] = [
         Setting("baselines", "most-popular", "pop"),
-        Setting("baselines", "item-kNN", "itemknn"),
-        Setting("baselines", "EASE", "ease"),
+        *(Setting("baselines", label, kind, preset="default")
+          for label, kind in (("item-kNN", "itemknn"), ("EASE", "ease"), ("EDLAE", "edlae"))),
         *(Setting("headline", k.upper(), k, preset="default") for k in ("dae", "cdae", "cddae")),
-        Setting("exp1", "DAE", "dae", user_fields=()),
-        Setting("exp1", "CDAE", "cdae", user_fields=()),
-        Setting("exp1", "CDDAE", "cddae", model={"user_node": True, **NO_ITEM_PROFILE},
-                user_fields=()),
     ]  # fmt: skip
+    # Experiment 1 as the paper ran it (sigmoid + MAE), and again under the loss Experiment 2
+    # finds best: under MAE the three models can collapse to the popularity ranking.
+    for experiment, loss in (("exp1", {}), ("exp1-bce", {"output": "sigmoid", "loss": "bce"})):
+        s += [
+            Setting(experiment, "DAE", "dae", model=loss, user_fields=()),
+            Setting(experiment, "CDAE", "cdae", model=loss, user_fields=()),
+            Setting(experiment, "CDDAE", "cddae",
+                    model={"user_node": True, **NO_ITEM_PROFILE, **loss}, user_fields=()),
+        ]  # fmt: skip
     pairs = (
         [("sigmoid", "bce"), ("softmax", "cce"), ("sigmoid", "mae")]
         if quick

@@ -25,8 +25,8 @@ Loss = Literal["bce", "cce", "mae", "mse"]
 
 @dataclass
 class ModelConfig(Options):
-    """Architecture and objective. Defaults are the project's tuned CDDAE (docs/MODELS.md);
-    `paper_config()` gives the paper's Experiment-1 setting."""
+    """Architecture and objective. The `default` preset overlays the tuner's choice for each
+    kind on these values (training/tuned.py); `paper_config()` is Experiment 1's setting."""
 
     what = "model option"
 
@@ -41,11 +41,18 @@ class ModelConfig(Options):
     side_weight: float = 1.0  # weight of the side-information reconstruction loss
     user_node: bool = False  # Experiment 1: the user's index as an extra input, reconstructed
     input_norm: bool = False  # departure: L2-normalise the interaction vector (Mult-DAE)
+    # Departure: L2-normalise the encoded user profile too, so that beside a unit-norm
+    # interaction vector the profile's one-hots (norm √fields) do not drown the history.
+    profile_norm: bool = False
     use_user_profile: bool = True  # CDDAE: feed E_u (ignored when the data has no profiles)
     use_item_profile: bool = True  # CDDAE: feed E_i pooled over the user's items
     # Departure: the share of users in each batch whose whole history is dropped, so the
     # network also learns to recommend from the profile alone (a new user's case).
     cold_start_rate: float = 0.0
+    # Emphasised denoising (Steck, NeurIPS 2020): the loss weight of the positives the
+    # corruption dropped, against 1 for every other cell. Above 1 the network gains more from
+    # predicting what it could not see than from copying what it could (the identity).
+    emphasis: float = 1.0
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -56,6 +63,8 @@ class ModelConfig(Options):
             raise ValueError("corruption must be in [0, 1)")
         if not 0.0 <= self.cold_start_rate < 1.0:
             raise ValueError("cold_start_rate must be in [0, 1)")
+        if self.emphasis <= 0.0:
+            raise ValueError("emphasis must be > 0")
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (
@@ -229,6 +238,8 @@ class Autoencoder(nn.Module):
         """The decoder's output (before the output layer) from the input layer's sum."""
         h = h + self.item_in_bias
         if self.user_in is not None and user_features is not None:
+            if self.config.profile_norm:
+                user_features = F.normalize(user_features, dim=1)
             h = h + self.user_in(user_features)
         if self.item_profile_in is not None and pooled is not None:
             h = h + self.item_profile_in(pooled)
@@ -304,14 +315,25 @@ class Autoencoder(nn.Module):
         `negatives` > 0 (sigmoid + BCE only): the item loss over the batch's positives and that
         many items drawn uniformly, each sampled negative weighted to stand for the catalogue's
         unsampled ones — for catalogues where every item's logit per user is too dear."""
-        hidden = self.hidden(*self.bag_input(self.corrupt(bag)), user_features, user_index)
+        noisy = self.corrupt(bag)
+        hidden = self.hidden(*self.bag_input(noisy), user_features, user_index)
+        # Emphasis: a weight per positive, `emphasis` where the corruption dropped it.
+        emphasis = None
+        if self.config.emphasis != 1.0:
+            dropped = (noisy.weights == 0) & (bag.weights != 0)
+            emphasis = torch.where(dropped, self.config.emphasis, 1.0)
         if negatives and negatives < self.n_items:
-            total = self._sampled_item_loss(hidden, bag, negatives)
+            total = self._sampled_item_loss(hidden, bag, negatives, emphasis)
         else:
             n = self.n_items
             logits = F.linear(hidden, self.out.weight[:n], self.out.bias[:n])
             target = bag.dense(n)
-            total = reconstruction_loss(logits, target, self.config.output, self.config.loss).mean()
+            cells = reconstruction_cells(logits, target, self.config.output, self.config.loss)
+            if emphasis is not None:
+                weights = torch.ones_like(cells)
+                weights[bag.rows, bag.items] = emphasis
+                cells = cells * weights
+            total = cells.sum(dim=1).mean()
         if sum(self.side_widths):
             rows = torch.arange(self.n_items, self.out.out_features, device=hidden.device)
             side = F.linear(hidden, self._out_rows(rows), self.out.bias[self.n_items :])
@@ -328,7 +350,13 @@ class Autoencoder(nn.Module):
             return F.embedding(rows, self.out.weight, sparse=True)
         return self.out.weight[rows]
 
-    def _sampled_item_loss(self, hidden: torch.Tensor, bag: Bag, negatives: int) -> torch.Tensor:
+    def _sampled_item_loss(
+        self,
+        hidden: torch.Tensor,
+        bag: Bag,
+        negatives: int,
+        emphasis: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if (self.config.output, self.config.loss) != ("sigmoid", "bce"):
             raise ValueError("a sampled loss needs output sigmoid and loss bce")
         drawn = torch.randint(0, self.n_items, (negatives,), device=hidden.device)
@@ -345,26 +373,28 @@ class Autoencoder(nn.Module):
         # Each of a user's (columns − positives) negatives stands for (items − positives).
         scale = (self.n_items - positives) / (len(columns) - positives).clamp_min(1.0)
         weights = torch.where(target > 0, torch.ones_like(target), scale.expand_as(target))
+        if emphasis is not None:
+            weights[bag.rows, inverse[: len(bag.items)]] = emphasis
         cells = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         return (cells * weights).sum(dim=1).mean() + penalty
 
 
-def reconstruction_loss(
+def reconstruction_cells(
     logits: torch.Tensor, x: torch.Tensor, output: Output, loss: Loss
 ) -> torch.Tensor:
-    """Per-user loss summed over items, in the numerically stable form where one exists."""
+    """The loss of every (user, item) cell, in the numerically stable form where one exists."""
     if output == "sigmoid" and loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     log_probs = F.log_softmax(logits, dim=1) if output == "softmax" else F.logsigmoid(logits)
     if loss == "cce":
-        return -(x * log_probs).sum(dim=1)
+        return -(x * log_probs)
     probs = log_probs.exp()
     if loss == "bce":
         log_not = torch.log1p(-probs.clamp(max=1 - 1e-7))
-        return -(x * log_probs + (1 - x) * log_not).sum(dim=1)
+        return -(x * log_probs + (1 - x) * log_not)
     if loss == "mae":
-        return (probs - x).abs().sum(dim=1)
-    return ((probs - x) ** 2).sum(dim=1)
+        return (probs - x).abs()
+    return (probs - x) ** 2
 
 
 def _mlp(widths: tuple[int, ...]) -> nn.Sequential:

@@ -31,6 +31,7 @@ from training.splits import _select, split
 
 REVEALED = (0, 1, 3, 5)
 RankChunk = Callable[[sp.csr_matrix, np.ndarray, int], np.ndarray]
+Results = dict[str, dict[int, dict[str, float]]]  # row -> K -> metric -> value
 
 
 @dataclass
@@ -148,7 +149,7 @@ def run(
     revealed: tuple[int, ...] = REVEALED,
     config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, dict[int, dict[str, float]]]:
+) -> Results:
     """{row: {K: {"P@10": …, …}}} for every model and baseline at every K."""
     config = config or {}
     split_ = user_disjoint(data, fraction, seed, max(revealed))
@@ -169,7 +170,7 @@ def run(
             version, _ = export_checkpoint(checkpoint, Path(models))
             rankers[kind] = bundle_ranker(Path(models) / version, prepared)
             log(f"trained and exported {kind} ({checkpoint.meta['params']})")
-        results: dict[str, dict[int, dict[str, float]]] = {}
+        results: Results = {}
         for k in revealed:
             shown, target = reveal(split_, k)
             for name, rank in rankers.items():
@@ -178,7 +179,19 @@ def run(
     return results
 
 
-def table(results: dict[str, dict[int, dict[str, float]]], metric: str) -> str:
+def average(runs: list[Results]) -> Results:
+    """The mean over split seeds of every row, K and metric."""
+    first = runs[0]
+    return {
+        name: {
+            k: {m: float(np.mean([run[name][k][m] for run in runs])) for m in metrics}
+            for k, metrics in by_k.items()
+        }
+        for name, by_k in first.items()
+    }
+
+
+def table(results: Results, metric: str) -> str:
     ks = sorted(next(iter(results.values())))
     lines = [f"| {metric} | " + " | ".join(f"K = {k}" for k in ks) + " |",
              "|---|" + "---|" * len(ks)]  # fmt: skip
@@ -187,7 +200,7 @@ def table(results: dict[str, dict[int, dict[str, float]]], metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[int, dict[str, float]]], path: Path, title: str = "") -> None:
+def plot(results: Results, path: Path, title: str = "") -> None:
     """P@10 and R@10 against K, one line per model or baseline."""
     import matplotlib
 

@@ -19,6 +19,7 @@ from training.metrics import RankChunk, evaluate_chunked, rank_by_scores
 from training.names import KINDS, NEURAL, PRESETS
 from training.recommender import FitContext, Recommender
 from training.splits import split, train_valid_test
+from training.tuned import tuned
 
 
 @dataclass
@@ -32,25 +33,32 @@ class ProtocolConfig:
 def make_recommender(
     kind: str, preset: str = "default", model: dict | None = None, train: dict | None = None
 ) -> Recommender:
-    """A fresh model of `kind`; `model`/`train` override the preset's options."""
+    """A fresh model of `kind`; `model`/`train` override the preset's options. The default
+    preset is the tuner's choice for the kind (training/tuned.py); `paper` is Experiment 1's
+    setting for the autoencoders and leaves the baselines at their plain defaults."""
     if kind not in KINDS:
         raise ValueError(f"unknown model {kind!r}; choose from {KINDS}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
+    tuned_model, tuned_train = tuned(kind) if preset == "default" else ({}, {})
     if kind in ("pop", "itemknn", "ease", "edlae"):
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in (model or {}).items()}
+        options = {k: tuple(v) if isinstance(v, list) else v
+                   for k, v in {**tuned_model, **(model or {})}.items()}  # fmt: skip
         baseline = {"pop": MostPopular, "itemknn": ItemKNN, "ease": EASE, "edlae": EDLAE}[kind]
         try:
             return baseline(**options)
         except TypeError:
             raise ValueError(f"{kind} takes no option(s) {sorted(options)}") from None
+    from training.models import ModelConfig, paper_config
     from training.train import AutoencoderRecommender, TrainConfig
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
-    from training.models import ModelConfig, paper_config
-
     base = paper_config(kind) if preset == "paper" else ModelConfig(kind=kind)
-    model_config = ModelConfig.from_dict({**base.to_dict(), **(model or {}), "kind": kind})
-    return AutoencoderRecommender(model_config, TrainConfig.from_dict(train or {}))
+    model_config = ModelConfig.from_dict(
+        {**base.to_dict(), **tuned_model, **(model or {}), "kind": kind}
+    )
+    return AutoencoderRecommender(
+        model_config, TrainConfig.from_dict({**tuned_train, **(train or {})})
+    )
 
 
 @dataclass

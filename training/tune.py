@@ -31,16 +31,30 @@ def _log(rng: random.Random, low: float, high: float) -> float:
     return float(f"{math.exp(rng.uniform(math.log(low), math.log(high))):.3g}")
 
 
+# The two objectives the literature backs: the paper's sigmoid + BCE, and Mult-DAE's multinomial
+# likelihood on an L2-normalised input (Liang et al., 2018).
+RECIPES = (
+    {"output": "sigmoid", "loss": "bce", "input_norm": False},
+    {"output": "softmax", "loss": "cce", "input_norm": True},
+)
+
+
 def _autoencoder(kind: str) -> Draw:
     def draw(rng: random.Random) -> dict[str, Any]:
         model: dict[str, Any] = {
             "hidden": [rng.choice([100, 200, 400, 600])],
             "corruption": round(rng.uniform(0.1, 0.8), 2),
             "l2": _log(rng, 1e-3, 1.0),
+            "emphasis": rng.choice([1.0, 1.0, 2.0, 4.0]),
+            "rescale": rng.choice([True, False]),
+            **rng.choice(RECIPES),
         }
-        if kind == "cddae":
+        if kind == "cddae":  # the options of its profile inputs
             model["cold_start_rate"] = rng.choice([0.0, 0.0, 0.1, 0.25])
-        return {"model": model, "train": {"lr": _log(rng, 3e-4, 3e-3)}}
+            model["profile_norm"] = rng.choice([True, False])
+            model["side_weight"] = rng.choice([0.1, 0.3, 1.0])
+        train = {"lr": _log(rng, 3e-4, 3e-3), "batch_size": rng.choice([32, 64, 128])}
+        return {"model": model, "train": train}
 
     return draw
 
@@ -53,7 +67,9 @@ def _edlae(rng: random.Random) -> dict[str, Any]:
 SPACES: dict[str, Draw] = {
     "ease": lambda rng: {"model": {"lambdas": [_log(rng, 5, 5000)]}},
     "edlae": _edlae,
-    "itemknn": lambda rng: {"model": {"k": int(_log(rng, 10, 1000))}},
+    "itemknn": lambda rng: {
+        "model": {"k": int(_log(rng, 10, 1000)), "shrink": rng.choice([0.0, _log(rng, 1, 100)])}
+    },
     "dae": _autoencoder("dae"),
     "cdae": _autoencoder("cdae"),
     "cddae": _autoencoder("cddae"),
@@ -61,9 +77,11 @@ SPACES: dict[str, Draw] = {
 SPACE_DOC = {
     "ease": "λ log-uniform in [5, 5000]",
     "edlae": "λ log-uniform in [1, 1000], dropout p uniform in [0.05, 0.85]",
-    "itemknn": "k log-uniform in [10, 1000]",
+    "itemknn": "k log-uniform in [10, 1000], shrink 0 or log-U[1, 100] (even odds)",
     "dae/cdae/cddae": "width {100, 200, 400, 600}, corruption U[0.1, 0.8], l2 log-U[1e-3, 1], "
-    "lr log-U[3e-4, 3e-3]; cddae also cold_start_rate {0 (×2), 0.1, 0.25}",
+    "emphasis {1 (×2), 2, 4}, rescale {yes, no}, objective {sigmoid + BCE, softmax + CCE on an "
+    "L2-normalised input}, lr log-U[3e-4, 3e-3], batch {32, 64, 128}; cddae also "
+    "cold_start_rate {0 (×2), 0.1, 0.25}, profile_norm {yes, no}, side_weight {0.1, 0.3, 1}",
 }
 
 
