@@ -13,12 +13,17 @@ from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
 FAST = {"epochs": 5, "patience": 5, "batch_size": 16}
 
 
-@pytest.mark.parametrize("kind", ["cddae", "cdae", "ease", "edlae"])
+VARIATIONAL = {"hidden": [16, 8], "beta": 0.2}  # Mult-VAE's code: the graph takes its mean
+
+
+@pytest.mark.parametrize("kind", ["cddae", "cdae", "ease", "edlae", "cddae-vae"])
 def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str) -> None:
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
     neural = kind not in ("ease", "edlae")
+    model = VARIATIONAL if kind.endswith("-vae") else {"hidden": [16]}
+    kind = kind.removesuffix("-vae")
     _, checkpoint = train_and_evaluate(
-        kind, prepared, model={"hidden": [16]} if neural else None,
+        kind, prepared, model=model if neural else None,
         train=FAST if neural else None, progress=False,
     )  # fmt: skip
     version, figures = export_checkpoint(checkpoint, tmp_path)

@@ -110,6 +110,23 @@ def test_profile_norm_makes_the_profile_scale_free() -> None:
         assert same is norm
 
 
+def test_variational_code_samples_in_training_and_takes_the_mean_in_scoring() -> None:
+    torch.manual_seed(0)
+    net = Autoencoder(ModelConfig(kind="cddae", hidden=(12, 4), beta=0.5, anneal_steps=4), SIZES)
+    x, profile = _bag((torch.rand(3, 30) < 0.3).float()), torch.rand(3, 5)
+    net.eval()
+    torch.testing.assert_close(net(x, profile), net(x, profile))  # the mean: deterministic
+    net.train()
+    assert not torch.equal(net(x, profile), net(x, profile))  # a sample of the code
+    _, kl = net._hidden(*net.bag_input(x), profile)
+    assert kl is not None and kl.item() >= 0.0
+    for _ in range(6):  # β reaches its target after anneal_steps steps, then stays
+        assert torch.isfinite(net.loss(x, profile))
+    assert net.kl_steps == 6
+    with pytest.raises(ValueError, match="two hidden widths"):
+        ModelConfig(hidden=(12,), beta=0.2)
+
+
 def test_cold_start_rate_drops_whole_histories() -> None:
     torch.manual_seed(0)
     net = Autoencoder(ModelConfig(kind="cddae", corruption=0.0, cold_start_rate=0.5), SIZES)

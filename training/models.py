@@ -53,6 +53,12 @@ class ModelConfig(Options):
     # corruption dropped, against 1 for every other cell. Above 1 the network gains more from
     # predicting what it could not see than from copying what it could (the identity).
     emphasis: float = 1.0
+    # Departure (Mult-VAE, Liang et al., WWW 2018): with beta > 0 the code is a Gaussian whose
+    # mean and log-variance the last encoder layer gives (so hidden needs two widths or more);
+    # training samples it and adds β·KL to the loss, β rising linearly from 0 over
+    # `anneal_steps` optimiser steps; scoring, and the exported graph, use the mean.
+    beta: float = 0.0
+    anneal_steps: int = 1000
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -65,6 +71,10 @@ class ModelConfig(Options):
             raise ValueError("cold_start_rate must be in [0, 1)")
         if self.emphasis <= 0.0:
             raise ValueError("emphasis must be > 0")
+        if self.beta < 0.0 or self.anneal_steps < 1:
+            raise ValueError("beta must be ≥ 0 and anneal_steps ≥ 1")
+        if self.beta > 0.0 and len(self.hidden) < 2:
+            raise ValueError("a variational code (beta > 0) needs two hidden widths or more")
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (
@@ -165,7 +175,12 @@ class Autoencoder(nn.Module):
         self.user_vector = nn.Embedding(sizes.n_users + 1, width) if per_user else None
         if self.user_vector is not None:
             nn.init.normal_(self.user_vector.weight, std=0.01)
-        self.encoder = _mlp(config.hidden)
+        variational = config.beta > 0.0
+        self.encoder = _mlp(config.hidden[:-1] if variational else config.hidden)
+        # Mult-VAE's code: a mean and a log-variance from the layer before it.
+        self.code_mean = nn.Linear(*config.hidden[-2:]) if variational else None
+        self.code_logvar = nn.Linear(*config.hidden[-2:]) if variational else None
+        self.kl_steps = 0  # optimiser steps taken: the β annealing's clock
         self.decoder = _mlp((config.hidden[-1], *config.decoder_hidden))
         self.side_widths = (
             (self.user_in.in_features if self.user_in is not None else 0),
@@ -236,6 +251,16 @@ class Autoencoder(nn.Module):
         user_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The decoder's output (before the output layer) from the input layer's sum."""
+        return self._hidden(h, pooled, user_features, user_index)[0]
+
+    def _hidden(
+        self,
+        h: torch.Tensor,
+        pooled: torch.Tensor | None,
+        user_features: torch.Tensor | None = None,
+        user_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the decoder's output, the code's KL divergence in training when variational)."""
         h = h + self.item_in_bias
         if self.user_in is not None and user_features is not None:
             if self.config.profile_norm:
@@ -246,7 +271,14 @@ class Autoencoder(nn.Module):
         if self.user_vector is not None and user_index is not None:
             unseen = torch.full_like(user_index, self.n_users)
             h = h + self.user_vector(torch.where(user_index < 0, unseen, user_index))
-        return self.decoder(self.encoder(torch.relu(h)))
+        code, kl = self.encoder(torch.relu(h)), None
+        if self.code_mean is not None and self.code_logvar is not None:
+            mean, logvar = self.code_mean(code), self.code_logvar(code)
+            code = mean
+            if self.training:
+                code = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+                kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
+        return self.decoder(code), kl
 
     def forward(
         self,
@@ -316,7 +348,7 @@ class Autoencoder(nn.Module):
         many items drawn uniformly, each sampled negative weighted to stand for the catalogue's
         unsampled ones — for catalogues where every item's logit per user is too dear."""
         noisy = self.corrupt(bag)
-        hidden = self.hidden(*self.bag_input(noisy), user_features, user_index)
+        hidden, kl = self._hidden(*self.bag_input(noisy), user_features, user_index)
         # Emphasis: a weight per positive, `emphasis` where the corruption dropped it.
         emphasis = None
         if self.config.emphasis != 1.0:
@@ -339,6 +371,11 @@ class Autoencoder(nn.Module):
             side = F.linear(hidden, self._out_rows(rows), self.out.bias[self.n_items :])
             target = self.side_targets(bag, user_features, user_index)
             total = total + self.config.side_weight * ((side - target) ** 2).sum(dim=1).mean()
+        if kl is not None:  # β annealed from 0 (Mult-VAE)
+            self.kl_steps += 1
+            total = (
+                total + self.config.beta * min(1.0, self.kl_steps / self.config.anneal_steps) * kl
+            )
         if self.sparse_grads:  # the L2 penalty on the rows this batch touched (lazy decay)
             touched = F.embedding(torch.unique(bag.items), self.item_in, sparse=True)
             total = total + 0.5 * self.config.l2 * touched.pow(2).sum()

@@ -41,8 +41,12 @@ RECIPES = (
 
 def _autoencoder(kind: str) -> Draw:
     def draw(rng: random.Random) -> dict[str, Any]:
+        width = rng.choice([100, 200, 400, 600])
+        # Half the draws plain, half Mult-VAE's variational code behind the first layer.
+        variational = rng.random() < 0.5
         model: dict[str, Any] = {
-            "hidden": [rng.choice([100, 200, 400, 600])],
+            "hidden": [width, rng.choice([50, 100, 200])] if variational else [width],
+            "beta": _log(rng, 0.05, 1.0) if variational else 0.0,
             "corruption": round(rng.uniform(0.1, 0.8), 2),
             "l2": _log(rng, 1e-3, 1.0),
             "emphasis": rng.choice([1.0, 1.0, 2.0, 4.0]),
@@ -78,7 +82,9 @@ SPACE_DOC = {
     "ease": "λ log-uniform in [5, 5000]",
     "edlae": "λ log-uniform in [1, 1000], dropout p uniform in [0.05, 0.85]",
     "itemknn": "k log-uniform in [10, 1000], shrink 0 or log-U[1, 100] (even odds)",
-    "dae/cdae/cddae": "width {100, 200, 400, 600}, corruption U[0.1, 0.8], l2 log-U[1e-3, 1], "
+    "dae/cdae/cddae": "width {100, 200, 400, 600}; even odds of a Mult-VAE code behind it (code "
+    "width {50, 100, 200}, β log-U[0.05, 1] annealed over 1,000 steps); corruption U[0.1, 0.8], "
+    "l2 log-U[1e-3, 1], "
     "emphasis {1 (×2), 2, 4}, rescale {yes, no}, objective {sigmoid + BCE, softmax + CCE on an "
     "L2-normalised input}, lr log-U[3e-4, 3e-3], batch {32, 64, 128}; cddae also "
     "cold_start_rate {0 (×2), 0.1, 0.25}, profile_norm {yes, no}, side_weight {0.1, 0.3, 1}",

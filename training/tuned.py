@@ -21,47 +21,50 @@ TUNED: dict[str, dict[str, dict[str, Any]]] = {
     "itemknn": {  # validation NDCG@10 0.2031
         "model": {"k": 193, "shrink": 21.1},
     },
-    "dae": {  # validation NDCG@10 0.2172
+    "dae": {  # validation NDCG@10 0.2175
         "model": {
             "hidden": [600],
-            "corruption": 0.27,
-            "l2": 0.0286,
+            "beta": 0.0,
+            "corruption": 0.28,
+            "l2": 0.00205,
             "emphasis": 1.0,
             "rescale": True,
             "output": "softmax",
             "loss": "cce",
             "input_norm": True,
         },
-        "train": {"lr": 0.00125, "batch_size": 64},
+        "train": {"lr": 0.000452, "batch_size": 32},
     },
-    "cdae": {  # validation NDCG@10 0.2204
-        "model": {
-            "hidden": [400],
-            "corruption": 0.36,
-            "l2": 0.014,
-            "emphasis": 1.0,
-            "rescale": False,
-            "output": "softmax",
-            "loss": "cce",
-            "input_norm": True,
-        },
-        "train": {"lr": 0.00118, "batch_size": 64},
-    },
-    "cddae": {  # validation NDCG@10 0.2152
+    "cdae": {  # validation NDCG@10 0.2140
         "model": {
             "hidden": [600],
-            "corruption": 0.44,
-            "l2": 0.0247,
+            "beta": 0.0,
+            "corruption": 0.34,
+            "l2": 0.0417,
             "emphasis": 4.0,
             "rescale": False,
             "output": "softmax",
             "loss": "cce",
             "input_norm": True,
+        },
+        "train": {"lr": 0.00212, "batch_size": 32},
+    },
+    "cddae": {  # validation NDCG@10 0.2196
+        "model": {
+            "hidden": [600, 200],
+            "beta": 0.79,
+            "corruption": 0.15,
+            "l2": 0.0087,
+            "emphasis": 1.0,
+            "rescale": True,
+            "output": "softmax",
+            "loss": "cce",
+            "input_norm": True,
             "cold_start_rate": 0.1,
             "profile_norm": True,
-            "side_weight": 1.0,
+            "side_weight": 0.1,
         },
-        "train": {"lr": 0.000499, "batch_size": 128},
+        "train": {"lr": 0.000449, "batch_size": 128},
     },
 }
 
