@@ -127,6 +127,21 @@ def test_variational_code_samples_in_training_and_takes_the_mean_in_scoring() ->
         ModelConfig(hidden=(12,), beta=0.2)
 
 
+def test_short_history_rate_cuts_histories_to_a_few_random_items() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(kind="cddae", corruption=0.0, short_history_rate=0.5, short_history_max=3)
+    net = Autoencoder(config, SIZES)
+    bag = _bag(torch.ones(400, 30))
+    kept = net.corrupt(bag).dense(30)
+    lengths = kept.sum(dim=1)
+    short = lengths < 30
+    assert set(lengths[short].tolist()) == {1.0, 2.0, 3.0}  # cut to 1..3, never to 0
+    assert set(lengths[~short].tolist()) == {30.0}  # the others keep every item
+    assert 140 < int(short.sum()) < 260
+    first = kept[short].nonzero()[:, 1]
+    assert len(set(first.tolist())) > 20  # which items survive is random, not the first ones
+
+
 def test_cold_start_rate_drops_whole_histories() -> None:
     torch.manual_seed(0)
     net = Autoencoder(ModelConfig(kind="cddae", corruption=0.0, cold_start_rate=0.5), SIZES)

@@ -34,7 +34,7 @@ def test_the_defaults_are_the_tuners_choices() -> None:
 
     from training.pipeline import make_recommender
     from training.tune import SPACES
-    from training.tuned import TUNED
+    from training.tuned import NEW_USERS, TUNED
 
     assert set(TUNED) == set(SPACES)
     for kind, chosen in TUNED.items():
@@ -43,6 +43,7 @@ def test_the_defaults_are_the_tuners_choices() -> None:
             part: set(options) for part, options in draw.items()
         }, kind
     cddae = make_recommender("cddae").params()
+    assert cddae["model"]["short_history_rate"] == NEW_USERS["cddae"]["model"]["short_history_rate"]
     assert list(cddae["model"]["hidden"]) == TUNED["cddae"]["model"]["hidden"]
     assert cddae["train"]["lr"] == TUNED["cddae"]["train"]["lr"]
     paper = make_recommender("cddae", "paper").params()

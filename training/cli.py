@@ -99,7 +99,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from training.tune import tune
 
     kinds = tuple(k for k in args.models.split(",") if k)
-    report = tune(args.data, kinds, args.budget, args.seed)
+    settings = json.loads(args.settings.read_text()) if args.settings else None
+    report = tune(args.data, kinds, args.budget, args.seed, settings=settings)
     for kind, chosen in report["models"].items():
         print(f"{kind:8s} validation NDCG@10 {chosen['NDCG@10']:.4f}  {chosen['chosen']}")
     if args.json:
@@ -374,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune_.add_argument("--models", default="ease,edlae,itemknn,dae,cdae,cddae")
     tune_.add_argument("--budget", type=int, default=8, help="trials per model")
     tune_.add_argument("--seed", type=int, default=100, help="the tuning split (not reported)")
+    tune_.add_argument(
+        "--settings",
+        type=Path,
+        help='JSON list of settings to score instead of draws: [{"model": {...}}]',
+    )
     tune_.add_argument("--json", type=Path)
     tune_.set_defaults(func=cmd_tune)
 

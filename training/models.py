@@ -49,6 +49,11 @@ class ModelConfig(Options):
     # Departure: the share of users in each batch whose whole history is dropped, so the
     # network also learns to recommend from the profile alone (a new user's case).
     cold_start_rate: float = 0.0
+    # Departure: the share of users in each batch whose history is cut to a random 1 to
+    # `short_history_max` of its items, so the network also learns from what a new visitor
+    # has done so far (POST /score with a handful of items).
+    short_history_rate: float = 0.0
+    short_history_max: int = 5
     # Emphasised denoising (Steck, NeurIPS 2020): the loss weight of the positives the
     # corruption dropped, against 1 for every other cell. Above 1 the network gains more from
     # predicting what it could not see than from copying what it could (the identity).
@@ -69,6 +74,8 @@ class ModelConfig(Options):
             raise ValueError("corruption must be in [0, 1)")
         if not 0.0 <= self.cold_start_rate < 1.0:
             raise ValueError("cold_start_rate must be in [0, 1)")
+        if not 0.0 <= self.short_history_rate < 1.0 or self.short_history_max < 1:
+            raise ValueError("short_history_rate must be in [0, 1) and short_history_max ≥ 1")
         if self.emphasis <= 0.0:
             raise ValueError("emphasis must be > 0")
         if self.beta < 0.0 or self.anneal_steps < 1:
@@ -307,10 +314,12 @@ class Autoencoder(nn.Module):
     # --- training ------------------------------------------------------------------------------
 
     def corrupt(self, bag: Bag) -> Bag:
-        """Mask-out noise on the entries of the bag (rescaled survivors), and whole histories
-        dropped for `cold_start_rate` of the users."""
+        """Mask-out noise on the entries of the bag (rescaled survivors); histories cut short
+        for `short_history_rate` of the users and dropped whole for `cold_start_rate`."""
         cr = self.config.corruption
         weights = bag.weights
+        if self.config.short_history_rate > 0.0:
+            weights = weights * self._short_histories(bag)
         if cr > 0.0:
             weights = weights * (torch.rand_like(weights) >= cr)
             weights = weights / (1.0 - cr) if self.config.rescale else weights
@@ -320,6 +329,23 @@ class Autoencoder(nn.Module):
             )
             weights = weights * users[bag.rows]
         return Bag(bag.items, weights, bag.offsets)
+
+    def _short_histories(self, bag: Bag) -> torch.Tensor:
+        """A 0/1 mask keeping, for the chosen users, a random 1..short_history_max of their
+        entries (all entries of the others): entries sorted by row, then by a random key, and
+        kept while their place in the row is below the row's draw."""
+        users = len(bag.offsets)
+        device = bag.weights.device
+        chosen = torch.rand(users, device=device) < self.config.short_history_rate
+        keep = torch.randint(1, self.config.short_history_max + 1, (users,), device=device)
+        limit = torch.where(chosen, keep, torch.full_like(keep, len(bag.items) + 1))
+        rows = bag.rows
+        order = torch.argsort(
+            rows.double() + torch.rand(len(rows), device=device, dtype=torch.float64)
+        )
+        place = torch.empty_like(rows)
+        place[order] = torch.arange(len(rows), device=device) - bag.offsets[rows[order]]
+        return (place < limit[rows]).to(bag.weights.dtype)
 
     def side_targets(
         self, bag: Bag, user_features: torch.Tensor | None, user_index: torch.Tensor | None

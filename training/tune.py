@@ -106,21 +106,24 @@ def tune(
     budget: int,
     seed: int = TUNING_SEED,
     log: Callable[[str], None] = print,
+    settings: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Each kind's best of `budget` draws; or, with `settings`, those settings scored the same
+    way on each kind (a setting's options over the kind's defaults: how attempts are logged)."""
     prepared = tuning_split(data, seed)
     report: dict[str, Any] = {"seed": seed, "budget": budget, "metric": "validation NDCG@10",
                               "spaces": SPACE_DOC, "models": {}}  # fmt: skip
     for kind in kinds:
         rng = random.Random(f"{kind}-{seed}")
         trials = []
-        for trial in range(budget):
-            setting = SPACES[kind](rng)
+        draws = settings or [SPACES[kind](rng) for _ in range(budget)]
+        for trial, setting in enumerate(draws):
             recommender = make_recommender(kind, "default", setting.get("model"),
                                            {**setting.get("train", {})})  # fmt: skip
             results, seconds = fit_and_evaluate(recommender, prepared, seed, progress=False)
             score = summary(results)["NDCG@10"]
             trials.append({"setting": setting, "NDCG@10": score, "seconds": round(seconds, 1)})
-            log(f"{kind} trial {trial + 1}/{budget}: NDCG@10 {score:.4f} {setting}")
+            log(f"{kind} trial {trial + 1}/{len(draws)}: NDCG@10 {score:.4f} {setting}")
         best = max(trials, key=lambda t: t["NDCG@10"])
         report["models"][kind] = {"chosen": best["setting"], "NDCG@10": best["NDCG@10"],
                                   "trials": trials}  # fmt: skip
