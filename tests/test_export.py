@@ -13,7 +13,11 @@ from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
 FAST = {"epochs": 5, "patience": 5, "batch_size": 16}
 
 
-VARIATIONAL = {"hidden": [16, 8], "beta": 0.2}  # Mult-VAE's code: the graph takes its mean
+VARIATIONAL = {
+    "hidden": [16],
+    "code_width": 8,
+    "beta": 0.2,
+}  # Mult-VAE's code: the graph takes its mean
 
 
 @pytest.mark.parametrize("kind", ["cddae", "cdae", "ease", "edlae", "cddae-vae"])

@@ -112,7 +112,8 @@ def test_profile_norm_makes_the_profile_scale_free() -> None:
 
 def test_variational_code_samples_in_training_and_takes_the_mean_in_scoring() -> None:
     torch.manual_seed(0)
-    net = Autoencoder(ModelConfig(kind="cddae", hidden=(12, 4), beta=0.5, anneal_steps=4), SIZES)
+    config = ModelConfig(kind="cddae", hidden=(12,), code_width=4, beta=0.5, anneal_steps=4)
+    net = Autoencoder(config, SIZES)
     x, profile = _bag((torch.rand(3, 30) < 0.3).float()), torch.rand(3, 5)
     net.eval()
     torch.testing.assert_close(net(x, profile), net(x, profile))  # the mean: deterministic
@@ -123,8 +124,9 @@ def test_variational_code_samples_in_training_and_takes_the_mean_in_scoring() ->
     for _ in range(6):  # β reaches its target after anneal_steps steps, then stays
         assert torch.isfinite(net.loss(x, profile))
     assert net.kl_steps == 6
-    with pytest.raises(ValueError, match="two hidden widths"):
-        ModelConfig(hidden=(12,), beta=0.2)
+    assert net(x, profile).shape == (3, 30 + 5 + 4) and net.code_mean.out_features == 4
+    with pytest.raises(ValueError, match="code_width"):
+        ModelConfig(beta=0.2, code_width=0)
 
 
 def test_short_history_rate_cuts_histories_to_a_few_random_items() -> None:

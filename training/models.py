@@ -58,11 +58,12 @@ class ModelConfig(Options):
     # corruption dropped, against 1 for every other cell. Above 1 the network gains more from
     # predicting what it could not see than from copying what it could (the identity).
     emphasis: float = 1.0
-    # Departure (Mult-VAE, Liang et al., WWW 2018): with beta > 0 the code is a Gaussian whose
-    # mean and log-variance the last encoder layer gives (so hidden needs two widths or more);
+    # Departure (Mult-VAE, Liang et al., WWW 2018): with beta > 0 a Gaussian code of
+    # `code_width` follows the hidden layers, its mean and log-variance linear in the last one;
     # training samples it and adds β·KL to the loss, β rising linearly from 0 over
     # `anneal_steps` optimiser steps; scoring, and the exported graph, use the mean.
     beta: float = 0.0
+    code_width: int = 200
     anneal_steps: int = 1000
 
     def __post_init__(self) -> None:
@@ -78,10 +79,8 @@ class ModelConfig(Options):
             raise ValueError("short_history_rate must be in [0, 1) and short_history_max ≥ 1")
         if self.emphasis <= 0.0:
             raise ValueError("emphasis must be > 0")
-        if self.beta < 0.0 or self.anneal_steps < 1:
-            raise ValueError("beta must be ≥ 0 and anneal_steps ≥ 1")
-        if self.beta > 0.0 and len(self.hidden) < 2:
-            raise ValueError("a variational code (beta > 0) needs two hidden widths or more")
+        if self.beta < 0.0 or self.anneal_steps < 1 or self.code_width < 1:
+            raise ValueError("beta must be ≥ 0, anneal_steps and code_width ≥ 1")
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (
@@ -183,18 +182,19 @@ class Autoencoder(nn.Module):
         if self.user_vector is not None:
             nn.init.normal_(self.user_vector.weight, std=0.01)
         variational = config.beta > 0.0
-        self.encoder = _mlp(config.hidden[:-1] if variational else config.hidden)
-        # Mult-VAE's code: a mean and a log-variance from the layer before it.
-        self.code_mean = nn.Linear(*config.hidden[-2:]) if variational else None
-        self.code_logvar = nn.Linear(*config.hidden[-2:]) if variational else None
+        self.encoder = _mlp(config.hidden)
+        # Mult-VAE's code: a mean and a log-variance, linear in the last hidden layer.
+        code = config.code_width if variational else config.hidden[-1]
+        self.code_mean = nn.Linear(config.hidden[-1], code) if variational else None
+        self.code_logvar = nn.Linear(config.hidden[-1], code) if variational else None
         self.kl_steps = 0  # optimiser steps taken: the β annealing's clock
-        self.decoder = _mlp((config.hidden[-1], *config.decoder_hidden))
+        self.decoder = _mlp((code, *config.decoder_hidden))
         self.side_widths = (
             (self.user_in.in_features if self.user_in is not None else 0),
             (item_features.shape[1] if item_features is not None else 0),
             (sizes.n_users if cddae and config.user_node else 0),
         )
-        last = (config.hidden[-1], *config.decoder_hidden)[-1]
+        last = (code, *config.decoder_hidden)[-1]
         self.out = nn.Linear(last, sizes.n_items + sum(self.side_widths))
         # Row-sparse gradients for the two catalogue-sized matrices (item_in, out.weight): set
         # by the trainer with a sampled loss, so the optimiser touches only the batch's rows.

@@ -45,7 +45,8 @@ def _autoencoder(kind: str) -> Draw:
         # Half the draws plain, half Mult-VAE's variational code behind the first layer.
         variational = rng.random() < 0.5
         model: dict[str, Any] = {
-            "hidden": [width, rng.choice([50, 100, 200])] if variational else [width],
+            "hidden": [width],
+            "code_width": rng.choice([50, 100, 200]) if variational else 200,
             "beta": _log(rng, 0.05, 1.0) if variational else 0.0,
             "corruption": round(rng.uniform(0.1, 0.8), 2),
             "l2": _log(rng, 1e-3, 1.0),
