@@ -291,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, required=True, help="a folder in any supported layout")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--config", type=Path, help="JSON or TOML: model, train, protocol")
-    train.add_argument("--preset", choices=PRESETS, help="default (tuned) or paper (Experiment 1)")
+    train.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="default (tuned), paper (Experiment 1) or untuned (the options' plain defaults)",
+    )
     train.add_argument("--protocol", choices=PROTOCOLS)
     train.add_argument("--output", type=Path, help="checkpoint folder")
     train.add_argument("--json", type=Path, help="write the results as JSON")

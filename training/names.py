@@ -2,5 +2,5 @@
 
 KINDS = ("pop", "itemknn", "ease", "edlae", "dae", "cdae", "cddae")
 NEURAL = ("dae", "cdae", "cddae")
-PRESETS = ("default", "paper")
+PRESETS = ("default", "paper", "untuned")
 PROTOCOLS = ("random", "temporal", "leave-one-out")

@@ -207,7 +207,7 @@ def plot(results: Results, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
     for axis, metric in zip(axes, ("P@10", "R@10"), strict=True):
         for name, by_k in results.items():
             ks = sorted(by_k)
@@ -217,7 +217,7 @@ def plot(results: Results, path: Path, title: str = "") -> None:
         axis.set_ylabel(metric)
         axis.set_xticks(sorted(next(iter(results.values()))))
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "New users (user-disjoint), scored through the bundles")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

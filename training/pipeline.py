@@ -34,8 +34,9 @@ def make_recommender(
     kind: str, preset: str = "default", model: dict | None = None, train: dict | None = None
 ) -> Recommender:
     """A fresh model of `kind`; `model`/`train` override the preset's options. The default
-    preset is the tuner's choice for the kind (training/tuned.py); `paper` is Experiment 1's
-    setting for the autoencoders and leaves the baselines at their plain defaults."""
+    preset is the choice of the tuner for the kind (training/tuned.py); `paper` is Experiment
+    1's setting for the autoencoders; `untuned` (and `paper`, for the baselines) the options'
+    plain defaults — what the tuner's draws start from."""
     if kind not in KINDS:
         raise ValueError(f"unknown model {kind!r}; choose from {KINDS}")
     if preset not in PRESETS:

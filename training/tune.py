@@ -118,8 +118,10 @@ def tune(
         rng = random.Random(f"{kind}-{seed}")
         trials = []
         draws = settings or [SPACES[kind](rng) for _ in range(budget)]
+        # Draws start from the plain option defaults, given settings from the current ones.
+        preset = "default" if settings else "untuned"
         for trial, setting in enumerate(draws):
-            recommender = make_recommender(kind, "default", setting.get("model"),
+            recommender = make_recommender(kind, preset, setting.get("model"),
                                            {**setting.get("train", {})})  # fmt: skip
             results, seconds = fit_and_evaluate(recommender, prepared, seed, progress=False)
             score = summary(results)["NDCG@10"]
