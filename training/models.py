@@ -280,9 +280,10 @@ class Autoencoder(nn.Module):
             h = h + self.user_vector(torch.where(user_index < 0, unseen, user_index))
         code, kl = self.encoder(torch.relu(h)), None
         if self.code_mean is not None and self.code_logvar is not None:
-            mean, logvar = self.code_mean(code), self.code_logvar(code)
+            last, mean = code, self.code_mean(code)
             code = mean
-            if self.training:
+            if self.training:  # a sample of the code; scoring takes its mean
+                logvar = self.code_logvar(last)
                 code = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
                 kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
         return self.decoder(code), kl
