@@ -66,7 +66,11 @@ class Profile(RootModel[dict[Annotated[str, Field(max_length=64)], ProfileValue]
 
 class RecommendedItem(BaseModel):
     item_id: str
-    score: float
+    score: float = Field(
+        description="Higher ranks first. Comparable within one list and model version only: a "
+        "softmax model's share of probability, a sigmoid model's probability, or the "
+        "popularity source's share of the most popular item's count."
+    )
     title: str
     genres: list[str]
 
