@@ -79,20 +79,28 @@ def reveal(split_: UserDisjoint, k: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return _select(positives, first), _select(positives, in_held & ~first)
 
 
-def bundle_ranker(folder: Path, prepared: Prepared) -> RankChunk:
-    """Lists from an exported bundle, each user asked for as an ad-hoc user of the service: the
-    revealed items as the history, the profile by the bundle's spec, user index unknown."""
-    model = Model.load(folder)
-    ours_to_theirs, theirs_to_ours = item_maps(model, prepared)
-
-    def query(history: sp.csr_matrix, row: int, user: int) -> Query:
+def ad_hoc_queries(
+    model: Model, prepared: Prepared, history: sp.csr_matrix, users: np.ndarray
+) -> list[Query]:
+    """One query per row of `history`, as the service builds it for an ad-hoc user: the row's
+    items (under the bundle's ids) as the history, the user's profile, user index unknown."""
+    ours_to_theirs, _ = item_maps(model, prepared)
+    queries = []
+    for row, user in enumerate(users):
         items = ours_to_theirs[history.indices[history.indptr[row] : history.indptr[row + 1]]]
         items = items[items >= 0].tolist()
-        features, has_profile = profile_features(model, prepared, user)
-        return Query(dict.fromkeys(items, 1.0), features, -1, has_profile, items)
+        features, has_profile = profile_features(model, prepared, int(user))
+        queries.append(Query(dict.fromkeys(items, 1.0), features, -1, has_profile, items))
+    return queries
+
+
+def bundle_ranker(folder: Path, prepared: Prepared) -> RankChunk:
+    """Lists from an exported bundle, each user asked for as an ad-hoc user of the service."""
+    model = Model.load(folder)
+    _, theirs_to_ours = item_maps(model, prepared)
 
     def rank(history: sp.csr_matrix, users: np.ndarray, n: int) -> np.ndarray:
-        queries = [query(history, row, int(u)) for row, u in enumerate(users)]
+        queries = ad_hoc_queries(model, prepared, history, users)
         scored = [q for q in queries if model.source(q) != "popularity"]
         scores = iter(model.scores(scored)) if scored else iter(())
         lists = np.full((len(users), n), -1, dtype=np.int64)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from training.experiments import Setting
 
-NewUsers = dict[str, dict[int, dict[str, float]]]  # training.new_users.Results, one split seed
+if TYPE_CHECKING:  # new_users loads onnxruntime and the pipeline: imported where it is used
+    from training.new_users import Results as NewUsers
 
 TABLE_METRICS = ("P", "R", "PU", "RU")
 TABLE_N = (1, 5, 10)
