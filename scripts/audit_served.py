@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from training.data import load_dataset
+from training.data.loaders import load_dataset
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, HTTPException
 
+from service.api.server import run
 from service.config import Settings
-from service.server import run
 
 FIXED = {
     "model_version": "reference",
@@ -45,8 +45,8 @@ def reference_app() -> FastAPI:
 
 
 def torch_app(checkpoint_dir: Path) -> FastAPI:
-    from training.checkpoint import Checkpoint
-    from training.pipeline import restore
+    from training.jobs.checkpoint import Checkpoint
+    from training.jobs.pipeline import restore
 
     checkpoint = Checkpoint.load(checkpoint_dir)
     model = restore(checkpoint, served=True)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from service.bundle import current_version
-from service.recommender import Model
-from training.checkpoint import Checkpoint
-from training.export import INPUTS, InferencePath, model_inputs
-from training.pipeline import restore
+from service.serving.onnx_model import Model
+from training.jobs.checkpoint import Checkpoint
+from training.jobs.export import INPUTS, InferencePath, model_inputs
+from training.jobs.pipeline import restore
 
 
 def _timed(fn, repeats: int) -> list[float]:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from training.checkpoint import Checkpoint
-from training.metrics import evaluate_scores
-from training.pipeline import restore
+from training.evaluation.metrics import evaluate_scores
+from training.jobs.checkpoint import Checkpoint
+from training.jobs.pipeline import restore
 
 
 def main() -> None:

@@ -44,8 +44,9 @@ def free_port() -> int:
 
 def build_models(work: Path) -> Path:
     from service.bundle import promote
-    from training.export import export_checkpoint
-    from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
+    from training.data.prepared import ProtocolConfig, prepare
+    from training.jobs.export import export_checkpoint
+    from training.jobs.pipeline import train_and_evaluate
 
     models = work / "models"
     if (models / "CURRENT").exists():

@@ -3,7 +3,7 @@
 For a history of K revealed items the served distribution would be
     p = (1 - w) · p_model + w · p_popularity,   w = k0 / (k0 + K)   (K ≥ 1),
 the model's scores normalised to sum 1. This measures it on the user-disjoint protocol
-(training/new_users.py) for CDDAE's bundle, one split seed, several k0. The model is the
+(training/experiments/new_users.py) for CDDAE's bundle, one split seed, several k0. The model is the
 default with `--model` over it: by default short_history_rate 0, the setting the figures in
 docs/MODELS.md were measured with (before that option became a default).
 
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.recommender import Model
-from training.data import load_dataset
-from training.export import export_checkpoint
-from training.holdout import item_maps
-from training.metrics import evaluate_chunked, summary
-from training.new_users import ad_hoc_queries, reveal, user_disjoint
-from training.pipeline import train_and_evaluate
+from service.serving.onnx_model import Model
+from training.data.loaders import load_dataset
+from training.evaluation.bundle_holdout import item_maps
+from training.evaluation.metrics import evaluate_chunked, summary
+from training.experiments.new_users import ad_hoc_queries, reveal, user_disjoint
+from training.jobs.export import export_checkpoint
+from training.jobs.pipeline import train_and_evaluate
 
 
 def blended_ranker(model: Model, prepared, weight: float):

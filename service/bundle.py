@@ -46,7 +46,7 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 HISTORY = "HISTORY"
 LOCK = ".lock"
-EVENTS = "events"  # the retraining job's folded event segments (training.retrain)
+EVENTS = "events"  # the retraining job's folded event segments (training.jobs.retrain)
 FILES = ("model.onnx", "arrays.npz", "features.json")
 OPTIONAL_FILES = ("model.onnx.data",)  # ONNX external weights, when the graph passes 2 GB
 

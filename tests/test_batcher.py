@@ -5,8 +5,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher
-from service.recommender import Query
+from service.serving.batcher import MicroBatcher
+from service.serving.onnx_model import Query
 
 
 class FakeModel:

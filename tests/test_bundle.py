@@ -139,8 +139,8 @@ def test_service_and_cli_import_no_torch() -> None:
     code = (
         "import sys, service, service.bundle, service.features\n"
         "import importlib, pkgutil\n"
-        "for m in pkgutil.iter_modules(service.__path__):\n"
-        "    importlib.import_module('service.' + m.name)\n"
+        "for m in pkgutil.walk_packages(service.__path__, 'service.'):\n"
+        "    importlib.import_module(m.name)\n"
         "import training.cli\n"
         "training.cli.build_parser()  # what `cddae serve` runs before serving\n"
         "for heavy in ('torch', 'scipy'):\n"
@@ -149,6 +149,7 @@ def test_service_and_cli_import_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 100  # the walk really imported the service's sub-packages
 
 
 def test_id_index_finds_ids_by_binary_search() -> None:

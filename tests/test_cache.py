@@ -8,9 +8,9 @@ import json
 import pytest
 import redis
 
-from service.cache import LocalCache, RedisCache, cache_key, redis_client
-from service.metrics import Metrics
-from service.recommendations import Recommendations
+from service.serving.recommendations import Recommendations
+from service.state.cache import LocalCache, RedisCache, cache_key, redis_client
+from service.telemetry import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint import Checkpoint
 from training.cli import main
+from training.jobs.checkpoint import Checkpoint
 
 FAST = {"model": {"hidden": [16]}, "train": {"epochs": 8, "patience": 4, "batch_size": 16}}
 

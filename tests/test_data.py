@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training.data import DataError, load_dataset
-from training.dataset import ImplicitDataset
+from training.data.implicit import ImplicitDataset
+from training.data.loaders import DataError, load_dataset
 
 
 def _write(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:
@@ -115,7 +115,7 @@ def test_csv_without_ratings_makes_every_row_a_positive(tmp_path: Path) -> None:
 
 
 def test_csv_columns_and_rows_read_the_same(tmp_path: Path) -> None:
-    from training.data import _read_rows, load_interactions_csv
+    from training.data.loaders import _read_rows, load_interactions_csv
 
     lines = ["user,item,rating,timestamp"]
     lines += [f"u{n % 7},{n % 11:03d},{n % 5 + 0.5},{1000 + n}" for n in range(200)]
@@ -128,7 +128,7 @@ def test_csv_columns_and_rows_read_the_same(tmp_path: Path) -> None:
 
 
 def test_profile_fields_are_inferred_from_the_data_and_overridable(tmp_path: Path) -> None:
-    from training.dataset import fit_user_spec
+    from training.data.implicit import fit_user_spec
 
     _write(tmp_path, "ratings.csv", "user,item,rating\n1,a,5\n2,b,5\n3,a,4\n")
     _write(tmp_path, "users.csv", "user,country,tenure,interests,gender,zip,nickname\n"

@@ -9,8 +9,8 @@ import numpy as np
 
 from service.features import FeatureSpec, fit_field
 from training.cli import main
-from training.experiments import paper_settings, user_columns
-from training.paper_report import Stats, _exp1_claim
+from training.experiments.paper import paper_settings, user_columns
+from training.experiments.paper_report import Stats, _exp1_claim
 
 
 def test_quick_suite_writes_a_complete_report(synthetic_dir: Path, tmp_path: Path) -> None:

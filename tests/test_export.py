@@ -7,8 +7,9 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import load_bundle
-from training.export import export_checkpoint
-from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
+from training.data.prepared import ProtocolConfig, prepare
+from training.jobs.export import export_checkpoint
+from training.jobs.pipeline import train_and_evaluate
 
 FAST = {"epochs": 5, "patience": 5, "batch_size": 16}
 
@@ -65,7 +66,7 @@ def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str
 def test_weights_past_the_limit_travel_as_external_data(
     synthetic_dir: Path, tmp_path: Path
 ) -> None:
-    from service.recommender import Model
+    from service.serving.onnx_model import Model
 
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
     _, checkpoint = train_and_evaluate(  # wide enough that the weights outweigh the graph

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training import fetch
-from training.data import DataError
+from training.data import fetch
+from training.data.loaders import DataError
 
 
 def test_a_local_copy_that_is_not_ml100k_is_refused(synthetic_dir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.metrics import (
+from training.evaluation.metrics import (
     evaluate_chunked,
     evaluate_lists,
     evaluate_scores,

@@ -8,8 +8,8 @@ import scipy.sparse as sp
 import torch
 from torch.nn import functional as F
 
-from training.export import padded
-from training.models import (
+from training.jobs.export import padded
+from training.models.autoencoders import (
     Autoencoder,
     Bag,
     ModelConfig,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.new_users import reveal, run, user_disjoint
+from training.experiments.new_users import reveal, run, user_disjoint
 
 
 def test_held_out_users_are_out_of_training_whole(synthetic_dir: Path) -> None:

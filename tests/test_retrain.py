@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from service import bundle
-from service.store import STREAM
+from service.state.store import STREAM
 from training.cli import main
-from training.retrain import Outcome, read_segment
+from training.jobs.retrain import Outcome, read_segment
 
 FAST = {"model": {"hidden": [16]}, "train": {"epochs": 8, "lr": 0.01, "batch_size": 16}}
 REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, flushed by the tests
@@ -141,7 +141,7 @@ def test_a_run_killed_before_promotion_loses_nothing(job: Job, tmp_path: Path) -
 
     # A real process, killed between export and promotion.
     code = (
-        "import os, sys; import training.retrain as r; "
+        "import os, sys; import training.jobs.retrain as r; "
         "r.promote = lambda *a, **k: os._exit(137); "
         "from training.cli import main; sys.exit(main(sys.argv[1:]))"
     )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.splits import holdout_count, split, train_valid_test
+from training.data.splits import holdout_count, split, train_valid_test
 
 
 def _random_matrix(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.cache import redis_client
-from service.store import STREAM, FileStore, RedisStore, StoreCorrupt, StoreUnavailable
+from service.state.cache import redis_client
+from service.state.store import STREAM, FileStore, RedisStore, StoreCorrupt, StoreUnavailable
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 

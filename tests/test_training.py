@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.metrics import evaluate_chunked, evaluate_scores
-from training.pipeline import ProtocolConfig, prepare, ranker, restore, train_and_evaluate
+from training.data.prepared import ProtocolConfig, prepare
+from training.evaluation.metrics import evaluate_chunked, evaluate_scores
+from training.jobs.pipeline import ranker, restore, train_and_evaluate
 
 TINY = {"hidden": [32]}
 FAST = {"epochs": 40, "patience": 8, "batch_size": 16}
@@ -42,7 +43,7 @@ def test_same_seed_same_metrics_and_checkpoint_round_trip(
     assert runs[0][1].meta["metrics"] == runs[1][1].meta["metrics"]
     model, checkpoint = runs[0]
     checkpoint.save(tmp_path / "ckpt")
-    from training.checkpoint import Checkpoint
+    from training.jobs.checkpoint import Checkpoint
 
     loaded = Checkpoint.load(tmp_path / "ckpt")
     users = np.arange(prepared.dataset.n_users)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.pipeline import ProtocolConfig, prepare
-from training.tune import TUNING_SEED, tune, tuning_split
+from training.data.prepared import ProtocolConfig, prepare
+from training.experiments.tuning import TUNING_SEED, tune, tuning_split
 
 
 def test_the_tuning_split_never_holds_its_test_part(synthetic_dir: Path) -> None:
@@ -32,9 +32,9 @@ def test_the_defaults_are_the_tuners_choices() -> None:
     hand-picked value rides along), and the default preset builds that model."""
     import random
 
-    from training.pipeline import make_recommender
-    from training.tune import SPACES
-    from training.tuned import NEW_USERS, TUNED
+    from training.experiments.tuning import SPACES
+    from training.jobs.pipeline import make_recommender
+    from training.models.tuned import NEW_USERS, TUNED
 
     assert set(TUNED) == set(SPACES)
     for kind, chosen in TUNED.items():

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from training.report import metrics_table
+from training.evaluation.tables import metrics_table
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:
@@ -35,13 +35,14 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from training.fetch import fetch_ml100k
+    from training.data.fetch import fetch_ml100k
 
     fetch_ml100k(args.dest, args.source)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
+    from training.data.prepared import ProtocolConfig, prepare
+    from training.jobs.pipeline import train_and_evaluate
 
     config = _load_config(args.config)
     protocol = ProtocolConfig(**{**config.get("protocol", {}), "seed": args.seed})
@@ -83,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_new_users(args: argparse.Namespace) -> None:
-    from training.new_users import run, table
+    from training.experiments.new_users import run, table
 
     kinds = tuple(k for k in args.models.split(",") if k)
     config = json.loads(args.config.read_text()) if args.config else {}  # {kind: {model, train}}
@@ -96,7 +97,7 @@ def cmd_new_users(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from training.tune import tune
+    from training.experiments.tuning import tune
 
     kinds = tuple(k for k in args.models.split(",") if k)
     settings = json.loads(args.settings.read_text()) if args.settings else None
@@ -108,10 +109,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from training.checkpoint import Checkpoint
-    from training.data import load_interactions_csv
-    from training.metrics import evaluate_chunked
-    from training.pipeline import ranker, restore
+    from training.data.loaders import load_interactions_csv
+    from training.evaluation.metrics import evaluate_chunked
+    from training.jobs.checkpoint import Checkpoint
+    from training.jobs.pipeline import ranker, restore
 
     checkpoint = Checkpoint.load(args.checkpoint)
     test = checkpoint.test
@@ -148,9 +149,9 @@ def _map_test_file(checkpoint, inter):
 def cmd_recommend(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from training.checkpoint import Checkpoint
-    from training.metrics import mask_seen, top_n
-    from training.pipeline import restore
+    from training.evaluation.metrics import mask_seen, top_n
+    from training.jobs.checkpoint import Checkpoint
+    from training.jobs.pipeline import restore
 
     checkpoint = Checkpoint.load(args.checkpoint)
     recommender = restore(checkpoint, served=True)  # what the service would serve
@@ -175,8 +176,8 @@ def cmd_recommend(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from service.bundle import promote
-    from training.checkpoint import Checkpoint
-    from training.export import export_checkpoint
+    from training.jobs.checkpoint import Checkpoint
+    from training.jobs.export import export_checkpoint
 
     version, figures = export_checkpoint(Checkpoint.load(args.checkpoint), args.models_dir)
     print(
@@ -219,7 +220,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from service.config import Settings
-    from training.retrain import EventSource, FileEvents, RedisEvents, retrain
+    from training.jobs.retrain import EventSource, FileEvents, RedisEvents, retrain
 
     settings = Settings()  # where the service stores events: CDDAE_REDIS_URL or the file
     redis_url = args.redis_url or (None if args.events else settings.redis_url)
@@ -237,8 +238,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from service.api.server import serve
     from service.config import Settings
-    from service.server import serve
 
     settings = Settings(models_dir=args.models_dir)  # every other setting: CDDAE_* variables
     serve(settings, args.host, args.port, args.log_level)
@@ -247,9 +248,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_experiments(args: argparse.Namespace) -> None:
     import shlex
 
-    from training.data import load_dataset
-    from training.experiments import paper_settings, run_all
-    from training.paper_report import write_report
+    from training.data.loaders import load_dataset
+    from training.experiments.paper import paper_settings, run_all
+    from training.experiments.paper_report import write_report
 
     source = load_dataset(args.data).source  # fails early, with the file and line, if malformed
     settings = paper_settings(quick=args.quick)
@@ -261,8 +262,8 @@ def cmd_experiments(args: argparse.Namespace) -> None:
     if not args.no_new_users:
         from tqdm.auto import tqdm
 
+        from training.experiments.new_users import run
         from training.names import NEURAL
-        from training.new_users import run
 
         capped = {kind: {"train": train} for kind in NEURAL} if train else {}
         for seed in tqdm(seeds, desc="new users"):

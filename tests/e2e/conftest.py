@@ -17,8 +17,9 @@ import pytest
 import redis
 
 from service.bundle import promote
-from training.export import export_checkpoint
-from training.pipeline import ProtocolConfig, prepare, train_and_evaluate
+from training.data.prepared import ProtocolConfig, prepare
+from training.jobs.export import export_checkpoint
+from training.jobs.pipeline import train_and_evaluate
 
 REDIS_URL = "redis://127.0.0.1:6379/9"  # a database of its own, flushed by each server start
 ADMIN_TOKEN = "test-token"

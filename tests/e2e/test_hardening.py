@@ -13,13 +13,12 @@ import httpx
 import pytest
 
 from service import bundle
-from service.cache import LocalCache
-from service.holder import ModelHolder
-from service.metrics import Metrics
-from service.recommendations import Recommendations
-from service.recommender import finish
-from service.schemas import ScoreRequest
-from service.store import FileStore, StoreUnavailable
+from service.serving.holder import ModelHolder
+from service.serving.onnx_model import finish
+from service.serving.recommendations import AdHocUser, Recommendations
+from service.state.cache import LocalCache
+from service.state.store import FileStore, StoreUnavailable
+from service.telemetry import Metrics
 from tests.e2e.conftest import ADMIN_TOKEN, running
 from tests.e2e.test_lifecycle import _copy_as_new_version, _wait_for
 
@@ -284,7 +283,7 @@ def test_a_stuck_disk_holds_up_writes_not_scoring(base_models: Path, tmp_path: P
         store._append = lambda *args: released.wait(30) and append(*args)  # type: ignore[method-assign]
         write = asyncio.ensure_future(service.add_interactions("3", ["1"], [time.time()], "k"))
         await asyncio.sleep(0.05)
-        batch = [ScoreRequest(items=["1"]), ScoreRequest(items=["2"])]  # a batch: a thread
+        batch = [AdHocUser(items=["1"]), AdHocUser(items=["2"])]  # a batch: a thread
         answers = await asyncio.wait_for(service.score(batch), timeout=10)
         loaded = await asyncio.wait_for(service.holder.refresh_async(True), timeout=10)
         released.set()

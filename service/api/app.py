@@ -1,0 +1,179 @@
+"""The app factory: wires settings, model holder, cache, store and routes together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from service.api.app_state import AppState
+from service.api.log_filters import quiet_invalid_requests
+from service.api.middleware import BodyLimit, RequestMetrics
+from service.api.routes import router
+from service.config import Settings
+from service.serving.batcher import MicroBatcher
+from service.serving.holder import ModelHolder
+from service.serving.recommendations import Recommendations
+from service.state.cache import Cache, LocalCache, RedisCache, redis_client
+from service.state.store import FileStore, RedisStore, Store
+from service.telemetry import Metrics
+
+log = logging.getLogger("cddae.service")
+
+
+def build_state(settings: Settings) -> AppState:
+    holder = ModelHolder(settings.models_dir, settings.ort_threads)
+    metrics = Metrics()
+    cache: Cache
+    store: Store
+    if settings.redis_url:
+        client = redis_client(settings.redis_url, settings.redis_timeout_seconds)
+        cache = RedisCache(
+            client,
+            settings.cache_ttl_seconds,
+            settings.cache_ttl_jitter,
+            settings.redis_retry_seconds,
+        )
+        store, backend = RedisStore(client), "redis"
+    else:
+        cache = LocalCache(
+            settings.local_cache_bytes, settings.cache_ttl_seconds, settings.cache_ttl_jitter
+        )
+        store, backend = FileStore(settings.interactions_log), "file"
+    batcher = (
+        MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
+        if settings.micro_batch_ms
+        else None
+    )
+    recommendations = Recommendations(holder, cache, store, metrics, settings.max_n, batcher)
+    return AppState(settings, holder, cache, store, backend, metrics, recommendations)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+
+    quiet_invalid_requests()
+    settings = settings or Settings()
+    state = build_state(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("model: %s", await state.holder.refresh_async())
+        watcher = asyncio.create_task(state.holder.watch(settings.reload_interval_seconds))
+        yield
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await state.recommendations.settle()
+        await state.cache.close()
+        state.store.close()
+
+    app = FastAPI(
+        title="cddae",
+        summary="Top-N recommendations from a Collaborative Deep Denoising Autoencoder",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served below from a package: the page works without the internet
+        redoc_url=None,
+    )
+    mount_docs(app)
+    publish_contract(app, settings, state.holder)
+    app.state.cddae = state
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.include_router(router)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+MAX_ERRORS = 5  # a 422 names at most this many problems, each input cut to a short text
+
+
+async def validation_error(request: Request, error: Exception) -> JSONResponse:
+    """422 naming what was wrong, always serialisable: NaN or a 240k-item list in the input is
+    described briefly instead of echoed (or failing to serialise into a 500)."""
+    assert isinstance(error, RequestValidationError)
+    problems = error.errors()
+    detail = [
+        {
+            "loc": list(problem.get("loc", ())),
+            "msg": problem.get("msg", ""),
+            "type": problem.get("type", ""),
+            "input": _brief(problem.get("input")),
+        }
+        for problem in problems[:MAX_ERRORS]
+    ]
+    return JSONResponse({"detail": detail, "errors": len(problems)}, status_code=422)
+
+
+def _brief(value: object) -> object:
+    if isinstance(value, bool | int | str) and len(str(value)) <= 100:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def mount_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's files from the swagger-ui-bundle package, not from a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="cddae — API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
+
+
+def publish_contract(app: FastAPI, settings: Settings, holder: ModelHolder) -> None:
+    """The OpenAPI schema says what the service enforces: limits that are settings (n's
+    maximum, a batch's size) and the profile fields of the model in service (rebuilt when
+    another version comes into service)."""
+    build = app.openapi
+    built: dict[str | None, dict] = {}
+
+    def openapi() -> dict:
+        model = holder.model
+        version = model.version if model is not None else None
+        if version in built:
+            return built[version]
+        app.openapi_schema = None
+        schema = build()
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "n":
+                    parameter["schema"]["maximum"] = settings.max_n
+        components = schema.get("components", {}).get("schemas", {})
+        if "ScoreRequest" in components:
+            components["ScoreRequest"]["properties"]["n"]["maximum"] = settings.max_n
+        if "BatchScoreRequest" in components:
+            components["BatchScoreRequest"]["properties"]["users"]["maxItems"] = settings.max_batch
+        if model is not None and "ScoreRequest" in components:
+            vector = {"type": "array", "items": {"enum": [0, 1]},
+                      "minItems": model.n_items, "maxItems": model.n_items}  # fmt: skip
+            components["ScoreRequest"]["properties"]["vector"]["anyOf"] = [vector, {"type": "null"}]
+        if model is not None and "Profile" in components:
+            profile = components["Profile"]
+            components["Profile"] = {
+                **{k: profile[k] for k in ("title", "description", "example") if k in profile},
+                **model.bundle.user_spec.json_schema(),
+            }
+        built.clear()  # one version's schema at a time
+        built[version] = app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

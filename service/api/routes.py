@@ -1,0 +1,262 @@
+"""HTTP only: parse, call `Recommendations`, map its errors to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from pathlib import PurePath
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
+
+from service.api.app_state import AppStateDep, state_of
+from service.api.schemas import (
+    BatchScoreRequest,
+    BatchScoreResponse,
+    Health,
+    InteractionsRequest,
+    InteractionsResponse,
+    Profile,
+    ProfileResponse,
+    RecommendationsResponse,
+    ScoreRequest,
+)
+from service.serving.onnx_model import InputError
+from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
+from service.state.store import StoreUnavailable
+
+router = APIRouter()
+UserId = Annotated[str, Path(min_length=1, max_length=128, examples=["196"])]
+ERRORS = {
+    400: {"description": "a body that is not JSON"},
+    401: {"description": "a write without the configured bearer token"},
+    404: {"description": "unknown user"},
+    413: {"description": "body too large"},
+    422: {"description": "invalid input; the detail names the offending values"},
+    503: {"description": "no model loaded, or the interaction store is unavailable"},
+}
+
+
+class JSONBytes(Response):
+    """An answer serialised once, by the model (`Model.answer`): FastAPI neither validates nor
+    re-encodes it; the route's `response_model` still documents its shape."""
+
+    media_type = "application/json"
+
+
+def _http_error(error: Exception) -> HTTPException:
+    if isinstance(error, NotFound):
+        return HTTPException(404, str(error))
+    if isinstance(error, InputError):
+        return HTTPException(422, str(error))
+    return HTTPException(503, str(error))  # our own words: no driver text, hosts or ports
+
+
+HANDLED = (NotFound, InputError, NoModel, StoreUnavailable)
+
+
+@router.get(
+    "/users/{user_id}/recommendations", response_model=RecommendationsResponse, responses=ERRORS
+)
+async def get_recommendations(
+    request: Request,
+    user_id: UserId,
+    n: Annotated[int, Query(ge=1, description="list length, up to the configured maximum")] = 10,
+    exclude_seen: bool = True,
+) -> Response:
+    """Top-N items for a known user, without the items the user has already interacted with."""
+    state = state_of(request)  # the hot paths skip dependency solving: see docs/PERFORMANCE.md
+    try:
+        return JSONBytes(await state.recommendations.for_user(user_id, n, exclude_seen))
+    except HANDLED as error:
+        raise _http_error(error) from None
+
+
+@router.post(
+    "/score",
+    response_model=RecommendationsResponse | BatchScoreResponse,
+    responses=ERRORS,
+)
+async def post_score(request: Request, body: ScoreRequest | BatchScoreRequest) -> Response:
+    """Recommendations for ad-hoc users: one request, or a batch as {"users": [...]}."""
+    state = state_of(request)
+    batch = isinstance(body, BatchScoreRequest)
+    requests = body.users if batch else [body]
+    if len(requests) > state.settings.max_batch:
+        raise HTTPException(
+            422, f"batch of {len(requests)} users exceeds the maximum of {state.settings.max_batch}"
+        )
+    try:
+        answers = await state.recommendations.score([r.ad_hoc_user() for r in requests])
+    except HANDLED as error:
+        raise _http_error(error) from None
+    return JSONBytes(b'{"results":[%s]}' % b",".join(answers) if batch else answers[0])
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="retry a write with the same key: it is recorded at most once "
+        "(generated and returned when absent)",
+    ),
+]
+
+
+def _bearer_ok(authorization: str | None, token: SecretStr) -> bool:
+    """Constant-time comparison of bytes (a non-ASCII header is simply wrong, not a 500)."""
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    return authorization is not None and secrets.compare_digest(given, expected)
+
+
+async def require_writer(
+    state: AppStateDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """Writes need CDDAE_WRITE_TOKEN as a bearer token, when one is configured."""
+    token = state.settings.write_token
+    if token is not None and not _bearer_ok(authorization, token):
+        raise HTTPException(401, "writes need the bearer token (CDDAE_WRITE_TOKEN)")
+
+
+Writer = Annotated[None, Depends(require_writer)]
+
+
+def _write_key(given: str | None, response: Response) -> str:
+    key = given or uuid.uuid4().hex
+    response.headers["Idempotency-Key"] = key
+    return key
+
+
+@router.post(
+    "/users/{user_id}/interactions",
+    response_model=InteractionsResponse,
+    status_code=201,
+    responses=ERRORS,
+)
+async def post_interactions(
+    state: AppStateDep,
+    user_id: UserId,
+    body: InteractionsRequest,
+    response: Response,
+    _: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> dict:
+    """Record new positive interactions; the user's next recommendations take them in at once.
+    A 503 means the store did not confirm: the write may or may not be recorded; retry with the
+    same Idempotency-Key and it is recorded exactly once."""
+    key = _write_key(idempotency_key, response)
+    try:
+        count, new, unknown = await state.recommendations.add_interactions(
+            user_id, body.item_ids(), body.timestamps(time.time()), key
+        )
+    except HANDLED as error:
+        raise _http_error(error) from None
+    return {"user_id": user_id, "recorded": count if new else 0, "store": state.store_backend,
+            "replayed": not new, "unknown_items": unknown[:MAX_NAMED]}  # fmt: skip
+
+
+@router.put(
+    "/users/{user_id}/profile",
+    response_model=ProfileResponse,
+    responses={**ERRORS, 201: {"model": ProfileResponse, "description": "user created"}},
+)
+async def put_profile(
+    state: AppStateDep,
+    user_id: UserId,
+    body: Profile,
+    response: Response,
+    _: Writer,
+    idempotency_key: IdempotencyKey = None,
+):
+    """Create a user (201), or replace the profile of one (200): recommendations then use this
+    profile. Idempotency-Key as for interactions."""
+    key = _write_key(idempotency_key, response)
+    try:
+        created, new = await state.recommendations.set_profile(user_id, body.root, key)
+    except HANDLED as error:
+        raise _http_error(error) from None
+    response.status_code = 201 if created else 200
+    return {"user_id": user_id, "profile": body.fields(), "created": created,
+            "replayed": not new}  # fmt: skip
+
+
+@router.get("/healthz", response_model=Health)
+async def get_healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"description": "no model"}})
+async def get_readyz(state: AppStateDep, response: Response) -> dict:
+    """Readiness: a model is loaded; "degraded" while Redis is unreachable or while the version
+    CURRENT names is not the one in service (refused, or not readable)."""
+    holder = state.holder
+    model = holder.model
+    try:
+        cache_ok = await asyncio.wait_for(state.cache.check(), timeout=1.0)
+    except TimeoutError:
+        cache_ok = False
+    status = "ok" if model is not None and cache_ok and holder.serving_current else "degraded"
+    if model is None:
+        status, response.status_code = "unavailable", 503
+    detail: dict = {"refused_versions": holder.refused, "current_pointer": holder.pointer}
+    if holder.pointer_error:
+        detail["pointer_error"] = holder.pointer_error
+    return {
+        "status": status,
+        "model_version": model.version if model else None,
+        "cache": f"{state.cache.backend}:{'ok' if cache_ok else 'unreachable'}",
+        "detail": detail,
+    }
+
+
+@router.get("/model", responses={503: {"description": "no model"}})
+async def get_model(state: AppStateDep) -> dict:
+    """The manifest of the bundle in service, files and parity included (where the training
+    data lay on the training machine is not shown: only its kind and name)."""
+    model = state.holder.model
+    if model is None:
+        raise HTTPException(503, "no model loaded yet")
+    manifest = dict(model.bundle.manifest)
+    data = dict(manifest.get("data", {}))
+    if "source" in data:
+        kind, _, where = str(data["source"]).partition(":")
+        data["source"] = f"{kind}:{PurePath(where).name}" if where else kind
+    manifest["data"] = data
+    spec = model.bundle.user_spec.to_dict()["fields"]
+    manifest["profile_fields"] = [  # what PUT …/profile and /score accept
+        {"name": f["name"], "kind": f["kind"], **({"values": f["values"]} if f["values"] else {})}
+        for f in spec
+    ]
+    return manifest
+
+
+@router.get("/metrics", response_class=Response)
+async def get_metrics(state: AppStateDep) -> Response:
+    """Prometheus metrics: request and inference latency, cache hits and misses, model version."""
+    if state.holder.model is not None:
+        state.metrics.set_version(state.holder.model.version)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/admin/reload", responses={401: {"description": "bad token"}, 404: {}})
+async def post_admin_reload(
+    state: AppStateDep, authorization: Annotated[str | None, Header()] = None
+) -> dict:
+    """Load the promoted version now (bearer token from CDDAE_ADMIN_TOKEN; off when unset)."""
+    token = state.settings.admin_token
+    if token is None:
+        raise HTTPException(404, "admin endpoints are off: no CDDAE_ADMIN_TOKEN configured")
+    if not _bearer_ok(authorization, token):
+        raise HTTPException(401, "missing or wrong bearer token")
+    outcome = await state.holder.refresh_async(True)
+    model = state.holder.model
+    return {"outcome": outcome, "model_version": model.version if model else None}

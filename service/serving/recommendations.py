@@ -1,0 +1,338 @@
+"""What the endpoints do, without HTTP: look up, cache, score, rank, record.
+
+Raises `NotFound`, `InputError` (→ 422), `StoreUnavailable` and `NoModel` (→ 503); routes map
+them to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.serving.batcher import MicroBatcher
+from service.serving.holder import ModelHolder
+from service.serving.onnx_model import InputError, Model, Query, Ranked, finish
+from service.state.cache import Cache, cache_key
+from service.state.store import Store, StoreUnavailable, UserState
+from service.telemetry import Metrics
+
+MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
+INLINE_ITEMS = 2_000  # work on at most this many items runs on the event loop (well under 1 ms)
+MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer is not cached
+
+
+class NotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class AdHocUser:
+    """An ad-hoc user as scoring needs it, whatever the transport (the API's `AdHocUser`
+    converts into it): the history is the union of items, vector and weights."""
+
+    items: list[str] | None = None
+    vector: list[float] | None = None
+    weights: dict[str, float] | None = None
+    profile: dict[str, Any] | None = None
+    n: int = 10
+    exclude: list[str] = field(default_factory=list)
+    exclude_seen: bool = True
+    candidates: list[str] | None = None
+
+    def digest(self) -> str:
+        """Equal requests, equal digests: the cache key of the answer."""
+        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class NoModel(RuntimeError):
+    pass
+
+
+class Recommendations:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        cache: Cache,
+        store: Store,
+        metrics: Metrics,
+        max_n: int,
+        batcher: MicroBatcher | None = None,
+    ):
+        self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
+        self.max_n, self.batcher = max_n, batcher
+        self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+        # CPU work too large for the event loop (batches, long inputs) has threads of its own,
+        # apart from the store's writes and model loads: one cannot starve the others.
+        self.compute = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compute")
+        if batcher is not None and batcher.executor is None:
+            batcher.executor = self.compute
+        self._pending: list[tuple[str, str, bytes]] = []  # cache writes not yet sent
+        self._flusher: asyncio.Future[None] | None = None
+
+    def model(self) -> Model:
+        model = self.holder.model
+        if model is None:
+            raise NoModel("no model loaded yet")
+        return model
+
+    # --- caching with single flight ------------------------------------------------------------
+
+    async def _cached(
+        self, key: str, field: str, compute: Callable[[], Awaitable[bytes]], hit: bytes | None
+    ) -> bytes:
+        """An answer: `hit` where the caller found one, else computed once for all who ask at
+        the same time, and put in the cache without the caller waiting for that."""
+        if hit is not None:
+            self.metrics.cache.labels("hit").inc()
+            return finish(hit, cached=True)
+        self.metrics.cache.labels("miss").inc()
+        flight = self._inflight.get((key, field))
+        if flight is None:
+            # The computation is a task of its own: a caller that goes away (cancelled) takes
+            # neither it nor the callers waiting on it down with it.
+            flight = asyncio.ensure_future(self._compute_and_cache(key, field, compute))
+            self._inflight[(key, field)] = flight
+            flight.add_done_callback(self._landed(key, field))
+        return finish(await asyncio.shield(flight), cached=False)
+
+    async def _compute_and_cache(
+        self, key: str, field: str, compute: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        answer = await compute()
+        self._cache_later(key, field, answer)
+        return answer
+
+    def _cache_later(self, key: str, field: str, answer: bytes) -> None:
+        """Write to the cache in the background: the answer does not wait for it, and the
+        writes of one moment go together, in one round trip. Bounded: when too many are
+        pending (a slow Redis) this one is skipped."""
+        if len(self._pending) >= MAX_PENDING_WRITES:
+            return
+        self._pending.append((key, field, answer))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_writes())
+
+    async def settle(self) -> None:
+        """Wait for the pending cache writes (at shutdown; in tests)."""
+        if self._flusher is not None:
+            await self._flusher
+
+    async def _flush_writes(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # let the answers of this moment join
+            batch, self._pending = self._pending, []
+            await self.cache.set_many(batch)
+
+    def _landed(self, key: str, field: str) -> Callable[[asyncio.Future], None]:
+        def done(flight: asyncio.Future) -> None:
+            self._inflight.pop((key, field), None)
+            if not flight.cancelled():
+                flight.exception()  # retrieved: the callers re-raise it; nobody else need
+
+        return done
+
+    async def _scores(self, model: Model, queries: Sequence[Query]):
+        """Small work (one user, a short history: about 0.1 ms) runs on the event loop, where a
+        thread hop would cost more than the call; larger batches in a worker thread, or
+        gathered by the micro-batcher when it is on."""
+        started = time.perf_counter()
+        if self.batcher is not None:
+            scores = await self.batcher.scores(model, list(queries))
+        elif sum(len(q.weights) for q in queries) <= INLINE_ITEMS and len(queries) == 1:
+            scores = model.scores(queries)
+        else:
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(self.compute, model.scores, queries)
+        elapsed = time.perf_counter() - started
+        self.metrics.inference_latency.labels(Metrics.batch_label(len(queries))).observe(elapsed)
+        return scores
+
+    def _check_n(self, n: int) -> None:
+        if not 1 <= n <= self.max_n:
+            raise InputError(f"n must be between 1 and {self.max_n}, got {n}")
+
+    # --- known users ---------------------------------------------------------------------------
+
+    async def for_user(self, user_id: str, n: int, exclude_seen: bool) -> bytes:
+        """A known user's answer (JSON). The cache key carries the user's generation, which
+        every write bumps atomically with itself: no list from before a write is served after
+        it. With Redis, state and cached answer come in one round trip. When the store cannot be
+        read, a user in the bundle still gets a list from the bundle alone, marked degraded and
+        not cached; anyone else gets a 503, never a 404."""
+        self._check_n(n)
+        model = self.model()
+        prefix, field = cache_key(model.version, f"user:{user_id}:"), f"{n}:{int(exclude_seen)}"
+        probe = (
+            (prefix, field) if self.cache.backend == "redis" and not self.cache.degraded else None
+        )
+        try:
+            state = await self.store.user_state(user_id, probe)
+        except StoreUnavailable:
+            index = model.user_index.get(user_id)
+            if index is None:
+                raise
+            query = model.known_user(index)
+            ranked = await self._rank_user(model, query, n, exclude_seen)
+            return finish(model.answer(ranked, degraded=True), cached=False)
+        key = prefix + str(state.generation)
+        hit = state.cached if probe is not None else await self.cache.get(key, field)
+        return await self._cached(
+            key, field, lambda: self._for_user(model, user_id, state, n, exclude_seen), hit
+        )
+
+    def _user_query(self, model: Model, user_id: str, state: UserState) -> Query:
+        found = model.item_index.lookup(np.asarray(state.added, dtype=str)) if state.added else []
+        added_idx = [int(i) for i in found if i >= 0]
+        index = model.user_index.get(user_id)
+        if index is None and state.profile is None and not state.added:
+            raise NotFound(f"unknown user {user_id!r}")
+        if index is not None:
+            query = model.known_user(index, added_idx)
+        else:
+            query = Query(dict.fromkeys(added_idx, 1.0), model.encode_profile(None))
+        if state.profile is not None:
+            query.features = model.encode_profile(state.profile)
+            query.has_profile = bool(state.profile)
+        return query
+
+    async def _for_user(
+        self, model: Model, user_id: str, state: UserState, n: int, exclude_seen: bool
+    ) -> bytes:
+        query = self._user_query(model, user_id, state)
+        return model.answer(await self._rank_user(model, query, n, exclude_seen))
+
+    async def _rank_user(self, model: Model, query: Query, n: int, exclude_seen: bool) -> Ranked:
+        scores = None
+        if model.source(query) != "popularity":
+            scores = (await self._scores(model, [query]))[0]
+        return model.rank(query, scores, n, exclude=query.excluded() if exclude_seen else [])
+
+    async def add_interactions(
+        self, user_id: str, items: Sequence[str], timestamps: Sequence[float], key: str
+    ) -> tuple[int, bool, list[str]]:
+        """Record; (items, whether this write is new, the items the model in service does not
+        know yet: recorded all the same, they join the catalogue at the next retrain). A
+        repeated key records nothing."""
+        model = self.model()
+        _, unknown = model.known_items(items)
+        if user_id not in model.user_index:
+            state = await self.store.user_state(user_id)  # unreadable: 503, not "unknown"
+            if state.profile is None and not state.added:
+                raise NotFound(
+                    f"unknown user {user_id!r}; create it with PUT /users/{{id}}/profile"
+                )
+        new = await self.store.add_interactions(user_id, list(items), list(timestamps), key)
+        return len(items), new, unknown
+
+    async def set_profile(
+        self, user_id: str, profile: dict[str, Any], key: str
+    ) -> tuple[bool, bool]:
+        """Create or replace; (whether the user is new, whether this write is new)."""
+        model = self.model()
+        model.encode_profile(profile)  # unknown fields or values: 422 before anything is written
+        profile = {k: v for k, v in profile.items() if v is not None}
+        created = False
+        if user_id not in model.user_index:
+            state = await self.store.user_state(user_id)
+            created = state.profile is None and not state.added
+        new = await self.store.set_profile(user_id, profile, key)
+        return created and new, new
+
+    # --- ad-hoc users --------------------------------------------------------------------------
+
+    def _adhoc_query(self, model: Model, request: AdHocUser) -> tuple[Query, list[str]]:
+        """The query, and the item ids the model does not know (left out, and named). The
+        history is the union of items, vector and weights; an item in weights keeps its weight."""
+        weights: dict[int, float] = {}
+        if request.vector:
+            if len(request.vector) != model.n_items:
+                raise InputError(
+                    f"vector has {len(request.vector)} entries, the catalogue has {model.n_items}"
+                )
+            weights.update((i, 1.0) for i, v in enumerate(request.vector) if v)
+        indices, unknown = model.known_items(request.items or [])
+        weights.update(dict.fromkeys(indices, 1.0))
+        if request.weights:  # a weight of 0 takes an item out
+            indices, missing = model.known_items(list(request.weights))
+            absent = set(missing)
+            values = [w for item, w in request.weights.items() if item not in absent]
+            weights.update((i, float(w)) for i, w in zip(indices, values, strict=True))
+            weights = {i: w for i, w in weights.items() if w}
+            unknown += missing
+        features = model.encode_profile(request.profile)
+        known = any(v is not None for v in (request.profile or {}).values())
+        return Query(weights, features, -1, known), unknown
+
+    def _prepare(self, model: Model, request: AdHocUser, where: str) -> _Prepared:
+        try:
+            self._check_n(request.n)
+            query, unknown = self._adhoc_query(model, request)
+            exclude, _ = model.known_items(request.exclude)
+            candidates = model.known_items(request.candidates)[0] if request.candidates else None
+        except InputError as error:
+            raise InputError(f"{where}{error}") from None
+        if request.exclude_seen:
+            exclude = [*exclude, *query.weights]
+        key = cache_key(model.version, f"score:{request.digest()}")
+        return _Prepared(query, exclude, candidates, request.n, key, unknown[:MAX_NAMED])
+
+    async def score(self, requests: Sequence[AdHocUser]) -> list[bytes]:
+        """Answers (JSON): hits from the cache; all misses scored in one onnxruntime batch.
+        A batch's input building and ranking run in a worker thread, a single user's inline."""
+        model = self.model()
+        if len(requests) == 1 and _small(requests[0]):
+            prepared = [self._prepare(model, requests[0], "")]
+        else:
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(self.compute, self._prepare_all, model, requests)
+        hits = await asyncio.gather(*(self.cache.get(p.key, "") for p in prepared))
+        answers: list[bytes | None] = [None] * len(prepared)
+        misses = []
+        for i, hit in enumerate(hits):
+            self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+            if hit is not None:
+                answers[i] = finish(hit, cached=True)
+            else:
+                misses.append(i)
+        to_score = [i for i in misses if model.source(prepared[i].query) != "popularity"]
+        scores = (
+            await self._scores(model, [prepared[i].query for i in to_score]) if to_score else None
+        )
+        row = {i: r for r, i in enumerate(to_score)}
+        for i in misses:
+            p = prepared[i]
+            ranked = model.rank(
+                p.query, scores[row[i]] if i in row else None, p.n, p.exclude, p.candidates
+            )
+            answer = model.answer(ranked, p.unknown)
+            answers[i] = finish(answer, cached=False)
+            self._cache_later(p.key, "", answer)
+        return answers  # type: ignore[return-value]
+
+    def _prepare_all(self, model: Model, requests: Sequence[AdHocUser]) -> list[_Prepared]:
+        return [self._prepare(model, r, f"users[{i}]: ") for i, r in enumerate(requests)]
+
+
+def _small(request: AdHocUser) -> bool:
+    """Whether building this request's input is cheap enough for the event loop."""
+    sizes = (request.items, request.vector, request.weights, request.exclude, request.candidates)
+    return sum(len(x) for x in sizes if x) <= INLINE_ITEMS
+
+
+@dataclass
+class _Prepared:
+    query: Query
+    exclude: list[int]
+    candidates: list[int] | None
+    n: int
+    key: str
+    unknown: list[str]

@@ -1,0 +1,251 @@
+"""The training loop for the autoencoders: Adam, user mini-batches, early stopping on validation."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from training.evaluation.metrics import evaluate_chunked
+from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
+from training.models.interface import FitContext
+from training.models.options import Options
+
+
+@dataclass
+class TrainConfig(Options):
+    what = "training option"
+
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    patience: int = 15  # epochs without a better validation metric before stopping
+    metric: str = "NDCG"  # early-stopping metric, at N = 10 on the validation set
+    refit: bool = True  # after early stopping, retrain on train + validation for the best epochs
+    # Early stopping scores a seeded sample of this many validation users each epoch (all of
+    # them on small data); the final evaluation always takes every test user.
+    valid_users: int = 10_000
+    # 0: the item loss over every item. > 0: over the batch's positives and this many sampled
+    # items (sigmoid + BCE only): for catalogues too large for every logit (docs/SCALE.md).
+    negatives: int = 0
+    device: str = "cpu"  # cpu | cuda | auto (cuda when available)
+    threads: int = 0  # torch intra-op threads; 0: torch's default (all cores)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+        if self.negatives < 0 or self.valid_users < 1 or self.threads < 0:
+            raise ValueError("negatives and threads must be ≥ 0, valid_users ≥ 1")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+class AutoencoderRecommender:
+    """DAE / CDAE / CDDAE behind the common fit/score interface."""
+
+    def __init__(self, model: ModelConfig, train: TrainConfig | None = None):
+        self.model_config = model
+        self.train_config = train or TrainConfig()
+        self.device = self.train_config.torch_device()
+        self.kind = model.kind
+        self.net: Autoencoder | None = None
+        self.best_epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    def _build(self, ctx: FitContext, train: sp.csr_matrix | None = None) -> Autoencoder:
+        """A fresh network; with `train`, its output biases start at the items' rates there."""
+        sizes = Sizes(
+            n_items=ctx.train.shape[1],
+            n_users=ctx.train.shape[0],
+            user_features=ctx.user_features.shape[1],
+            item_features=torch.from_numpy(np.ascontiguousarray(ctx.item_features, np.float32)),
+        )
+        net = Autoencoder(self.model_config, sizes)
+        if train is not None:
+            rates = np.asarray(train.mean(axis=0), dtype=np.float32).ravel()
+            net.init_output_bias(torch.from_numpy(rates))
+        return net.to(self.device)
+
+    def _optimizer(self, net: Autoencoder) -> torch.optim.Optimizer | _Pair:
+        """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4).
+
+        With a sampled loss, the catalogue-sized matrices (items × width, twice) get row-sparse
+        gradients and a SparseAdam that updates only the rows a batch touched, their L2 applied
+        lazily to those rows in the loss: a dense step over every row of a 100k-item catalogue
+        costs more than the batch itself."""
+        cfg = self.train_config
+        net.sparse_grads = 0 < cfg.negatives < net.n_items
+        if not net.sparse_grads:
+            return torch.optim.Adam(
+                net.parameters(), lr=cfg.lr, weight_decay=self.model_config.l2, fused=True
+            )
+        sparse = [net.item_in, net.out.weight]
+        dense = [p for p in net.parameters() if all(p is not s for s in sparse)]
+        return _Pair(
+            torch.optim.SparseAdam(sparse, lr=cfg.lr),
+            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=self.model_config.l2, fused=True),
+        )
+
+    def fit(self, ctx: FitContext) -> None:
+        """Early stopping on validation, then (with `refit`) the best epoch count on train +
+        validation. Without validation data: exactly `epochs` epochs (the production fit)."""
+        cfg = self.train_config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if not ctx.valid.nnz:
+            self.best_epoch = cfg.epochs
+            self.net = self._fit_epochs(ctx, ctx.train, cfg.epochs, "fit")
+            return
+        torch.manual_seed(ctx.seed)
+        net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
+        optimizer = self._optimizer(net)
+        rng = np.random.default_rng(ctx.seed)
+        sample = _validation_sample(ctx.valid, cfg.valid_users, ctx.seed)
+        # Epoch 0 scores the untrained network: the baseline any training must beat.
+        bar = tqdm(range(cfg.epochs + 1), desc=self.kind, disable=not ctx.progress, leave=False)
+        for epoch in bar:
+            loss = self._epoch(net, optimizer, ctx, ctx.train, rng) if epoch else float("nan")
+            self.net = net
+            result = evaluate_chunked(self.ranker(ctx.user_features), ctx.train, ctx.valid, sample)
+            value = float(result[cfg.metric][9])
+            self.history.append({"epoch": epoch, "loss": loss, f"valid_{cfg.metric}@10": value})
+            bar.set_postfix(loss=f"{loss:.3f}", valid=f"{value:.4f}", best=self.best_epoch)
+            if value > best:
+                best, stale, self.best_epoch = value, 0, epoch
+                best_state = copy.deepcopy(net.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+        net.load_state_dict(best_state)
+        if cfg.refit:
+            net = self._fit_epochs(ctx, ctx.full_train, self.best_epoch, "refit", rng)
+        self.net = net
+        self.net.eval()
+
+    def _fit_epochs(
+        self, ctx: FitContext, train: sp.csr_matrix, epochs: int, label: str, rng=None
+    ) -> Autoencoder:
+        """A fresh network trained for a fixed number of epochs, no validation."""
+        torch.manual_seed(ctx.seed)
+        rng = rng if rng is not None else np.random.default_rng(ctx.seed)
+        net = self._build(ctx, train)
+        optimizer = self._optimizer(net)
+        for _ in tqdm(range(epochs), desc=label, disable=not ctx.progress, leave=False):
+            self._epoch(net, optimizer, ctx, train, rng)
+        return net.eval()
+
+    def production(self) -> AutoencoderRecommender:
+        """A fresh model for the fit on all data: these settings and the epoch count early
+        stopping picked. Batches are users, so an epoch on all data takes as many steps as one
+        on the training split (each user's vector is just fuller): the count carries over."""
+        train = replace(self.train_config, epochs=self.best_epoch, refit=False)
+        return AutoencoderRecommender(self.model_config, train)
+
+    def _epoch(self, net, optimizer, ctx: FitContext, train: sp.csr_matrix, rng) -> float:
+        net.train()
+        users = rng.permutation(np.flatnonzero(np.diff(train.indptr) > 0))
+        total = 0.0
+        for start in range(0, len(users), self.train_config.batch_size):
+            batch = users[start : start + self.train_config.batch_size]
+            loss = net.loss(
+                Bag.from_csr(train[batch]).to(self.device),
+                torch.from_numpy(ctx.user_features[batch].astype(np.float32)).to(self.device),
+                torch.from_numpy(batch.astype(np.int64)).to(self.device),
+                self.train_config.negatives,
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        return total / max(len(users), 1)
+
+    def ranker(self, user_features: np.ndarray):
+        """A chunk ranker for `training.metrics.evaluate_chunked`: the history masked and the
+        top-n taken in torch on the item logits (the output activation keeps each row's order),
+        so no users × items scores are copied out or sorted in numpy."""
+
+        @torch.no_grad()
+        def rank(history: sp.csr_matrix, users: np.ndarray, n: int) -> np.ndarray:
+            assert self.net is not None, "fit or load_state first"
+            self.net.eval()
+            bag = Bag.from_csr(history).to(self.device)
+            logits = self.net(
+                bag,
+                torch.from_numpy(np.asarray(user_features[users], np.float32)).to(self.device),
+                torch.from_numpy(np.asarray(users, np.int64)).to(self.device),
+            )[:, : self.net.n_items]
+            logits[bag.rows, bag.items] = -torch.inf
+            values, items = torch.topk(logits, min(n, logits.shape[1]), dim=1)
+            values, items = values.cpu().numpy(), items.cpu().numpy()
+            order = np.lexsort((items, -values), axis=1)  # ties: the lower index first
+            return np.take_along_axis(items, order, axis=1)
+
+        return rank
+
+    @torch.no_grad()
+    def score(
+        self, history: sp.csr_matrix, user_index: np.ndarray, user_features: np.ndarray
+    ) -> np.ndarray:
+        """Scores of the rows of `history` (a chunk of users: the output is rows × items)."""
+        assert self.net is not None, "fit or load_state first"
+        self.net.eval()
+        out = []
+        for start in range(0, history.shape[0], 1024):
+            rows = slice(start, start + 1024)
+            output = self.net(
+                Bag.from_csr(history[rows]).to(self.device),
+                torch.from_numpy(np.asarray(user_features[rows], np.float32)).to(self.device),
+                torch.from_numpy(np.asarray(user_index[rows], np.int64)).to(self.device),
+            )
+            out.append(self.net.scores(output).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.net.n_items), np.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "model": self.model_config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "best_epoch": self.best_epoch,
+        }
+
+    def state(self) -> dict[str, np.ndarray]:
+        assert self.net is not None
+        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+
+    def load_state(self, state: dict[str, np.ndarray], ctx: FitContext | None = None) -> None:
+        assert ctx is not None, "the autoencoder needs the feature sizes to rebuild"
+        self.net = self._build(ctx)
+        tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+        self.net.load_state_dict(tensors)
+        self.net.eval()
+
+
+def _validation_sample(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray | None:
+    """Users early stopping scores: all with validation items, or a seeded sample of `limit`."""
+    users = np.flatnonzero(np.diff(valid.indptr) > 0)
+    if len(users) <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed + 1).choice(users, limit, replace=False))
+
+
+class _Pair:
+    """Two optimisers stepped as one (row-sparse and dense parameters)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()

@@ -1,0 +1,90 @@
+"""Every model's default settings: the equal-budget tuner's choices.
+
+Chosen by `cddae tune --data data/ml-100k --budget 30` (training/experiments/tuning.py):
+30 seeded random draws per model, each scored by validation NDCG@10 on tuning split seed 100,
+never on a test set (docs/MODELS.md, "Equal budgets, validation only"; the trials in
+docs/tuning/tune.json).
+Each entry is exactly one draw of the tuner's space, so it sets every option the tuner varies;
+NEW_USERS adds options chosen on the new-users protocol. `--config` overrides either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BUDGET = 30  # trials per model
+TUNED: dict[str, dict[str, dict[str, Any]]] = {
+    "ease": {  # validation NDCG@10 0.2160
+        "model": {"lambdas": [289.0]},
+    },
+    "edlae": {  # validation NDCG@10 0.2156
+        "model": {"lambdas": [717.0], "dropouts": [0.4]},
+    },
+    "itemknn": {  # validation NDCG@10 0.2031
+        "model": {"k": 193, "shrink": 21.1},
+    },
+    "dae": {  # validation NDCG@10 0.2175
+        "model": {
+            "hidden": [600],
+            "code_width": 200,
+            "beta": 0.0,
+            "corruption": 0.28,
+            "l2": 0.00205,
+            "emphasis": 1.0,
+            "rescale": True,
+            "output": "softmax",
+            "loss": "cce",
+            "input_norm": True,
+        },
+        "train": {"lr": 0.000452, "batch_size": 32},
+    },
+    "cdae": {  # validation NDCG@10 0.2140
+        "model": {
+            "hidden": [600],
+            "code_width": 200,
+            "beta": 0.0,
+            "corruption": 0.34,
+            "l2": 0.0417,
+            "emphasis": 4.0,
+            "rescale": False,
+            "output": "softmax",
+            "loss": "cce",
+            "input_norm": True,
+        },
+        "train": {"lr": 0.00212, "batch_size": 32},
+    },
+    "cddae": {  # validation NDCG@10 0.2196
+        "model": {
+            "hidden": [600],
+            "code_width": 200,
+            "beta": 0.79,
+            "corruption": 0.15,
+            "l2": 0.0087,
+            "emphasis": 1.0,
+            "rescale": True,
+            "output": "softmax",
+            "loss": "cce",
+            "input_norm": True,
+            "cold_start_rate": 0.1,
+            "profile_norm": True,
+            "side_weight": 0.1,
+        },
+        "train": {"lr": 0.000449, "batch_size": 128},
+    },
+}
+
+
+# Chosen after the tuner, on the user-disjoint protocol (training/experiments/new_users.py)
+# of split seed 100: CDDAE's short_history_rate from {0, 0.1, 0.25, 0.5} by the sum of the
+# relative changes in warm validation NDCG@10 (−1.5%) and new users' NDCG@10 averaged over
+# K = 0, 1, 3, 5 (+10.5%) (docs/MODELS.md, "New users").
+NEW_USERS: dict[str, dict[str, dict[str, Any]]] = {
+    "cddae": {"model": {"short_history_rate": 0.25}},
+}
+
+
+def tuned(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model options, training options) chosen for `kind` (empty when none)."""
+    chosen, extra = TUNED.get(kind, {}), NEW_USERS.get(kind, {})
+    model = {**chosen.get("model", {}), **extra.get("model", {})}
+    return model, {**chosen.get("train", {}), **extra.get("train", {})}
