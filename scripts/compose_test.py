@@ -163,7 +163,7 @@ def ensure_wheelhouse() -> None:
                 (Path(stand_in) / package / "__init__.py").touch()
             (Path(stand_in) / "README.md").touch()
             run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(cached),
-                f"{stand_in}[train]", "async-timeout", "setuptools>=68", "wheel")  # fmt: skip
+                f"{stand_in}[train]", "async-timeout", "setuptools>=77", "wheel")  # fmt: skip
         for built in cached.glob("cddae-*.whl"):  # the project is built in the image, from source
             built.unlink()
         (cached / ".complete").touch()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -90,15 +91,22 @@ def test_redis_cache_bypasses_a_dead_server_then_retries() -> None:
 def test_concurrent_misses_for_one_key_are_computed_once() -> None:
     calls = 0
 
-    async def compute() -> bytes:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.05)
-        return b'{"items":[1,2]'
-
     async def scenario() -> list[dict]:
+        release = asyncio.Event()  # the computation lasts until every caller has asked
+
+        async def compute() -> bytes:
+            nonlocal calls
+            calls += 1
+            await release.wait()
+            return b'{"items":[1,2]'
+
         service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
-        first = await asyncio.gather(*(service._cached("k", "f", compute, None) for _ in range(5)))
+        callers = [
+            asyncio.ensure_future(service._cached("k", "f", compute, None)) for _ in range(5)
+        ]
+        await _until(lambda: calls == 1 and len(service._inflight) == 1)
+        release.set()
+        first = await asyncio.gather(*callers)
         await service.settle()  # the cache write happens in the background
         again = await service._cached("k", "f", compute, await service.cache.get("k", "f"))
         return [json.loads(r) for r in (*first, again)]
@@ -111,7 +119,7 @@ def test_concurrent_misses_for_one_key_are_computed_once() -> None:
 
 def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
     async def failing() -> bytes:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
         raise LookupError("unknown user")
 
     async def scenario() -> list:
@@ -130,19 +138,24 @@ def test_a_failed_computation_reaches_every_waiter_and_is_not_cached() -> None:
 
 
 def test_a_cancelled_leader_leaves_the_waiters_their_answer() -> None:
-    async def compute() -> bytes:
-        await asyncio.sleep(0.05)
-        return b'{"items":[3]'
-
     async def scenario() -> tuple[list, bool]:
+        release, started = asyncio.Event(), asyncio.Event()
+
+        async def compute() -> bytes:
+            started.set()
+            await release.wait()
+            return b'{"items":[3]'
+
         service = Recommendations(None, LocalCache(2**20, 60), None, Metrics(), max_n=10)  # type: ignore[arg-type]
         leader = asyncio.ensure_future(service._cached("k", "f", compute, None))
-        await asyncio.sleep(0.01)
+        await started.wait()
         waiters = [
             asyncio.ensure_future(service._cached("k", "f", compute, None)) for _ in range(3)
         ]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the waiters are waiting on the leader's computation
         leader.cancel()  # the client that started the computation went away
+        await asyncio.sleep(0)
+        release.set()
         answers = [json.loads(a) for a in await asyncio.gather(*waiters)]
         await service.settle()
         cached = await service.cache.get("k", "f") is not None
@@ -151,3 +164,11 @@ def test_a_cancelled_leader_leaves_the_waiters_their_answer() -> None:
     answers, leader_cancelled_and_cached = asyncio.run(scenario())
     assert all(isinstance(a, dict) and a["items"] == [3] for a in answers), answers
     assert leader_cancelled_and_cached
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Yield to the loop until `condition` holds: no guess at how long the others need."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)

@@ -16,6 +16,11 @@ from pathlib import Path
 from tests.e2e.conftest import ADMIN_TOKEN, REDIS_URL, running
 
 EXAMPLES_PER_OPERATION = 200  # about 1,400 cases over the phases; a fixed seed, so repeatable
+# CPython gh-106905 (fixed after 3.11.7, the interpreter here): `ast.parse` in two threads at
+# once can raise a spurious SystemError, and hypothesis parses lambdas' source to describe
+# them. One schemathesis worker means one thread parsing; should the bug still show, the run
+# is repeated once, said so, and must then pass — any other error fails at once.
+GH_106905 = "AST constructor recursion depth mismatch"
 
 
 def test_schemathesis_finds_nothing(base_models: Path, tmp_path: Path) -> None:
@@ -29,14 +34,15 @@ def test_schemathesis_finds_nothing(base_models: Path, tmp_path: Path) -> None:
             "--checks", "all", "--mode", "all",
             "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", "20261126",
             "--phases", "examples,coverage,fuzzing,stateful",
-            "--generation-database", "none", "--workers", "2",
+            "--generation-database", "none", "--workers", "1",
             "--report", "json", "--report-json-path", str(report),
             "--no-color", "--output-truncate", "true",
             "--header", f"Authorization: Bearer {ADMIN_TOKEN}",  # /admin/reload tested too
         ]  # fmt: skip
-        run = subprocess.run(  # in tmp_path: its cache stays out of the checkout
-            command, capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path
-        )
+        run = _schemathesis(command, tmp_path)
+        if run.returncode != 0 and GH_106905 in run.stdout + run.stderr:
+            print(f"schemathesis hit CPython gh-106905 ({GH_106905!r}); one rerun")
+            run = _schemathesis(command, tmp_path)
     summary = run.stdout[-6000:]
     assert run.returncode == 0, summary
     cases = _cases(report)
@@ -49,3 +55,10 @@ def _cases(report: Path) -> int:
     assert data["complete"] and data["operations"]["tested"] == data["operations"]["total"]
     assert not data["failures"] and not data["errors"], data["failures"][:3]
     return int(data["test_cases"]["generated"])
+
+
+def _schemathesis(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run in tmp_path, so that its cache stays out of the checkout."""
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False, cwd=cwd
+    )

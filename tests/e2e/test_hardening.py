@@ -124,14 +124,18 @@ def test_a_list_computed_across_a_write_is_never_served_after_it(
         top = json.loads(await service.for_user("3", 50, True))["items"][0]["item_id"]
         scores = service._scores
 
+        computing, written = asyncio.Event(), asyncio.Event()
+
         async def slow_scores(model, queries):
-            await asyncio.sleep(0.3)  # the write below lands while this list is computed
+            computing.set()
+            await written.wait()  # the write below lands while this list is computed
             return await scores(model, queries)
 
         service._scores = slow_scores  # type: ignore[method-assign]
         racing = asyncio.ensure_future(service.for_user("3", 5, True))
-        await asyncio.sleep(0.1)
+        await computing.wait()
         await service.add_interactions("3", [top], [time.time()], "race-1")
+        written.set()
         await racing  # the old list, computed from the state before the write
         service._scores = scores  # type: ignore[method-assign]
         after = json.loads(await service.for_user("3", 5, True))
@@ -220,14 +224,13 @@ def test_idle_connections_are_closed_and_the_service_stays_reachable(
     with running(base_models, tmp_path, None, CDDAE_IDLE_TIMEOUT_SECONDS="1") as server:
         idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
         try:
-            assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
-            time.sleep(2.5)
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
             closed = 0
-            for sock in idle:
-                sock.settimeout(2)
-                closed += sock.recv(1) == b""  # the server hung up
+            for sock in idle:  # each waits for the server to hang up, a second after connecting
+                sock.settimeout(60)
+                closed += sock.recv(1) == b""
             assert closed == len(idle)
-            assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
         finally:
             for sock in idle:
                 sock.close()
@@ -279,13 +282,19 @@ def test_a_stuck_disk_holds_up_writes_not_scoring(base_models: Path, tmp_path: P
     async def scenario() -> int:
         store = FileStore(tmp_path / "events.jsonl")
         service = _service(base_models, store)
-        append = store._append
-        store._append = lambda *args: released.wait(30) and append(*args)  # type: ignore[method-assign]
+        append, stuck = store._append, threading.Event()
+
+        def stuck_append(*args):
+            stuck.set()
+            return released.wait(60) and append(*args)
+
+        store._append = stuck_append  # type: ignore[method-assign]
         write = asyncio.ensure_future(service.add_interactions("3", ["1"], [time.time()], "k"))
-        await asyncio.sleep(0.05)
+        while not stuck.is_set():  # the write is in the store's thread, stuck
+            await asyncio.sleep(0.01)
         batch = [AdHocUser(items=["1"]), AdHocUser(items=["2"])]  # a batch: a thread
-        answers = await asyncio.wait_for(service.score(batch), timeout=10)
-        loaded = await asyncio.wait_for(service.holder.refresh_async(True), timeout=10)
+        answers = await asyncio.wait_for(service.score(batch), timeout=50)
+        loaded = await asyncio.wait_for(service.holder.refresh_async(True), timeout=50)
         released.set()
         await write
         store.close()
