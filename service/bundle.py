@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -202,11 +203,22 @@ def list_versions(models_dir: Path) -> list[str]:
     )
 
 
+_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 def current_version(models_dir: Path) -> str | None:
+    """The version CURRENT names; None when there is no CURRENT yet. A CURRENT that is blank
+    or names no plain folder (`../x`, a path, garbage bytes) is a BundleError: bookkeeping
+    must stop there, never read it as "nothing in service" and start from scratch."""
     try:
-        return (models_dir / CURRENT).read_text().strip() or None
+        text = (models_dir / CURRENT).read_text(encoding="utf-8", errors="replace").strip()
     except FileNotFoundError:
         return None
+    if not text:
+        raise BundleError(f"{CURRENT} is blank: name the version in service, or remove it")
+    if not _VERSION_NAME.fullmatch(text) or ".." in text:
+        raise BundleError(f"{CURRENT} holds {text[:80]!r}, which is not a version name")
+    return text
 
 
 def promotion_history(models_dir: Path) -> list[str]:
@@ -219,6 +231,8 @@ def promotion_history(models_dir: Path) -> list[str]:
 def promote(models_dir: Path, version: str) -> None:
     """Point CURRENT at `version` (checked first), then record the promotion in HISTORY: the
     pointer is what serves, so it is never behind the record."""
+    if not _VERSION_NAME.fullmatch(version) or ".." in version:
+        raise BundleError(f"{version[:80]!r} is not a version name")
     with models_lock(models_dir):
         verify_files(models_dir / version)
         history = promotion_history(models_dir)
@@ -227,15 +241,22 @@ def promote(models_dir: Path, version: str) -> None:
 
 
 def rollback(models_dir: Path) -> str:
-    """Return to the version promoted before the current one."""
+    """Return to the version promoted before the one CURRENT names (HISTORY's last entry need
+    not be CURRENT: a hand may have moved the pointer)."""
     with models_lock(models_dir):
+        current = current_version(models_dir)
         history = promotion_history(models_dir)
-        if len(history) < 2:
-            raise BundleError("nothing to roll back to: fewer than two promotions recorded")
-        previous = history[-2]
+        if current is None:
+            raise BundleError("nothing to roll back to: no version in service")
+        if current not in history:
+            raise BundleError(f"cannot roll back: {current} is not in {HISTORY}")
+        at = len(history) - 1 - history[::-1].index(current)
+        if at == 0:
+            raise BundleError(f"nothing to roll back to: {current} is the first promotion")
+        previous = history[at - 1]
         verify_files(models_dir / previous)
         _replace_text(models_dir / CURRENT, previous + "\n")
-        _replace_text(models_dir / HISTORY, "\n".join(history[:-1]) + "\n")
+        _replace_text(models_dir / HISTORY, "\n".join(history[:at]) + "\n")
     return previous
 
 

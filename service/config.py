@@ -49,6 +49,26 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=2048, ge=16, description="connections and tasks at once; beyond, 503s"
     )
+    max_connections_per_client: int | None = Field(
+        default=None,
+        ge=1,
+        description="connections one client address may hold at once (beyond, closed at "
+        "once); unset: a quarter of max_connections",
+    )
+    request_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="a request (headers and body) must arrive whole within this time of its "
+        "first byte, else the connection is closed",
+    )
+    max_history: int = Field(
+        default=5_000,
+        ge=1,
+        le=1_000_000,
+        description="recorded items kept per user for serving (the most recent); the log "
+        "keeps them all for training",
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -67,6 +87,13 @@ class Settings(BaseSettings):
             raise ValueError("CDDAE_WORKERS > 1 needs CDDAE_REDIS_URL: the embedded store and "
                              "cache belong to one process")  # fmt: skip
         return self
+
+    @property
+    def per_client_connections(self) -> int:
+        return min(
+            self.max_connections_per_client or max(1, self.max_connections // 4),
+            self.max_connections,
+        )
 
     @field_validator("admin_token", "write_token", mode="before")
     @classmethod

@@ -144,6 +144,24 @@ class FeatureSpec:
             start += spec.width
         return out
 
+    def project(self, profile: Mapping[str, Any]) -> dict[str, Any]:
+        """A profile stored under another model (a rollback, a changed spec) as this spec can
+        use it: its fields this spec has, with values it can encode; the rest is absent (not
+        known), never an error — it is the user's own stored data, not a request."""
+        by_name = {f.name: f for f in self.fields}
+        kept: dict[str, Any] = {}
+        for name, value in profile.items():
+            spec = by_name.get(name)
+            if spec is None or value is None:
+                continue
+            try:
+                spec.check_request_value(value)
+                spec.encode_into(np.zeros(spec.width, dtype=np.float32), value)
+            except FeatureError:
+                continue
+            kept[name] = value
+        return kept
+
     def check_request(self, profile: Mapping[str, Any]) -> None:
         """A request's profile against this spec, strictly typed (see `check_request_value`)."""
         by_name = {f.name: f for f in self.fields}

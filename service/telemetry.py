@@ -25,6 +25,11 @@ class Metrics:
             "cddae_model_info", "the model version in service (value 1)", ["version"],
             registry=self.registry,
         )  # fmt: skip
+        self.quarantined = Gauge(
+            "cddae_store_quarantined_records",
+            "records of the interaction store's log that could not be read (set aside, skipped)",
+            registry=self.registry,
+        )
         self._version: str | None = None
 
     def set_version(self, version: str | None) -> None:

@@ -129,6 +129,31 @@ def test_promote_rollback_and_gc(tmp_path: Path) -> None:
     assert bundle.list_versions(tmp_path) == [versions[0], versions[3]]
 
 
+def test_rollback_goes_to_the_version_before_current(tmp_path: Path) -> None:
+    """Issue 19: HISTORY's last entry is not always CURRENT (a hand moved the pointer)."""
+    versions = [write_bundle(tmp_path, _files(bytes([n])), {}) for n in range(3)]
+    for version in versions:
+        bundle.promote(tmp_path, version)
+    (tmp_path / bundle.CURRENT).write_text(versions[1] + "\n")
+    assert bundle.rollback(tmp_path) == versions[0]
+    assert bundle.promotion_history(tmp_path) == [versions[0]]
+
+
+@pytest.mark.parametrize("pointer", ["\n", "   ", "../x", "a/b", "garbage\x00", "..hidden"])
+def test_a_pointer_that_names_no_version_stops_the_bookkeeping(
+    tmp_path: Path, pointer: str
+) -> None:
+    """Issue 19 (6): a blank CURRENT read as "nothing in service" made retrain start from
+    scratch with no gate; now it is an error, as garbage is."""
+    (tmp_path / bundle.CURRENT).write_text(pointer)
+    with pytest.raises(BundleError, match=r"blank|not a version name"):
+        bundle.current_version(tmp_path)
+    with pytest.raises(BundleError):
+        bundle.rollback(tmp_path)
+    with pytest.raises(BundleError, match="not a version name"):
+        bundle.promote(tmp_path, "../x")
+
+
 def test_promote_refuses_an_unknown_version(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"missing manifest\.json"):
         bundle.promote(tmp_path, "20990101T000000000000Z-deadbeef")

@@ -44,7 +44,7 @@ class RedisLog:
 
     def record(self, events: list[dict]) -> None:
         for event in events:
-            fields = dict(event)
+            fields = {k: v for k, v in event.items() if v is not None}  # Redis has no null
             if "profile" in fields:
                 fields["profile"] = json.dumps(fields["profile"])
             self.client.xadd(STREAM, fields)
@@ -191,3 +191,81 @@ def test_a_worse_model_is_gated_on_its_evaluation(job: Job, tmp_path: Path, caps
     assert "retrain: gated" in out and "evaluated P@10" in out
     assert bundle.current_version(job.models) == current
     assert _events_state(job.models) == state
+
+
+POISON = [
+    {"type": "interaction", "user": "new-2", "timestamp": 1e9},  # no item
+    {"item": "1", "user": "new-2", "timestamp": 1e9},  # no type
+    {"type": "profile", "user": "new-2", "profile": None},
+    {"type": "interaction", "user": None, "item": "1", "timestamp": 1e9},  # not a user "None"
+    _interaction("196\x00", 1, 1e9),  # a NUL: another user to the service (issue 19, 11)
+]
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_poisoned_events_are_quarantined_and_the_rest_is_learnt(
+    job: Job, tmp_path: Path, kind: str
+) -> None:
+    """Issue 19 (2, 3, 11): bad records no longer stop every later retrain; they are set aside
+    with their reason, the mark moves past them, no temporary file is left. "²" is a fine id
+    (numpy's isdigit took it for a number, which int() refused: every retrain died)."""
+    log = FileLog(tmp_path / "events.jsonl") if kind == "file" else RedisLog()
+    good = [_interaction("new-2", 1, 1e9), _interaction("new-2", "²", 1e9)]
+    log.record([*good, *POISON, _interaction("new-2", 2, 1e9 + 1)])
+    if kind == "file":
+        with log.path.open("a") as handle:
+            handle.write('[1, 2]\n{"type": "inter\n')  # an array, a torn line mid-log
+        log.record([_interaction("new-2", 3, 1e9 + 2)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    folded = _folded(job.models)
+    assert {k[2] for k in folded} == ({"1", "²", "2", "3"} if kind == "file" else {"1", "²", "2"})
+    served = bundle.load_bundle(job.models / bundle.current_version(job.models))
+    assert "²" in served.item_ids.tolist()
+    assert all(k[1] == "new-2" for k in folded)
+    quarantine = (job.models / bundle.EVENTS / "quarantine.jsonl").read_text().splitlines()
+    assert len(quarantine) == len(POISON) + (2 if kind == "file" else 0)
+    assert not list((job.models / bundle.EVENTS).glob(".tmp-*"))
+    assert job(log, "--gate", "0") == Outcome.PROMOTED  # nothing new, nothing stuck
+    assert len((job.models / bundle.EVENTS / "quarantine.jsonl").read_text().splitlines()) == len(
+        quarantine
+    )
+
+
+@pytest.mark.parametrize("pointer", ["\n", "garbage", "../x"])
+def test_a_pointer_that_names_no_version_fails_the_job(
+    job: Job, tmp_path: Path, pointer: str, capsys
+) -> None:
+    """Issue 19 (6): a blank CURRENT used to start from scratch, ungated, dropping events."""
+    log = FileLog(tmp_path / "events.jsonl")
+    log.record([_interaction("new-3", 1, 1e9)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    (job.models / bundle.CURRENT).write_text(pointer)
+    assert job(log, "--gate", "0") == Outcome.FAILED
+    assert "retrain: failed" in capsys.readouterr().out
+    assert main(["models", "rollback", "--models-dir", str(job.models)]) == 2
+    assert not list((job.models / bundle.EVENTS).glob(".tmp-*"))
+
+
+def test_a_bad_configuration_is_failed_not_gated(job: Job, tmp_path: Path) -> None:
+    """Every error path keeps the exit codes' meaning: 2, never 1 (gated)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    log = FileLog(tmp_path / "events.jsonl")
+    assert main([*job.base[:-2], "--config", str(bad), *log.args()]) == Outcome.FAILED
+
+
+def test_a_moved_file_store_keeps_its_mark(job: Job, tmp_path: Path) -> None:
+    """The mark is keyed by the store's id, not its path: a moved folder folds nothing twice."""
+    folder = tmp_path / "store"
+    folder.mkdir()
+    log = FileLog(folder / "events.jsonl")
+    from service.state.store import FileStore
+
+    FileStore(log.path).close()  # the service created it, and its id
+    log.record([_interaction("new-4", 1, 1e9)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    folder.rename(tmp_path / "moved")
+    moved = FileLog(tmp_path / "moved" / "events.jsonl")
+    moved.record([_interaction("new-4", 2, 1e9 + 1)])
+    assert job(moved, "--gate", "0") == Outcome.PROMOTED
+    assert sorted(k[2] for k in _folded(job.models).elements()) == ["1", "2"]

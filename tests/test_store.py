@@ -1,62 +1,184 @@
-"""Interaction stores: durable, replayed, idempotent, generation-counted; a failed read is an
-error, never an empty answer."""
+"""Interaction stores: durable, replayed, idempotent per request, bounded, generation-counted; a
+failed read is an error, never an empty answer; a bad record is quarantined, never fatal."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import resource
+import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from service.state.cache import redis_client
-from service.state.store import STREAM, FileStore, RedisStore, StoreCorrupt, StoreUnavailable
+from service.state.events import BadEvent, parse
+from service.state.store import (
+    STREAM,
+    FileStore,
+    IdempotencyConflict,
+    RedisStore,
+    StoreUnavailable,
+    Written,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+@contextlib.asynccontextmanager
+async def store_of(backend: str, tmp_path: Path, max_history: int = 3) -> AsyncIterator:
+    """A fresh store of either kind, closed after."""
+    if backend == "file":
+        store = FileStore(tmp_path / "events.jsonl", max_history)
+        try:
+            yield store
+        finally:
+            store.close()
+    else:
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        client = redis_client(REDIS_URL, 2.0)
+        try:
+            yield RedisStore(client, max_history)
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_key_is_scoped_to_route_user_and_body(tmp_path: Path, backend: str) -> None:
+    """Issue 19 (1): a key used by one user, or on one route, never suppresses another write;
+    the same key with another body is a conflict; a true retry answers the first outcome."""
+
+    async def scenario() -> tuple[list, object]:
+        async with store_of(backend, tmp_path) as store:
+            results = [
+                await store.add_interactions("186", ["1", "2"], [1.0, 2.0], "order-1", "d1"),
+                await store.add_interactions("22", ["2"], [3.0], "order-1", "d2"),  # another user
+                await store.set_profile("22", {"age": 3}, "order-1", "d3"),  # another route
+                await store.add_interactions("186", ["1", "2"], [1.0, 2.0], "order-1", "d1"),
+            ]
+            with pytest.raises(IdempotencyConflict):
+                await store.add_interactions("186", ["9"], [1.0], "order-1", "other-body")
+            return results, await store.user_state("22")
+
+    results, state = asyncio.run(scenario())
+    assert results == [Written(True, 2), Written(True, 1), Written(True, 1), Written(False, 2)]
+    assert state.added == ["2"] and state.profile == {"age": 3}
 
 
 def test_file_store_is_durable_replayed_and_idempotent(tmp_path: Path) -> None:
     log = tmp_path / "events.jsonl"
 
-    async def write() -> list[bool]:
+    async def write() -> list[Written]:
         store = FileStore(log)
         results = [
-            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "k1"),
-            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "k1"),  # a retry
-            await store.add_interactions("u1", ["5"], [3.0], "k2"),
-            await store.set_profile("u2", {"gender": "F"}, "k3"),
+            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "k1", "a"),
+            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "k1", "a"),  # a retry
+            await store.add_interactions("u1", ["5"], [3.0], "k2", "b"),
+            await store.set_profile("u2", {"gender": "F"}, "k3", "c"),
         ]
         assert (await store.user_state("u1")).generation == 2
         store.close()
         return results
 
-    assert asyncio.run(write()) == [True, False, True, True]
-    events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [e["type"] for e in events] == ["interaction"] * 3 + ["profile"]
+    assert [w.new for w in asyncio.run(write())] == [True, False, True, True]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["type"] for r in records] == [
+        "interactions",
+        "interactions",
+        "profile",
+    ]  # a line a write
     reopened = FileStore(log)
     u1, u2 = asyncio.run(reopened.user_state("u1")), asyncio.run(reopened.user_state("u2"))
-    assert u1.added == ["5", "7"] and u1.profile is None and u2.profile == {"gender": "F"}
-    # Keys survive a restart: a retry after one is still recognised.
-    assert asyncio.run(reopened.add_interactions("u1", ["5", "7"], [1.0, 2.0], "k1")) is False
+    assert sorted(u1.added) == ["5", "7"] and u1.profile is None and u2.profile == {"gender": "F"}
+    # Keys survive a restart: a retry after one is still recognised, with its first outcome.
+    again = asyncio.run(reopened.add_interactions("u1", ["5", "7"], [1.0, 2.0], "k1", "a"))
+    assert again == Written(False, 2)
     reopened.close()
 
 
-def test_file_store_cuts_a_torn_tail_and_names_a_bad_record(tmp_path: Path, caplog) -> None:
+def test_a_torn_tail_is_cut_and_a_bad_line_is_quarantined_not_fatal(tmp_path: Path) -> None:
+    """Issue 19 (5): a torn line in the middle (a transient disk-full before this version) or a
+    foreign record no longer stops the store from starting: quarantined, counted, skipped."""
     log = tmp_path / "events.jsonl"
     good = json.dumps({"type": "interaction", "user": "u", "item": "1", "timestamp": 1.0})
     log.write_text(good + "\n" + '{"type": "inter')  # a crash mid-write
-    with caplog.at_level("WARNING", logger="cddae.service"):
-        store = FileStore(log)
-    assert "cut a torn last line" in caplog.text
-    assert asyncio.run(store.add_interactions("u", ["2"], [2.0], "k")) is True
+    store = FileStore(log)
+    assert asyncio.run(store.add_interactions("u", ["2"], [2.0], "k", "d")).new
     store.close()
     lines = log.read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line) for line in lines)  # nothing glued
 
-    log.write_text(good + "\n" + "not json\n" + good + "\n")
-    with pytest.raises(StoreCorrupt, match=r"events\.jsonl:2: unreadable event"):
-        FileStore(log)
+    foreign = [good, '{"type": "inter' + good, "[1, 2]", '{"type": "profile", "user": "u"}',
+               json.dumps({"type": "interaction", "user": "u\x00", "item": "3", "timestamp": 1}),
+               good.replace('"1"', '"4"')]  # fmt: skip
+    log.write_text("\n".join(foreign) + "\n")
+    store = FileStore(log)
+    assert store.health() == {"quarantined_records": 4}
+    assert sorted(asyncio.run(store.user_state("u")).added) == ["1", "4"]
+    store.close()
+    quarantine = (tmp_path / "events.jsonl.quarantine.jsonl").read_text().splitlines()
+    assert len(quarantine) == 4 and "line 2" in json.loads(quarantine[0])["reason"]
+    FileStore(log).close()  # a restart quarantines nothing twice
+    assert len((tmp_path / "events.jsonl.quarantine.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_failed_append_is_cut_back_and_its_retry_is_recorded(tmp_path: Path) -> None:
+    """Issue 19 (4): with the disk full mid-write, the bytes that landed are removed, the
+    client gets a 503, and its retry with the same key is recorded whole — not "replayed"."""
+    log = tmp_path / "events.jsonl"
+    store = FileStore(log)
+    asyncio.run(store.add_interactions("u", ["0"], [1.0], "first", "d0"))
+    size = log.stat().st_size
+    items = [f"item-{k}" for k in range(1000)]
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 4096, hard))
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot append"):
+            asyncio.run(store.add_interactions("u", items, [2.0] * 1000, "big", "d1"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert log.stat().st_size == size  # the partial write is gone
+    assert asyncio.run(store.add_interactions("u", items, [2.0] * 1000, "big", "d1")).new
+    store.close()
+    reopened = FileStore(log)
+    assert len(asyncio.run(reopened.user_state("u")).added) == 1001
+    assert reopened.health() == {"quarantined_records": 0}
+    reopened.close()
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_histories_keep_the_most_recent_items_only(tmp_path: Path, backend: str) -> None:
+    """Issue 19 (7): a user's recorded history is capped (here at 3): the newest stay."""
+
+    async def scenario() -> list[str]:
+        async with store_of(backend, tmp_path) as store:
+            await store.add_interactions("u", ["a", "b"], [1.0, 1.0], "k1", "d1")
+            await store.add_interactions("u", ["c", "d"], [1.0, 1.0], "k2", "d2")
+            await store.add_interactions("u", ["b"], [1.0], "k3", "d3")  # b again: recent now
+            return (await store.user_state("u")).added
+
+    assert sorted(asyncio.run(scenario())) == ["b", "c", "d"]
+
+
+def test_file_store_writes_stay_cheap_for_a_long_history(tmp_path: Path) -> None:
+    """80 writes of 1,000 new items to one user cost what the first did (no scan per item):
+    checked by the size of the state, not by a clock."""
+    store = FileStore(tmp_path / "events.jsonl", max_history=5000)
+
+    async def scenario() -> int:
+        for write in range(80):
+            items = [f"{write}-{k}" for k in range(1000)]
+            await store.add_interactions("196", items, [1.0] * 1000, f"k{write}", f"d{write}")
+        return len((await store.user_state("196")).added)
+
+    assert asyncio.run(scenario()) == 5000
+    store.close()
 
 
 def test_file_store_takes_one_writer(tmp_path: Path) -> None:
@@ -65,6 +187,16 @@ def test_file_store_takes_one_writer(tmp_path: Path) -> None:
         FileStore(tmp_path / "events.jsonl")
     first.close()
     FileStore(tmp_path / "events.jsonl").close()
+
+
+def test_file_store_has_a_stable_identity(tmp_path: Path) -> None:
+    """The retraining job keys its mark by the store's id, never by its path."""
+    first = FileStore(tmp_path / "a" / "events.jsonl")
+    first.close()
+    os.rename(tmp_path / "a", tmp_path / "b")  # the folder moved
+    moved = FileStore(tmp_path / "b" / "events.jsonl")
+    moved.close()
+    assert first.name == moved.name and "/" not in moved.name
 
 
 def test_file_store_refuses_what_it_cannot_open(tmp_path: Path) -> None:
@@ -82,19 +214,41 @@ def test_redis_store_writes_stream_state_and_generation_at_once() -> None:
         client = redis_client(REDIS_URL, 0.5)
         store = RedisStore(client)
         writes = [
-            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "a"),
-            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "a"),
-            await store.set_profile("u1", {"age": 30}, "b"),
+            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "a", "d1"),
+            await store.add_interactions("u1", ["5", "7"], [1.0, 2.0], "a", "d1"),
+            await store.set_profile("u1", {"age": 30}, "b", "d2"),
         ]
         state = await store.user_state("u1")
         await client.aclose()
         return writes, state
 
     writes, state = asyncio.run(scenario())
-    assert writes == [True, False, True]
-    assert state.added == ["5", "7"] and state.profile == {"age": 30} and state.generation == 2
+    assert [w.new for w in writes] == [True, False, True]
+    assert sorted(state.added) == ["5", "7"] and state.profile == {"age": 30}
+    assert state.generation == 2
     stream = sync.xrange(STREAM)
     assert [fields[b"type"] for _, fields in stream] == [b"interaction", b"interaction", b"profile"]
+
+
+def test_redis_store_reads_a_history_recorded_before_the_cap() -> None:
+    """Items recorded as an unbounded set by earlier versions: read (capped), then moved into
+    the bounded history at the user's next write."""
+    sync = redis.Redis.from_url(REDIS_URL)
+    sync.flushdb()
+    sync.sadd("cddae:user:old:items", *[str(k) for k in range(10)])
+
+    async def scenario():
+        client = redis_client(REDIS_URL, 0.5)
+        store = RedisStore(client, max_history=4)
+        before = await store.user_state("old")
+        await store.add_interactions("old", ["new"], [1.0], "k", "d")
+        after = await store.user_state("old")
+        await client.aclose()
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert len(before.added) == 4 and "new" in after.added and len(after.added) == 4
+    assert not sync.exists("cddae:user:old:items")
 
 
 def test_redis_store_down_fails_reads_and_writes_loudly() -> None:
@@ -102,9 +256,36 @@ def test_redis_store_down_fails_reads_and_writes_loudly() -> None:
         client = redis_client("redis://127.0.0.1:1/0", 0.2)
         store = RedisStore(client)
         with pytest.raises(StoreUnavailable):
-            await store.add_interactions("u", ["1"], [1.0], "k")
+            await store.add_interactions("u", ["1"], [1.0], "k", "d")
         with pytest.raises(StoreUnavailable):  # never an empty state that reads as "no user"
             await store.user_state("u")
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        [1, 2],
+        {"type": "interaction", "user": "u", "timestamp": 1},
+        {"user": "u", "item": "1", "timestamp": 1},
+        {"type": "profile", "user": "u", "profile": None},
+        {"type": "interaction", "user": None, "item": "1", "timestamp": 1},
+        {"type": "interaction", "user": "196\x00", "item": "1", "timestamp": 1},
+        {"type": "interaction", "user": "u", "item": "1", "timestamp": "soon"},
+        {"type": "interactions", "user": "u", "items": ["1", "2"], "timestamps": [1]},
+    ],
+)
+def test_a_malformed_record_is_named_never_read(record: object) -> None:
+    """Issue 19 (3): what used to crash the job (exit 1) or train a user called "None"."""
+    with pytest.raises(BadEvent):
+        list(parse(record))
+
+
+def test_records_of_every_form_read_alike() -> None:
+    one = {"type": "interaction", "user": "u", "item": "²", "timestamp": "5"}  # Redis: text
+    many = {"type": "interactions", "user": "u", "items": ["²"], "timestamps": [5]}
+    assert list(parse(one)) == list(parse(many))
+    profile = {"type": "profile", "user": "u", "profile": '{"age": 3}'}
+    assert next(parse(profile))["profile"] == {"age": 3}

@@ -7,6 +7,7 @@ in the serving image, which has neither.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tomllib
@@ -209,6 +210,11 @@ def cmd_models(args: argparse.Namespace) -> None:
                 f"{metrics.get('R@10', float('nan')):>8.4f}"
             )
     elif args.action == "promote":
+        from training.jobs.retrain import lost_to_trim
+
+        with contextlib.suppress(RuntimeError):  # an unreadable manifest: promote refuses it
+            if (reason := lost_to_trim(models_dir, args.version)) and not args.force:
+                raise ValueError(f"{reason}; --force promotes it all the same")
         bundle.promote(models_dir, args.version)
         print(f"promoted {args.version}")
     elif args.action == "rollback":
@@ -219,6 +225,16 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from training.jobs.retrain import Outcome
+
+    try:
+        return _retrain(args)
+    except Exception as error:  # settings, config, the store: "failed" (2), never 1 (gated)
+        print(f"retrain: failed — {type(error).__name__}: {error}")
+        return int(Outcome.FAILED)
+
+
+def _retrain(args: argparse.Namespace) -> int:
     from service.config import Settings
     from training.jobs.retrain import EventSource, FileEvents, RedisEvents, retrain
 
@@ -232,7 +248,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     outcome = retrain(
         args.data, args.models_dir, source, args.model, args.seed, args.gate, args.output, config,
-        trim=args.trim,
+        trim=args.trim, new_store=args.new_store,
     )  # fmt: skip
     return int(outcome)  # 0 promoted, 1 gated, 2 failed, 3 locked: cron reports all but 0
 
@@ -334,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list, promote, roll back, clean up model versions")
     models.add_argument("action", choices=["list", "promote", "rollback", "gc"])
     models.add_argument("version", nargs="?", help="with promote: the version")
+    models.add_argument(
+        "--force", action="store_true", help="promote a version older than the last trim"
+    )
     models.add_argument("--models-dir", type=Path, default=Path("models"))
     models.add_argument("--keep", type=int, default=3, help="with gc: newest versions to keep")
     models.set_defaults(func=cmd_models)
@@ -361,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trim",
         action="store_true",
         help="after a promotion, trim the Redis stream up to the oldest mark still on disk",
+    )
+    retrain.add_argument(
+        "--new-store",
+        action="store_true",
+        help="the version in service folded another store's events: fold this one from its start",
     )
     retrain.set_defaults(func=cmd_retrain)
 

@@ -40,12 +40,12 @@ def build_state(settings: Settings) -> AppState:
             settings.cache_ttl_jitter,
             settings.redis_retry_seconds,
         )
-        store, backend = RedisStore(client), "redis"
+        store, backend = RedisStore(client, settings.max_history), "redis"
     else:
         cache = LocalCache(
             settings.local_cache_bytes, settings.cache_ttl_seconds, settings.cache_ttl_jitter
         )
-        store, backend = FileStore(settings.interactions_log), "file"
+        store, backend = FileStore(settings.interactions_log, settings.max_history), "file"
     batcher = (
         MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
         if settings.micro_batch_ms

@@ -27,6 +27,11 @@ class OncePerMinute(logging.Filter):
 
 def quiet_invalid_requests() -> None:
     """Once per process (worker processes call it again from the app factory)."""
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, OncePerMinute) for f in logger.filters):
-        logger.addFilter(OncePerMinute(("Invalid HTTP request",)))
+    noisy = {
+        "uvicorn.error": ("Invalid HTTP request",),
+        "cddae.server": ("a client holds more than", "closing a connection"),
+    }
+    for name, messages in noisy.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OncePerMinute) for f in logger.filters):
+            logger.addFilter(OncePerMinute(messages))

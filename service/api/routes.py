@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import SecretStr
+from pydantic import AfterValidator, SecretStr
 
 from service.api.app_state import AppStateDep, state_of
 from service.api.schemas import (
@@ -25,16 +25,23 @@ from service.api.schemas import (
     RecommendationsResponse,
     ScoreRequest,
 )
+from service.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
 from service.serving.onnx_model import InputError
 from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
-from service.state.store import StoreUnavailable
+from service.state.store import IdempotencyConflict, StoreUnavailable, body_digest
 
 router = APIRouter()
-UserId = Annotated[str, Path(min_length=1, max_length=128, examples=["196"])]
+UserId = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["196"],
+         json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(check_id),
+]  # fmt: skip
 ERRORS = {
     400: {"description": "a body that is not JSON"},
     401: {"description": "a write without the configured bearer token"},
     404: {"description": "unknown user"},
+    409: {"description": "an Idempotency-Key already used for another request"},
     413: {"description": "body too large"},
     422: {"description": "invalid input; the detail names the offending values"},
     503: {"description": "no model loaded, or the interaction store is unavailable"},
@@ -53,10 +60,12 @@ def _http_error(error: Exception) -> HTTPException:
         return HTTPException(404, str(error))
     if isinstance(error, InputError):
         return HTTPException(422, str(error))
+    if isinstance(error, IdempotencyConflict):
+        return HTTPException(409, f"{error}: a retry must repeat the request it retries")
     return HTTPException(503, str(error))  # our own words: no driver text, hosts or ports
 
 
-HANDLED = (NotFound, InputError, NoModel, StoreUnavailable)
+HANDLED = (NotFound, InputError, NoModel, StoreUnavailable, IdempotencyConflict)
 
 
 @router.get(
@@ -153,14 +162,15 @@ async def post_interactions(
     A 503 means the store did not confirm: the write may or may not be recorded; retry with the
     same Idempotency-Key and it is recorded exactly once."""
     key = _write_key(idempotency_key, response)
+    digest = body_digest(body.model_dump(mode="json"))  # as sent: not the times filled in
     try:
-        count, new, unknown = await state.recommendations.add_interactions(
-            user_id, body.item_ids(), body.timestamps(time.time()), key
+        written, unknown = await state.recommendations.add_interactions(
+            user_id, body.item_ids(), body.timestamps(time.time()), key, digest
         )
     except HANDLED as error:
         raise _http_error(error) from None
-    return {"user_id": user_id, "recorded": count if new else 0, "store": state.store_backend,
-            "replayed": not new, "unknown_items": unknown[:MAX_NAMED]}  # fmt: skip
+    return {"user_id": user_id, "recorded": written.recorded, "store": state.store_backend,
+            "replayed": not written.new, "unknown_items": unknown[:MAX_NAMED]}  # fmt: skip
 
 
 @router.put(
@@ -180,12 +190,14 @@ async def put_profile(
     profile. Idempotency-Key as for interactions."""
     key = _write_key(idempotency_key, response)
     try:
-        created, new = await state.recommendations.set_profile(user_id, body.root, key)
+        created, written = await state.recommendations.set_profile(
+            user_id, body.root, key, body_digest(body.root)
+        )
     except HANDLED as error:
         raise _http_error(error) from None
     response.status_code = 201 if created else 200
     return {"user_id": user_id, "profile": body.fields(), "created": created,
-            "replayed": not new}  # fmt: skip
+            "replayed": not written.new}  # fmt: skip
 
 
 @router.get("/healthz", response_model=Health)
@@ -207,7 +219,8 @@ async def get_readyz(state: AppStateDep, response: Response) -> dict:
     status = "ok" if model is not None and cache_ok and holder.serving_current else "degraded"
     if model is None:
         status, response.status_code = "unavailable", 503
-    detail: dict = {"refused_versions": holder.refused, "current_pointer": holder.pointer}
+    detail: dict = {"refused_versions": holder.refused, "current_pointer": holder.pointer,
+                    **state.store.health()}  # fmt: skip
     if holder.pointer_error:
         detail["pointer_error"] = holder.pointer_error
     return {
@@ -231,6 +244,11 @@ async def get_model(state: AppStateDep) -> dict:
         kind, _, where = str(data["source"]).partition(":")
         data["source"] = f"{kind}:{PurePath(where).name}" if where else kind
     manifest["data"] = data
+    events = dict(manifest.get("events", {}))
+    if "/" in str(events.get("source", "")):  # bundles from before store ids named the path
+        kind, _, where = str(events["source"]).partition(":")
+        events["source"] = f"{kind}:{PurePath(where).name}"
+        manifest["events"] = events
     spec = model.bundle.user_spec.to_dict()["fields"]
     manifest["profile_fields"] = [  # what PUT …/profile and /score accept
         {"name": f["name"], "kind": f["kind"], **({"values": f["values"]} if f["values"] else {})}
@@ -244,6 +262,7 @@ async def get_metrics(state: AppStateDep) -> Response:
     """Prometheus metrics: request and inference latency, cache hits and misses, model version."""
     if state.holder.model is not None:
         state.metrics.set_version(state.holder.model.version)
+    state.metrics.quarantined.set(state.store.health().get("quarantined_records", 0))
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -16,9 +17,20 @@ from pydantic import (
     model_validator,
 )
 
+from service.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
 from service.serving.recommendations import AdHocUser
 
-ItemId = Annotated[str, Strict(), Field(min_length=1, max_length=128)]  # "50", not 50
+# "50", not 50; the id rule shared with training (service/ids.py), its pattern in the schema
+ITEM_ID_SCHEMA = {"minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}
+ItemId = Annotated[
+    str,
+    Strict(),
+    Field(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(check_id),
+]
+# As a mapping's key: the rule is published as the mapping's propertyNames (a pattern on the
+# key would become patternProperties, which constrains only the keys that match).
+WeightKey = Annotated[str, Strict(), AfterValidator(check_id)]
 
 
 # Finite, bounded numbers only: NaN, ±Infinity and 1e308 are refused with a 422, never scored.
@@ -113,7 +125,9 @@ class ScoreRequest(BaseModel):
 
     items: list[ItemId] | None = Field(default=None, max_length=10_000)
     vector: list[Annotated[float, Strict(), Field(allow_inf_nan=False)]] | None = None
-    weights: dict[ItemId, Weight] | None = Field(default=None, max_length=10_000)
+    weights: dict[WeightKey, Weight] | None = Field(
+        default=None, max_length=10_000, json_schema_extra={"propertyNames": ITEM_ID_SCHEMA}
+    )
     profile: Profile | None = None
     n: JsonInt = Field(default=10, ge=1)
     exclude: list[ItemId] = Field(default_factory=list, max_length=10_000)

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from service.bundle import current_version
+from service.bundle import BundleError, current_version
 from service.serving.onnx_model import Model
 
 log = logging.getLogger("cddae.service")
@@ -43,6 +43,9 @@ class ModelHolder:
                 version = current_version(self.models_dir)
             except OSError as error:  # a directory where CURRENT should be, permissions, …
                 self.pointer_error = f"cannot read CURRENT: {error.strerror or error}"
+                return self.pointer_error
+            except BundleError as error:  # blank, or not a version name: keep serving
+                self.pointer_error = str(error)
                 return self.pointer_error
             self.pointer_error = None
             if version != self.pointer:  # the pointer moved: what it names gets a fresh try

@@ -117,6 +117,12 @@ class Model:
         except FeatureError as error:
             raise InputError(f"profile: {error}") from None
 
+    def stored_profile(self, profile: Mapping[str, Any]) -> tuple[np.ndarray, bool]:
+        """A recorded profile's features, projected onto this model's fields (it may have been
+        stored under another version), and whether anything of it is known to this model."""
+        kept = self.bundle.user_spec.project(profile)
+        return self.bundle.user_spec.encode(kept), bool(kept)
+
     def known_user(self, user: int, extra_items: Sequence[int] = ()) -> Query:
         """Input: the user's positives plus recorded items; seen: every interaction in the
         data (low ratings included) plus recorded items."""

@@ -21,7 +21,7 @@ from service.serving.batcher import MicroBatcher
 from service.serving.holder import ModelHolder
 from service.serving.onnx_model import InputError, Model, Query, Ranked, finish
 from service.state.cache import Cache, cache_key
-from service.state.store import Store, StoreUnavailable, UserState
+from service.state.store import Store, StoreUnavailable, UserState, Written
 from service.telemetry import Metrics
 
 MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
@@ -199,9 +199,8 @@ class Recommendations:
             query = model.known_user(index, added_idx)
         else:
             query = Query(dict.fromkeys(added_idx, 1.0), model.encode_profile(None))
-        if state.profile is not None:
-            query.features = model.encode_profile(state.profile)
-            query.has_profile = bool(state.profile)
+        if state.profile is not None:  # stored under another model, perhaps: projected
+            query.features, query.has_profile = model.stored_profile(state.profile)
         return query
 
     async def _for_user(
@@ -217,11 +216,16 @@ class Recommendations:
         return model.rank(query, scores, n, exclude=query.excluded() if exclude_seen else [])
 
     async def add_interactions(
-        self, user_id: str, items: Sequence[str], timestamps: Sequence[float], key: str
-    ) -> tuple[int, bool, list[str]]:
-        """Record; (items, whether this write is new, the items the model in service does not
-        know yet: recorded all the same, they join the catalogue at the next retrain). A
-        repeated key records nothing."""
+        self,
+        user_id: str,
+        items: Sequence[str],
+        timestamps: Sequence[float],
+        key: str,
+        digest: str,
+    ) -> tuple[Written, list[str]]:
+        """Record; (the write's outcome, the items the model in service does not know yet:
+        recorded all the same, they join the catalogue at the next retrain). A repeated key
+        with the same body (`digest`) records nothing; with another body it is refused."""
         model = self.model()
         _, unknown = model.known_items(items)
         if user_id not in model.user_index:
@@ -230,13 +234,15 @@ class Recommendations:
                 raise NotFound(
                     f"unknown user {user_id!r}; create it with PUT /users/{{id}}/profile"
                 )
-        new = await self.store.add_interactions(user_id, list(items), list(timestamps), key)
-        return len(items), new, unknown
+        written = await self.store.add_interactions(
+            user_id, list(items), list(timestamps), key, digest
+        )
+        return written, unknown
 
     async def set_profile(
-        self, user_id: str, profile: dict[str, Any], key: str
-    ) -> tuple[bool, bool]:
-        """Create or replace; (whether the user is new, whether this write is new)."""
+        self, user_id: str, profile: dict[str, Any], key: str, digest: str
+    ) -> tuple[bool, Written]:
+        """Create or replace; (whether the user is new, the write's outcome)."""
         model = self.model()
         model.encode_profile(profile)  # unknown fields or values: 422 before anything is written
         profile = {k: v for k, v in profile.items() if v is not None}
@@ -244,8 +250,8 @@ class Recommendations:
         if user_id not in model.user_index:
             state = await self.store.user_state(user_id)
             created = state.profile is None and not state.added
-        new = await self.store.set_profile(user_id, profile, key)
-        return created and new, new
+        written = await self.store.set_profile(user_id, profile, key, digest)
+        return created and written.new, written
 
     # --- ad-hoc users --------------------------------------------------------------------------
 

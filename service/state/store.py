@@ -4,14 +4,21 @@ Every user has a *generation*, bumped by each write in the same atomic step as t
 cache keys a user's lists by it, so a list computed before a write can never be served after
 it (a stale write lands under the old generation, which nobody reads again).
 
-Every write carries an idempotency key: a write whose key was seen (a client retrying after a
-503 that was in fact applied) is recognised and not recorded twice.
+Idempotency means "the same request": a write's Idempotency-Key is scoped to its route and
+user and stored with a digest of its body. A retry (same key, same body) records nothing and
+answers what the first attempt recorded; the same key with another body is refused
+(`IdempotencyConflict`, a 409) — it can never suppress somebody else's write. A write is
+recorded whole or not at all: one Lua script with Redis; one line per write in the file store,
+an append that fails is cut back off, so a retry of a failed write is recorded, not "replayed".
 
-With Redis, one Lua script per write appends to the stream `cddae:events` (read by the
-retraining job), updates the user's added items or profile, bumps the generation and records
-the key — all or nothing. Without Redis, events are appended (flushed and fsynced) to a
-JSON-lines file under an exclusive lock, and the same state is kept in memory, rebuilt from
-that file at start (a torn last line, from a crash mid-write, is cut off and reported).
+Histories are bounded: each user keeps the `max_history` most recent recorded items (by time;
+older ones stay in the log for training), so writes stay O(items written) and reads O(cap).
+
+With Redis, the stream `cddae:events` holds the log (read by the retraining job). Without
+Redis, writes are appended (flushed and fsynced) to a JSON-lines file under an exclusive lock,
+and the same state is kept in memory, rebuilt from that file at start: a torn last line (a crash
+mid-write) is cut off, an unreadable line elsewhere is quarantined (`<file>.quarantine.jsonl`,
+counted on /readyz) and skipped, as the retraining job skips it.
 
 A read that fails raises `StoreUnavailable` — never an empty answer that would look like "no
 such user" — and so does a write that cannot be made durable.
@@ -22,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -36,9 +45,13 @@ from typing import Any, Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.state.events import BadEvent, Quarantine, parse
+
 STREAM = "cddae:events"
+STORE_ID_KEY = "cddae:store-id"
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
 LOCAL_KEYS = 100_000  # keys the file store remembers in memory (the newest)
+MAX_HISTORY = 5_000  # recorded items kept per user for serving: the most recent
 log = logging.getLogger("cddae.service")
 
 
@@ -46,8 +59,8 @@ class StoreUnavailable(RuntimeError):
     pass
 
 
-class StoreCorrupt(RuntimeError):
-    """The file store holds a record it cannot read; the message names file and line."""
+class IdempotencyConflict(ValueError):
+    """The key was used for another request (another body) on this route and user."""
 
 
 @dataclass
@@ -55,11 +68,20 @@ class UserState:
     """What the store knows of a user, read at once."""
 
     generation: int = 0
-    added: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)  # the most recent first-to-last, capped
     profile: dict[str, Any] | None = None
     # The cached answer, when the store could look it up in the same round trip (`probe`);
     # then `added` and `profile` are not read: the answer needs neither.
     cached: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """A write's outcome: `new` False when it was a retry of one already recorded, whose
+    first attempt recorded `recorded` items."""
+
+    new: bool
+    recorded: int
 
 
 # Where a user's cached answer lies, for a store that can look it up with the state: the cache
@@ -71,31 +93,84 @@ def _key(user: str, what: str) -> str:
     return f"cddae:user:{user}:{what}"
 
 
+def scoped_key(route: str, user: str, key: str) -> str:
+    """The key as the store knows it: per route and user (hashed: ids may hold any separator)."""
+    return hashlib.sha256(json.dumps([route, user, key]).encode()).hexdigest()[:40]
+
+
+def body_digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
 class Store(Protocol):
+    name: str  # "file:<store id>" or "redis:<store id>": stable, never a path
+
     async def user_state(self, user: str, probe: Probe | None = None) -> UserState: ...
 
     async def add_interactions(
-        self, user: str, items: Sequence[str], timestamps: Sequence[float], key: str
-    ) -> bool:
-        """Record the interactions; False when `key` was seen before (nothing recorded)."""
+        self, user: str, items: Sequence[str], timestamps: Sequence[float], key: str, digest: str
+    ) -> Written:
+        """Record the items, unless `key` (with `digest`, the request body's) was seen."""
         ...
 
-    async def set_profile(self, user: str, profile: dict[str, Any], key: str) -> bool: ...
+    async def set_profile(
+        self, user: str, profile: dict[str, Any], key: str, digest: str
+    ) -> Written: ...
+
+    def health(self) -> dict[str, Any]:
+        """Figures for /readyz (quarantined records, …)."""
+        ...
 
     def close(self) -> None: ...
+
+
+def _remember(history: OrderedDict[str, None], item: str, cap: int) -> None:
+    """Keep the `cap` most recently recorded items (a repeated item becomes the most recent):
+    O(1) per item."""
+    history[item] = None
+    history.move_to_end(item)
+    if len(history) > cap:
+        history.popitem(last=False)
+
+
+def store_id_file(path: Path) -> Path:
+    return path.with_name(path.name + ".id")
+
+
+def file_store_id(path: Path) -> str:
+    """The file store's identity, written once beside its file: the retraining job keys its
+    mark by it, so moving or renaming the folder neither loses nor doubles events."""
+    id_path = store_id_file(path)
+    try:
+        return id_path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    tmp = id_path.with_name(f".{id_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp.write_text(secrets.token_hex(8) + "\n")
+    try:
+        os.link(tmp, id_path)  # created whole, and only if absent: two first starts agree
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return id_path.read_text().strip()
 
 
 class FileStore:
     """Append-only JSON lines plus an in-memory view; one process at a time (locked)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, max_history: int = MAX_HISTORY):
+        self.path, self.max_history = path, max_history
         self._users: dict[str, UserState] = {}
-        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._histories: dict[str, OrderedDict[str, None]] = {}
+        self._keys: OrderedDict[str, tuple[str, int]] = OrderedDict()  # scoped → (digest, n)
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         self._handle = self._open()
+        self._torn_at: int | None = None  # where a failed append must be cut back to
         try:
+            self.name = f"file:{file_store_id(path)}"
+            self.quarantine = Quarantine(path.with_name(path.name + ".quarantine.jsonl"))
             self._replay()
         except BaseException:
             self._handle.close()
@@ -125,75 +200,99 @@ class FileStore:
         return handle
 
     def _replay(self) -> None:
+        """Rebuild the view from the file, line by line (never the whole file in memory)."""
         self._handle.seek(0)
-        data = self._handle.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line: the write was never acknowledged
-            log.warning(
-                "%s: cut a torn last line of %d bytes at byte %d", self.path, len(data) - end, end
-            )
-            self._handle.truncate(end)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-        for number, line in enumerate(data[:end].splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-                self._apply(event)
-            except (ValueError, KeyError, TypeError) as error:
-                raise StoreCorrupt(f"{self.path}:{number}: unreadable event ({error})") from None
+        offset = 0
+        for number, line in enumerate(iter(self._handle.readline, b""), start=1):
+            if not line.endswith(b"\n"):  # a torn last line: the write was never acknowledged
+                log.warning("%s: cut a torn last line of %d bytes at byte %d",
+                            self.path, len(line), offset)  # fmt: skip
+                self._cut(offset)
+                break
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                    events = list(parse(record))
+                except (ValueError, BadEvent) as error:
+                    self.quarantine.add(f"byte {offset}", f"line {number}: {error}", line)
+                else:
+                    self._apply(record, events)
+            offset += len(line)
 
-    def _apply(self, event: dict[str, Any]) -> None:
-        state = self._users.setdefault(event["user"], UserState())
-        if event["type"] == "interaction":
-            if event["item"] not in state.added:
-                state.added.append(event["item"])
-        elif event["type"] == "profile":
-            state.profile = event["profile"]
-        if key := event.get("key"):
-            self._keys[key] = None
+    def _cut(self, size: int) -> None:
+        self._handle.truncate(size)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def _apply(self, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        user = record["user"]
+        state = self._users.setdefault(user, UserState())
+        history = self._histories.setdefault(user, OrderedDict())
+        for event in events:
+            if event["type"] == "interaction":
+                _remember(history, event["item"], self.max_history)
+            else:
+                state.profile = event["profile"]
+        state.generation += 1
+        if key := record.get("key"):
+            self._keys[key] = (record.get("digest", ""), len(events))
+            self._keys.move_to_end(key)
             if len(self._keys) > LOCAL_KEYS:
                 self._keys.popitem(last=False)
 
-    async def _write(self, user: str, events: list[dict[str, Any]], key: str) -> bool:
+    async def _write(self, record: dict[str, Any]) -> Written:
         """Appends and their fsyncs on the store's own thread, in order: a slow disk holds up
         writes, not inference or model loads."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._append, user, events, key)
+        return await loop.run_in_executor(self._writer, self._append, record)
 
-    def _append(self, user: str, events: list[dict[str, Any]], key: str) -> bool:
-        payload = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events).encode()
+    def _append(self, record: dict[str, Any]) -> Written:
+        payload = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        events = list(parse(record))
         with self._lock:
-            if key in self._keys:
-                return False
+            seen = self._keys.get(record["key"])
+            if seen is not None:
+                if seen[0] != record["digest"]:
+                    raise IdempotencyConflict("this Idempotency-Key was used for another request")
+                return Written(False, seen[1])
             try:
-                self._handle.write(payload)
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
+                if self._torn_at is not None:  # an earlier append failed and could not be cut
+                    self._cut(self._torn_at)
+                    self._torn_at = None
+                start = os.fstat(self._handle.fileno()).st_size
+                try:
+                    self._handle.write(payload)
+                    self._handle.flush()
+                    os.fsync(self._handle.fileno())
+                except OSError:
+                    self._torn_at = start  # the write's bytes that did land are not a record
+                    self._cut(start)
+                    self._torn_at = None
+                    raise
             except OSError as error:
                 raise StoreUnavailable(f"cannot append to {self.path.name}: {error}") from None
-            for event in events:
-                self._apply(event)
-            self._users[user].generation += 1
-            return True
+            self._apply(record, events)
+            return Written(True, len(events))
 
     async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
         state = self._users.get(user)
         if state is None:
             return UserState()
-        return UserState(state.generation, list(state.added), state.profile)
+        return UserState(state.generation, list(self._histories.get(user, ())), state.profile)
 
-    async def add_interactions(self, user, items, timestamps, key) -> bool:
-        events = [
-            {"type": "interaction", "user": user, "item": item, "timestamp": ts, "key": key}
-            for item, ts in zip(items, timestamps, strict=True)
-        ]
-        return await self._write(user, events, key)
+    async def add_interactions(self, user, items, timestamps, key, digest) -> Written:
+        record = {"type": "interactions", "user": user, "items": list(items),
+                  "timestamps": [float(t) for t in timestamps],
+                  "key": scoped_key("interactions", user, key), "digest": digest}  # fmt: skip
+        return await self._write(record)
 
-    async def set_profile(self, user: str, profile: dict[str, Any], key: str) -> bool:
-        event = {"type": "profile", "user": user, "profile": profile, "key": key}
-        return await self._write(user, [event], key)
+    async def set_profile(self, user, profile, key, digest) -> Written:
+        record = {"type": "profile", "user": user, "profile": profile,
+                  "key": scoped_key("profile", user, key), "digest": digest}  # fmt: skip
+        return await self._write(record)
+
+    def health(self) -> dict[str, Any]:
+        return {"quarantined_records": len(self.quarantine)}
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
@@ -202,65 +301,82 @@ class FileStore:
 
 
 # The read of an uncached or cached GET in one round trip: the generation, then the cached
-# answer under it; only on a miss the recorded items and the profile. KEYS: generation, items,
-# profile. ARGV: the cache key's prefix, the field. (The cache key is computed here, so this
-# script wants the cache and the store in one Redis, not a cluster.)
+# answer under it; only on a miss the recorded items (at most the cap) and the profile. KEYS:
+# generation, recent items, profile, the unbounded set of items recorded before histories were
+# capped. ARGV: the cache key's prefix, the field, the cap. (The cache key is computed here, so
+# this script wants the cache and the store in one Redis, not a cluster.)
 _READ = """
 local gen = redis.call('get', KEYS[1]) or '0'
 local hit = redis.call('hget', ARGV[1] .. gen, ARGV[2])
 if hit then return {gen, hit} end
-return {gen, false, redis.call('smembers', KEYS[2]), redis.call('get', KEYS[3])}
+local items = redis.call('zrange', KEYS[2], 0, -1)
+if #items == 0 then items = redis.call('srandmember', KEYS[4], ARGV[3]) end
+return {gen, false, items, redis.call('get', KEYS[3])}
 """
 
-# One script per write: the key checked and recorded, the events appended, the state updated
-# and the generation bumped, atomically. KEYS: key marker, stream, state key, generation.
+# One script per write, all or nothing: the key checked (same body: a replay, answered with
+# what the first attempt recorded; another body: -1, a conflict), the events appended, the
+# recent items updated and capped, the generation bumped. Items are scored by the generation
+# of their write: the cap keeps the most recently recorded. KEYS: key marker, stream, recent
+# items, generation, legacy item set. ARGV: key TTL, user, digest, cap, then item/time pairs.
 _ADD = """
-if not redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-for k = 3, #ARGV, 2 do
+local seen = redis.call('get', KEYS[1])
+if seen then
+  local digest, n = string.match(seen, '^(%x+):(%d+)$')
+  if digest ~= ARGV[3] then return {-1, 0} end
+  return {0, tonumber(n)}
+end
+local gen = redis.call('incr', KEYS[4])
+if redis.call('exists', KEYS[5]) == 1 then
+  for _, item in ipairs(redis.call('srandmember', KEYS[5], ARGV[4])) do
+    redis.call('zadd', KEYS[3], 0, item)
+  end
+  redis.call('unlink', KEYS[5])
+end
+local n = 0
+for k = 5, #ARGV, 2 do
   redis.call('xadd', KEYS[2], '*', 'type', 'interaction', 'user', ARGV[2],
              'item', ARGV[k], 'timestamp', ARGV[k + 1])
-  redis.call('sadd', KEYS[3], ARGV[k])
+  redis.call('zadd', KEYS[3], gen, ARGV[k])
+  n = n + 1
 end
-redis.call('incr', KEYS[4])
-return 1
+redis.call('zremrangebyrank', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
+redis.call('set', KEYS[1], ARGV[3] .. ':' .. n, 'EX', ARGV[1])
+return {1, n}
 """
 _PROFILE = """
-if not redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-redis.call('xadd', KEYS[2], '*', 'type', 'profile', 'user', ARGV[2], 'profile', ARGV[3])
-redis.call('set', KEYS[3], ARGV[3])
+local seen = redis.call('get', KEYS[1])
+if seen then
+  if string.match(seen, '^(%x+):') ~= ARGV[3] then return {-1, 0} end
+  return {0, 1}
+end
+redis.call('xadd', KEYS[2], '*', 'type', 'profile', 'user', ARGV[2], 'profile', ARGV[4])
+redis.call('set', KEYS[3], ARGV[4])
 redis.call('incr', KEYS[4])
-return 1
+redis.call('set', KEYS[1], ARGV[3] .. ':1', 'EX', ARGV[1])
+return {1, 1}
 """
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis):
-        self._client = client
+    name = f"redis:{STREAM}"
+
+    def __init__(self, client: aioredis.Redis, max_history: int = MAX_HISTORY):
+        self._client, self.max_history = client, max_history
         self._add = client.register_script(_ADD)
         self._profile = client.register_script(_PROFILE)
         self._read = client.register_script(_READ)
 
-    async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
-        """Generation, added items and profile in one round trip; with a probe, the cached
-        answer in the same one (and on a hit nothing else)."""
-        if probe is not None:
-            return await self._probed_state(user, probe)
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(_key(user, "gen")).smembers(_key(user, "items"))
-                generation, members, profile = await pipe.get(_key(user, "profile")).execute()
-        except (TimeoutError, RedisError, OSError) as error:
-            raise StoreUnavailable("the interaction store (Redis) did not answer") from error
-        return UserState(
-            int(generation or 0),
-            sorted(m.decode() for m in members),
-            json.loads(profile) if profile else None,
-        )
+    def _keys(self, user: str) -> list[str]:
+        return [_key(user, "gen"), _key(user, "recent"), _key(user, "profile"),
+                _key(user, "items")]  # fmt: skip
 
-    async def _probed_state(self, user: str, probe: Probe) -> UserState:
-        keys = [_key(user, "gen"), _key(user, "items"), _key(user, "profile")]
+    async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
+        """Generation, recent items and profile in one round trip; with a probe, the cached
+        answer in the same one (and on a hit nothing else)."""
+        prefix, field = probe if probe is not None else ("cddae:no-cache:", "")
         try:
-            reply = await self._read(keys=keys, args=list(probe))
+            reply = await self._read(keys=self._keys(user), args=[prefix, field, self.max_history])
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
         generation = int(reply[0])
@@ -269,23 +385,34 @@ class RedisStore:
         members, profile = reply[2], reply[3] if len(reply) > 3 else None
         return UserState(
             generation,
-            sorted(m.decode() for m in members),
+            [m.decode() for m in members],
             json.loads(profile) if profile else None,
         )
 
-    async def _run(self, script, user: str, what: str, key: str, args: list) -> bool:
-        keys = [f"cddae:idem:{key}", STREAM, _key(user, what), _key(user, "gen")]
+    async def _run(self, script, user: str, keys: list[str], args: list) -> Written:
         try:
-            return bool(await script(keys=keys, args=[IDEMPOTENCY_TTL, user, *args]))
+            status, recorded = await script(keys=keys, args=args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not confirm") from error
+        if status == -1:
+            raise IdempotencyConflict("this Idempotency-Key was used for another request")
+        return Written(bool(status), int(recorded))
 
-    async def add_interactions(self, user, items, timestamps, key) -> bool:
-        args = [value for pair in zip(items, timestamps, strict=True) for value in pair]
-        return await self._run(self._add, user, "items", key, args)
+    async def add_interactions(self, user, items, timestamps, key, digest) -> Written:
+        gen, recent, _, legacy = self._keys(user)
+        keys = [f"cddae:idem:{scoped_key('interactions', user, key)}", STREAM, recent, gen, legacy]
+        pairs = [value for pair in zip(items, timestamps, strict=True) for value in pair]
+        args = [IDEMPOTENCY_TTL, user, digest, self.max_history, *pairs]
+        return await self._run(self._add, user, keys, args)
 
-    async def set_profile(self, user: str, profile: dict[str, Any], key: str) -> bool:
-        return await self._run(self._profile, user, "profile", key, [json.dumps(profile)])
+    async def set_profile(self, user, profile, key, digest) -> Written:
+        keys = [f"cddae:idem:{scoped_key('profile', user, key)}", STREAM,
+                _key(user, "profile"), _key(user, "gen")]  # fmt: skip
+        args = [IDEMPOTENCY_TTL, user, digest, json.dumps(profile)]
+        return await self._run(self._profile, user, keys, args)
+
+    def health(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         pass

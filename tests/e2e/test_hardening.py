@@ -134,7 +134,7 @@ def test_a_list_computed_across_a_write_is_never_served_after_it(
         service._scores = slow_scores  # type: ignore[method-assign]
         racing = asyncio.ensure_future(service.for_user("3", 5, True))
         await computing.wait()
-        await service.add_interactions("3", [top], [time.time()], "race-1")
+        await service.add_interactions("3", [top], [time.time()], "race-1", "d")
         written.set()
         await racing  # the old list, computed from the state before the write
         service._scores = scores  # type: ignore[method-assign]
@@ -158,6 +158,9 @@ class _Unreadable:
     async def set_profile(self, *args) -> bool:
         raise StoreUnavailable("the interaction store (Redis) did not confirm")
 
+    def health(self) -> dict:
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -172,9 +175,9 @@ def test_a_failed_read_never_looks_like_absence(base_models: Path) -> None:
         with pytest.raises(StoreUnavailable):  # created through the API: unknown now, so 503
             await service.for_user("made-by-put", 5, True)
         with pytest.raises(StoreUnavailable):  # not "unknown user, create it with PUT"
-            await service.add_interactions("made-by-put", ["1"], [time.time()], "k")
+            await service.add_interactions("made-by-put", ["1"], [time.time()], "k", "d")
         with pytest.raises(StoreUnavailable):
-            await service.set_profile("made-by-put", {"gender": "F"}, "k")
+            await service.set_profile("made-by-put", {"gender": "F"}, "k", "d")
 
     asyncio.run(scenario())
 
@@ -191,7 +194,8 @@ def test_a_retried_write_is_recorded_once(base_models: Path, tmp_path: Path) -> 
         generated = httpx.post(f"{server.url}/users/4/interactions", json={"items": ["3"]})
         assert len(generated.headers["Idempotency-Key"]) == 32  # made up and returned
         lines = (tmp_path / "interactions.jsonl").read_text().splitlines()
-        assert len(lines) == 3  # 2 items once, 1 item once
+        items = [json.loads(line)["items"] for line in lines]  # a line per write
+        assert items == [["1", "2"], ["3"]]  # 2 items once, 1 item once
 
 
 def test_types_are_strict_and_paths_stay_private(base_models: Path, tmp_path: Path) -> None:
@@ -289,7 +293,7 @@ def test_a_stuck_disk_holds_up_writes_not_scoring(base_models: Path, tmp_path: P
             return released.wait(60) and append(*args)
 
         store._append = stuck_append  # type: ignore[method-assign]
-        write = asyncio.ensure_future(service.add_interactions("3", ["1"], [time.time()], "k"))
+        write = asyncio.ensure_future(service.add_interactions("3", ["1"], [time.time()], "k", "d"))
         while not stuck.is_set():  # the write is in the store's thread, stuck
             await asyncio.sleep(0.01)
         batch = [AdHocUser(items=["1"]), AdHocUser(items=["2"])]  # a batch: a thread

@@ -20,7 +20,8 @@ def _natural_order(ids: np.ndarray) -> np.ndarray:
     """Unique raw ids sorted numerically where they all are numbers, else as text: stable
     across runs. Works on the vocabulary (unique ids), never on the rows."""
     unique = np.unique(np.asarray(ids, dtype=object).astype(str))
-    if len(unique) and np.char.isdigit(unique).all():
+    # ASCII digits only: numpy's isdigit also takes "²", which int() refuses.
+    if len(unique) and all(i.isascii() and i.isdigit() for i in unique.tolist()):
         unique = np.array(sorted(unique.tolist(), key=int), dtype=str)
     return unique.astype(object)
 

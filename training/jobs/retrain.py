@@ -40,10 +40,13 @@ from service.bundle import (
     promote,
     promotion_history,
 )
+from service.state.events import BadEvent, Quarantine, parse
+from service.state.store import file_store_id
 from training.data.loaders import RawDataset, load_dataset
 
 POSITIVE_RATING = 5.0  # recorded interactions are positives whatever the threshold
 PAGE = 10_000  # events per read from the log
+QUARANTINE = "quarantine.jsonl"  # in the events folder: records no run could read
 
 
 class Outcome(IntEnum):
@@ -55,11 +58,17 @@ class Outcome(IntEnum):
     LOCKED = 3
 
 
-class EventSource(Protocol):
-    name: str  # identifies the log; a mark only means something for the same log
+# One record of a log as read: where it lies (for the quarantine), and the decoded record —
+# or the BadEvent that says why it could not be decoded.
+Record = tuple[str, Any]
 
-    def pages(self, after: str | None, size: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
-        """(events, mark after them) page by page, from just after `after`."""
+
+class EventSource(Protocol):
+    name: str  # identifies the log (a store id, never a path); a mark only means something there
+    legacy_names: frozenset[str]  # names older versions recorded for the same log
+
+    def pages(self, after: str | None, size: int) -> Iterator[tuple[list[Record], str]]:
+        """(records, mark after them) page by page, from just after `after`."""
         ...
 
     def lock(self) -> contextlib.AbstractContextManager[None]: ...
@@ -72,9 +81,10 @@ class FileEvents:
 
     def __init__(self, path: Path):
         self.path = path
-        self.name = f"file:{path.resolve()}"
+        self.name = f"file:{file_store_id(path)}"
+        self.legacy_names = frozenset({f"file:{path.resolve()}"})  # before store ids
 
-    def pages(self, after: str | None, size: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    def pages(self, after: str | None, size: int) -> Iterator[tuple[list[Record], str]]:
         offset = int(after or 0)
         if not self.path.exists():
             if offset:
@@ -86,17 +96,16 @@ class FileEvents:
             )
         with self.path.open("rb") as handle:
             handle.seek(offset)
-            page: list[dict[str, Any]] = []
+            page: list[Record] = []
             for line in iter(handle.readline, b""):
                 if not line.endswith(b"\n"):
                     break  # a line still being written: the next run reads it whole
                 if line.strip():
                     try:
-                        page.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise RuntimeError(
-                            f"{self.path}: bad event at byte {offset}: {error}"
-                        ) from None
+                        record: Any = json.loads(line)
+                    except ValueError as error:
+                        record = BadEvent(f"not JSON ({error}): {line[:200]!r}")
+                    page.append((f"byte {offset}", record))
                 offset += len(line)
                 if len(page) == size:
                     yield page, str(offset)
@@ -125,19 +134,15 @@ class RedisEvents:
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.stream = STREAM
         self.name = f"redis:{self.stream}"
+        self.legacy_names: frozenset[str] = frozenset()
 
-    def pages(self, after: str | None, size: int) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    def pages(self, after: str | None, size: int) -> Iterator[tuple[list[Record], str]]:
         start = f"({after}" if after else "-"
         while True:
             entries = self.client.xrange(self.stream, min=start, max="+", count=size)
             if not entries:
                 return
-            page = []
-            for _, fields in entries:
-                event: dict[str, Any] = dict(fields)
-                if event["type"] == "profile":
-                    event["profile"] = json.loads(event["profile"])
-                page.append(event)
+            page: list[Record] = [(f"stream id {entry}", dict(fields)) for entry, fields in entries]
             last = entries[-1][0]
             yield page, last
             start = f"({last}"
@@ -175,49 +180,77 @@ _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
 
 
 def apply_events(raw: RawDataset, events: Iterable[dict[str, Any]]) -> tuple[int, int]:
-    """Add recorded interactions and profiles to `raw`; return (interactions, profiles)."""
+    """Add recorded interactions and profiles (normalised events: service/state/events.py) to
+    `raw`; return (interactions, profiles). A profile is projected onto the fields the data
+    has (a field only recorded events know would be a column of almost nothing)."""
     interactions = profiles = 0
+    fields = {name for profile in raw.user_profiles.values() for name in profile}
     for event in events:
         if event["type"] == "interaction":
             raw.interactions.add(
-                str(event["user"]), str(event["item"]), POSITIVE_RATING, float(event["timestamp"])
+                event["user"], event["item"], POSITIVE_RATING, float(event["timestamp"])
             )
             interactions += 1
-        elif event["type"] == "profile":
-            raw.user_profiles[str(event["user"])] = dict(event["profile"])
+        else:
+            profile = event["profile"]
+            kept = {
+                k: v for k, v in profile.items() if v is not None and (not fields or k in fields)
+            }
+            raw.user_profiles[event["user"]] = kept
             profiles += 1
     return interactions, profiles
 
 
 def read_segment(path: Path) -> Iterator[dict[str, Any]]:
+    """A folded segment's events (written normalised by `fold_new_events`; checked again)."""
     with path.open(encoding="utf-8") as handle:
         for line in handle:
-            yield json.loads(line)
+            with contextlib.suppress(ValueError, BadEvent):
+                yield from list(parse(json.loads(line)))
+
+
+def readable(
+    records: Iterable[Record], quarantine: Quarantine, source: str
+) -> Iterator[dict[str, Any]]:
+    """The events of `records`; a record that cannot be read is quarantined and skipped."""
+    for at, record in records:
+        try:
+            if isinstance(record, BadEvent):
+                raise record
+            yield from list(parse(record))
+        except BadEvent as error:
+            quarantine.add(f"{source} {at}", str(error), json.dumps(record, default=str))
 
 
 def fold_new_events(
     raw: RawDataset, source: EventSource, after: str | None, events_dir: Path, page: int = PAGE
-) -> tuple[str | None, str | None, tuple[int, int]]:
+) -> tuple[str | None, str | None, tuple[int, int], int]:
     """Read the events after `after` page by page into `raw` and into a new segment file;
-    return (segment name or None when nothing was new, the new mark, counts)."""
+    return (segment name or None when nothing was new, the new mark, counts, records newly
+    quarantined). The temporary file goes whatever happens."""
     events_dir.mkdir(parents=True, exist_ok=True)
+    quarantine = Quarantine(events_dir / QUARANTINE)
+    before = len(quarantine)
     tmp = events_dir / f".tmp-{os.getpid()}.jsonl"
     mark, counts = after, (0, 0)
-    with tmp.open("w", encoding="utf-8") as out:
-        for events, page_mark in source.pages(after, page):
-            mark = page_mark
-            out.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
-            added = apply_events(raw, events)
-            counts = (counts[0] + added[0], counts[1] + added[1])
-        out.flush()
-        os.fsync(out.fileno())
-    if mark == after:
-        tmp.unlink()
-        return None, after, counts
-    tag = hashlib.sha256(source.name.encode()).hexdigest()[:8]
-    name = f"{tag}-{after or 0}-{mark}.jsonl"  # same range, same content: a rerun may replace
-    os.replace(tmp, events_dir / name)
-    return name, mark, counts
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            for records, page_mark in source.pages(after, page):
+                mark = page_mark
+                events = list(readable(records, quarantine, source.name))
+                out.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+                added = apply_events(raw, events)
+                counts = (counts[0] + added[0], counts[1] + added[1])
+            out.flush()
+            os.fsync(out.fileno())
+        if mark == after:
+            return None, after, counts, len(quarantine) - before
+        tag = hashlib.sha256(source.name.encode()).hexdigest()[:8]
+        name = f"{tag}-{after or 0}-{mark}.jsonl"  # same range, same content: a rerun may replace
+        os.replace(tmp, events_dir / name)
+        return name, mark, counts, len(quarantine) - before
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def retrain(
@@ -231,34 +264,63 @@ def retrain(
     config: dict[str, Any] | None = None,
     trim: bool = False,
     log: Callable[[str], None] = print,
+    new_store: bool = False,
 ) -> Outcome:
     try:
         with models_lock(models_dir, wait=0), source.lock():
-            return _run(data, models_dir, source, kind, seed, gate, output, config or {}, trim, log)
+            return _run(
+                data,
+                models_dir,
+                source,
+                kind,
+                seed,
+                gate,
+                output,
+                config or {},
+                trim,
+                log,
+                new_store,
+            )
     except LockedError as error:
         log(f"retrain: locked — {error}")
         return Outcome.LOCKED
+    except Exception as error:  # every other way to fail is "failed": 1 means gated
+        log(f"retrain: failed — {type(error).__name__}: {error}")
+        return Outcome.FAILED
 
 
-def _run(data, models_dir, source, kind, seed, gate, output, config, trim, log) -> Outcome:
+def _run(
+    data, models_dir, source, kind, seed, gate, output, config, trim, log, new_store
+) -> Outcome:
     from training.data.prepared import ProtocolConfig, prepare
     from training.evaluation.bundle_holdout import evaluate_bundle, holdout_users
     from training.jobs.export import export_checkpoint
     from training.jobs.pipeline import train_and_evaluate
 
-    current = current_version(models_dir)
+    current = current_version(models_dir)  # blank, unreadable or not a version: BundleError
     state = _events_state(models_dir, current)
-    after = state.get("mark") if state.get("source") == source.name else None
+    known = state.get("source")
+    if new_store:
+        log(f"retrain: --new-store: folding {source.name} from its start")
+        after = None
+    elif current is not None and known not in (None, source.name, *source.legacy_names):
+        raise RuntimeError(
+            f"{current} folded events from {known}, not from this store ({source.name}): run "
+            "with the store the service uses, or --new-store if the store really changed"
+        )
+    else:
+        after = state.get("mark") if known is not None else None
     chain = list(state.get("segments", []))
     raw = load_dataset(data)
     base = len(raw.interactions)
     folded = [apply_events(raw, read_segment(models_dir / EVENTS / s)) for s in chain]
-    segment, mark, new = fold_new_events(raw, source, after, models_dir / EVENTS)
+    segment, mark, new, bad = fold_new_events(raw, source, after, models_dir / EVENTS)
     if segment is not None:
         chain.append(segment)
     earlier = sum(f[0] for f in folded)
     log(f"{base} ratings from {data}; recorded interactions: {earlier} folded before, "
-        f"{new[0]} new (mark {after} → {mark}); recorded profiles: {new[1]} new")  # fmt: skip
+        f"{new[0]} new (mark {after} → {mark}); recorded profiles: {new[1]} new; "
+        f"{bad} unreadable record(s) quarantined in {EVENTS}/{QUARANTINE}")  # fmt: skip
     user_fields = config.get("features", {}).get("user")
     prepared = prepare(raw, ProtocolConfig(seed=seed), user_fields=user_fields)
     _, checkpoint = train_and_evaluate(
@@ -339,6 +401,33 @@ def _events_state(models_dir: Path, version: str | None) -> dict[str, Any]:
     return manifest.get("events", {})
 
 
+TRIMMED = "TRIMMED.json"  # in the events folder: where the log was last trimmed
+
+
+def trimmed_before(models_dir: Path) -> dict[str, str]:
+    """{"source", "before"}: the last trim, or {} when the log was never trimmed."""
+    try:
+        return dict(json.loads((models_dir / EVENTS / TRIMMED).read_text()))
+    except FileNotFoundError:
+        return {}
+
+
+def lost_to_trim(models_dir: Path, version: str) -> str | None:
+    """Why promoting `version` would lose events (its mark lies before the last trim: a
+    retrain from it could not read what came between), or None."""
+    trim = trimmed_before(models_dir)
+    events = _events_state(models_dir, version)
+    if not trim or events.get("source") != trim.get("source"):
+        return None
+    mark = events.get("mark")
+    if mark is None or _stream_order(mark) < _stream_order(trim["before"]):
+        return (
+            f"{version} folded events up to {mark}, but the log was trimmed before "
+            f"{trim['before']}: a retrain from it would lose the events in between"
+        )
+    return None
+
+
 def _trim(models_dir: Path, source: EventSource) -> int:
     """Trim the log up to the oldest mark any version on disk still depends on."""
     marks = []
@@ -350,7 +439,15 @@ def _trim(models_dir: Path, source: EventSource) -> int:
         if events.get("source") != source.name or not events.get("mark"):
             return 0  # a version that would reread the log from its start: keep it all
         marks.append(events["mark"])
-    return source.trim(min(marks, key=_stream_order)) if marks else 0
+    if not marks:
+        return 0
+    oldest = min(marks, key=_stream_order)
+    trimmed = source.trim(oldest)
+    record = json.dumps({"source": source.name, "before": oldest})
+    tmp = models_dir / EVENTS / f".{TRIMMED}.{os.getpid()}"
+    tmp.write_text(record + "\n")
+    os.replace(tmp, models_dir / EVENTS / TRIMMED)
+    return trimmed
 
 
 def _stream_order(mark: str) -> tuple[int, ...]:

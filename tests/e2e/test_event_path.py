@@ -1,0 +1,134 @@
+"""The event path from outside (issue 19): what a hostile or unlucky caller sends must neither
+suppress other writes, nor poison training, nor hold the server."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import REDIS_URL, running
+
+BACKENDS = {"file": None, "redis": REDIS_URL}
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_used_key_suppresses_no_other_write(
+    base_models: Path, tmp_path: Path, backend: str
+) -> None:
+    """(1) Keys are per route and user, bound to the body: user 2's write behind user 4's
+    key is recorded; the same key with another body is a 409; a true retry replays."""
+    with running(base_models, tmp_path, BACKENDS[backend]) as server:
+        key = {"Idempotency-Key": "order-1"}
+        first = httpx.post(f"{server.url}/users/4/interactions", json={"items": ["1"]},
+                           headers=key)  # fmt: skip
+        other_user = httpx.post(f"{server.url}/users/2/interactions", json={"items": ["2"]},
+                                headers=key)  # fmt: skip
+        profile = httpx.put(f"{server.url}/users/newbie/profile", json={"age": 30}, headers=key)
+        conflict = httpx.post(f"{server.url}/users/4/interactions", json={"items": ["3"]},
+                              headers=key)  # fmt: skip
+        retry = httpx.post(f"{server.url}/users/4/interactions", json={"items": ["1"]},
+                           headers=key)  # fmt: skip
+        assert first.status_code == other_user.status_code == 201
+        assert other_user.json()["replayed"] is False and other_user.json()["recorded"] == 1
+        assert profile.status_code == 201 and profile.json()["created"] is True
+        assert httpx.get(f"{server.url}/users/newbie/recommendations").status_code == 200
+        assert conflict.status_code == 409 and "another request" in conflict.json()["detail"]
+        assert retry.status_code == 201
+        assert retry.json()["replayed"] is True and retry.json()["recorded"] == 1
+
+
+@pytest.mark.parametrize("path", ["/users/3%00/recommendations", "/users/3%0A/recommendations"])
+def test_an_id_training_would_read_otherwise_is_refused_at_the_door(
+    base_models: Path, tmp_path: Path, path: str
+) -> None:
+    """(11) "3\\0" was another user to the service and user 3 to training."""
+    with running(base_models, tmp_path, None) as server:
+        assert httpx.get(server.url + path).status_code == 422
+        write = httpx.post(server.url + path.replace("recommendations", "interactions"),
+                           json={"items": ["1"]})  # fmt: skip
+        assert write.status_code == 422
+        bad_item = httpx.post(f"{server.url}/users/3/interactions", json={"items": ["1\x00"]})
+        assert bad_item.status_code == 422 and "control character" in bad_item.text
+        fine = httpx.post(f"{server.url}/users/3/interactions", json={"items": ["²"]})
+        assert fine.status_code == 201 and fine.json()["unknown_items"] == ["²"]
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_user_over_the_history_cap_keeps_getting_fresh_lists(
+    base_models: Path, tmp_path: Path, backend: str
+) -> None:
+    """(7) Long recorded histories are capped (here 50): reads stay bounded, never degraded,
+    and what the user recorded last is never offered back."""
+    with running(
+        base_models, tmp_path, BACKENDS[backend], CDDAE_MAX_HISTORY="50",
+        CDDAE_MAX_BODY_BYTES="200000",
+    ) as server:  # fmt: skip
+        for write in range(5):
+            items = [f"new-{write}-{k}" for k in range(200)]
+            answer = httpx.post(f"{server.url}/users/3/interactions", json={"items": items})
+            assert answer.status_code == 201
+        known = httpx.post(f"{server.url}/users/3/interactions", json={"items": ["7"]})
+        assert known.status_code == 201
+        listed = httpx.get(f"{server.url}/users/3/recommendations", params={"n": 50})
+        assert listed.status_code == 200 and listed.json().get("degraded") is not True
+        assert "7" not in [i["item_id"] for i in listed.json()["items"]]
+
+
+def test_a_stored_profile_outlives_the_model_it_was_stored_under(
+    base_models: Path, tmp_path: Path
+) -> None:
+    """(9) A profile recorded under another model (a field this one lacks, a value it never
+    saw) is projected onto this model's fields: 200, never a 422 for the user's own data."""
+    log = tmp_path / "events.jsonl"
+    stored = {"type": "profile", "user": "kept", "key": "k", "digest": "d",
+              "profile": {"zip": "12345", "gender": "X", "age": 40}}  # fmt: skip
+    log.write_text(json.dumps(stored) + "\n")
+    with running(base_models, tmp_path, None, CDDAE_INTERACTIONS_LOG=str(log)) as server:
+        answer = httpx.get(f"{server.url}/users/kept/recommendations")
+        assert answer.status_code == 200, answer.text
+
+
+def test_model_shows_no_server_path(base_models: Path, tmp_path: Path) -> None:
+    """(10) `/model` names the store by its id, never by where it lies on the server."""
+    with running(base_models, tmp_path, None) as server:
+        shown = json.dumps(httpx.get(f"{server.url}/model").json())
+        assert str(tmp_path) not in shown and "/tmp/" not in shown
+
+
+def test_one_byte_and_silence_hold_no_connection(base_models: Path, tmp_path: Path) -> None:
+    """(8) Slowloris: "G" then nothing used to stay open for ever and 16 such sockets made
+    /healthz answer 503. Now one address holds at most its share (4 here), and each request
+    must arrive whole within its deadline (1 s here)."""
+    settings = {
+        "CDDAE_MAX_CONNECTIONS": "16", "CDDAE_MAX_CONNECTIONS_PER_CLIENT": "4",
+        "CDDAE_REQUEST_TIMEOUT_SECONDS": "1", "CDDAE_IDLE_TIMEOUT_SECONDS": "60",
+    }  # fmt: skip
+    with running(base_models, tmp_path, None, **settings) as server:
+        slow = []
+        for _ in range(16):  # from another loopback address than the health check's
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"G")
+            slow.append(sock)
+        try:
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+            for sock in slow:  # each closed by the server: 12 at once, 4 at their deadline
+                sock.settimeout(50)  # under the idle timeout: only the deadline closes them
+                assert _closed_by_server(sock)
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """A hang-up: end of stream, or a reset (the server closed with our byte unread)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
