@@ -49,6 +49,10 @@ FROM train AS scheduler
 # Debian's cron: the classic, maintained cron daemon, from the base's own package manager.
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cron \
     && rm -rf /var/lib/apt/lists/*
+# The user the jobs run as (cron itself needs root to switch to it); the API's uid, so the
+# volumes they share need no other permissions.
+RUN useradd --system --uid 10001 --no-create-home cddae 2>/dev/null \
+    || adduser --system --uid 10001 --no-create-home cddae
 COPY docker/scheduler.sh /usr/local/bin/cddae-scheduler
 COPY docker/retrain.sh /usr/local/bin/cddae-retrain
 COPY docker/init.sh /usr/local/bin/cddae-init

@@ -215,17 +215,46 @@ def check_answers() -> None:
     say(f"GET and POST /score answer (model {listed.json()['model_version']})")
 
 
+def write_token() -> str:
+    """The token init generated at first start (and printed once in its log)."""
+    token = compose("exec", "-T", "scheduler", "cat", "/secrets/write-token", capture=True)
+    logged = compose("logs", "--no-color", "init", capture=True).stdout
+    assert token.stdout.strip() and f"CDDAE_WRITE_TOKEN={token.stdout.strip()}" in logged
+    return token.stdout.strip()
+
+
+def check_deployment_defaults() -> None:
+    """Redis bounded with noeviction, the job's environment readable by its user only."""
+    memory = compose("exec", "-T", "redis", "redis-cli", "config", "get", "maxmemory",
+                     capture=True).stdout.split()  # fmt: skip
+    policy = compose("exec", "-T", "redis", "redis-cli", "config", "get", "maxmemory-policy",
+                     capture=True).stdout.split()  # fmt: skip
+    assert int(memory[-1]) > 0 and policy[-1] == "noeviction", (memory, policy)
+    env = compose("exec", "-T", "scheduler", "stat", "-c", "%U %a", "/etc/cddae.env",
+                  capture=True).stdout.strip()  # fmt: skip
+    assert env == "cddae 600", env
+    cron = compose("exec", "-T", "scheduler", "cat", "/etc/cron.d/cddae", capture=True).stdout
+    assert " cddae . /etc/cddae.env" in cron, cron
+    say(f"Redis maxmemory {memory[-1]} noeviction; the job's environment: {env}")
+
+
 def check_retrain_takes_recorded_interactions() -> None:
     before = served_version()
+    unauthorised = httpx.post(api("/users/compose-user/interactions"), json={"items": ["50"]},
+                              timeout=10)  # fmt: skip
+    assert unauthorised.status_code == 401, "writes must need the generated token"
+    auth = {"Authorization": f"Bearer {write_token()}"}
     posted = httpx.put(api("/users/compose-user/profile"), json={"gender": "F", "age": 30},
-                        timeout=10)  # fmt: skip
+                       headers=auth, timeout=10)  # fmt: skip
     assert posted.status_code in (200, 201), posted.text
-    recorded = httpx.post(api("/users/compose-user/interactions"),
-                          json={"items": ["50", "181", "258"]}, timeout=10)  # fmt: skip
+    body = {"items": ["50", "181", "258"]}
+    recorded = httpx.post(api("/users/compose-user/interactions"), json=body, headers=auth,
+                          timeout=10)  # fmt: skip
     assert recorded.status_code == 201, recorded.text
     summary = retrain_now()
     say(f"retrain now: {summary}")
     assert "retrain: promoted" in summary, summary  # the job's one line says what happened
+    assert "events trimmed" in summary, summary  # the scheduled job trims the stream
     version = current_pointer()
     assert version != before, "the retrain did not promote a new version"
     wait_for("the API to serve the new version", lambda: served_version() == version, 30)
@@ -291,6 +320,7 @@ def main() -> int:
         wait_for("the API to be ready", lambda: ready_status() == "ok", 600, every=3)
         say(f"ready after {time.monotonic() - started:.0f} s")
         check_answers()
+        check_deployment_defaults()
         check_retrain_takes_recorded_interactions()
         check_cron_fires()
         check_redis_outage()

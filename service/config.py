@@ -36,6 +36,16 @@ class Settings(BaseSettings):
         default=None,
         description="when set, recording interactions and profiles needs this bearer token",
     )
+    open_writes: bool = Field(
+        default=False,
+        description="writes need no token, even where a token file is configured (only behind "
+        "something else that authenticates writers)",
+    )
+    write_token_file: Path | None = Field(
+        default=None,
+        description="the write token read from this file when CDDAE_WRITE_TOKEN is unset "
+        "(compose generates one at first start)",
+    )
     ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
     micro_batch_ms: float = Field(
         default=0, ge=0, le=100, description="0: one onnxruntime call per request (see batcher.py)"
@@ -80,6 +90,22 @@ class Settings(BaseSettings):
         default=Path("data/interactions.jsonl"),
         description="append-only store for new interactions and profiles when Redis is unset",
     )
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Settings:
+        if self.open_writes:
+            if self.write_token is not None:
+                raise ValueError("CDDAE_OPEN_WRITES and CDDAE_WRITE_TOKEN contradict each other")
+            return self
+        if self.write_token is None and self.write_token_file is not None:
+            try:
+                token = self.write_token_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(f"CDDAE_WRITE_TOKEN_FILE: cannot read it ({error})") from None
+            if not token:
+                raise ValueError("CDDAE_WRITE_TOKEN_FILE: the file is empty")
+            self.write_token = SecretStr(token)
+        return self
 
     @model_validator(mode="after")
     def _workers_share_redis(self) -> Settings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -24,3 +26,31 @@ def test_several_workers_need_redis(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     monkeypatch.setenv("CDDAE_REDIS_URL", "redis://127.0.0.1:6379/0")
     assert Settings().workers == 2
+
+
+def test_the_write_token_can_come_from_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Compose generates a token at first start into a volume only the API reads."""
+    token = tmp_path / "write-token"
+    token.write_text("s3cret\n")
+    monkeypatch.setenv("CDDAE_WRITE_TOKEN_FILE", str(token))
+    assert Settings().write_token.get_secret_value() == "s3cret"
+    monkeypatch.setenv("CDDAE_WRITE_TOKEN", "given")  # an explicit token wins
+    assert Settings().write_token.get_secret_value() == "given"
+    monkeypatch.delenv("CDDAE_WRITE_TOKEN")
+    token.write_text("")
+    with pytest.raises(ValueError, match="CDDAE_WRITE_TOKEN_FILE: the file is empty"):
+        Settings()
+    monkeypatch.setenv("CDDAE_WRITE_TOKEN_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="cannot read it"):
+        Settings()
+
+
+def test_open_writes_ignore_the_token_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CDDAE_WRITE_TOKEN_FILE", str(tmp_path / "never-made"))
+    monkeypatch.setenv("CDDAE_OPEN_WRITES", "true")
+    assert Settings().write_token is None
+    monkeypatch.setenv("CDDAE_WRITE_TOKEN", "t")
+    with pytest.raises(ValueError, match="contradict"):
+        Settings()
