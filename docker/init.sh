@@ -8,21 +8,6 @@ set -eu
 data="${CDDAE_DATA_DIR:-/data}"
 models="${CDDAE_MODELS_DIR:-/models}"
 name="${CDDAE_DATASET:-ml-100k}"
-if [ "$(id -u)" = 0 ]; then
-  # Jobs run as the unprivileged user cddae: the volumes are theirs. A write token, unless one
-  # is given (or writes are deliberately open), generated once, readable by that user only.
-  chown cddae "$data" "$models"
-  if [ "${1:-}" != "--data-only" ] && [ -z "${CDDAE_WRITE_TOKEN:-}" ] \
-      && [ "${CDDAE_OPEN_WRITES:-false}" = false ] && [ ! -s /secrets/write-token ]; then
-    umask 077
-    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >/secrets/write-token.tmp
-    chown cddae /secrets/write-token.tmp
-    mv /secrets/write-token.tmp /secrets/write-token
-    echo "init: generated the write token (shown once; it stays in the secrets volume):"
-    echo "init:   CDDAE_WRITE_TOKEN=$(cat /secrets/write-token)"
-  fi
-  exec runuser -u cddae -- "$0" "$@"
-fi
 if [ ! -e "$data/$name" ]; then
   if [ -d "/seed/$name" ] && [ -n "$(ls -A "/seed/$name")" ]; then
     cddae data fetch "$name" --dest "$data" --from "/seed/$name"
@@ -31,6 +16,22 @@ if [ ! -e "$data/$name" ]; then
   fi
 fi
 [ "${1:-}" = "--data-only" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+  # Jobs run as the unprivileged user cddae: the volumes are theirs. A write token, unless one
+  # is given (or writes are deliberately open), generated once, readable by that user only.
+  chown -R cddae "$data" "$models"
+  if [ -z "${CDDAE_WRITE_TOKEN:-}" ] \
+      && [ "${CDDAE_OPEN_WRITES:-false}" = false ] && [ ! -s /secrets/write-token ]; then
+    umask 077
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >/secrets/write-token.tmp
+    chown cddae /secrets/write-token.tmp
+    mv /secrets/write-token.tmp /secrets/write-token
+    echo "init: generated the write token (shown once; it stays in the secrets volume):"
+    echo "init:   CDDAE_WRITE_TOKEN=$(cat /secrets/write-token)"
+    umask 022
+  fi
+  exec runuser -u cddae -- "$0" "$@"
+fi
 if [ -s "$models/CURRENT" ]; then
   echo "init: $(cat "$models/CURRENT") is in service; nothing to do"
   exit 0

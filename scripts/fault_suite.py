@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -31,9 +32,11 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.state.store import scoped_key
 from tests.synthetic import write_grouplens
 
 CDDAE = str(Path(sys.executable).parent / "cddae")
+DATA_DIR = Path()  # the synthetic data set, set by build_models
 
 
 def free_port() -> int:
@@ -48,10 +51,12 @@ def build_models(work: Path) -> Path:
     from training.jobs.export import export_checkpoint
     from training.jobs.pipeline import train_and_evaluate
 
+    global DATA_DIR
     models = work / "models"
+    DATA_DIR = work / "data"
     if (models / "CURRENT").exists():
         return models
-    data = write_grouplens(work / "data")
+    data = write_grouplens(DATA_DIR)
     prepared = prepare(data, ProtocolConfig(seed=0))
     _, checkpoint = train_and_evaluate(
         "cddae", prepared, model={"hidden": [16]}, train={"epochs": 3}, progress=False
@@ -70,7 +75,7 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.folder), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+             str(self.folder), "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port)
@@ -93,19 +98,26 @@ class RedisServer:
 
 
 class Api:
-    def __init__(self, models: Path, work: Path, redis_url: str | None):
+    def __init__(self, models: Path, work: Path, redis_url: str | None, **settings: str):
         self.models, self.work, self.redis_url = models, work, redis_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self.settings = settings
 
-    def start(self) -> Api:
+    def start(self, file_limit: int | None = None) -> Api:
+        """`file_limit`: the largest file the process may write (a full disk, simulated)."""
         env = {**os.environ, "CDDAE_REDIS_URL": self.redis_url or "",
                "CDDAE_INTERACTIONS_LOG": str(self.work / "interactions.jsonl"),
-               "CDDAE_REDIS_RETRY_SECONDS": "0.3"}  # fmt: skip
+               "CDDAE_REDIS_RETRY_SECONDS": "0.3", **self.settings}  # fmt: skip
+
+        def limit() -> None:
+            if file_limit is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, resource.RLIM_INFINITY))
+
         self.process = subprocess.Popen(
             [CDDAE, "serve", "--models-dir", str(self.models), "--port", str(self.port),
-             "--log-level", "error"], env=env, stderr=subprocess.DEVNULL,
+             "--log-level", "error"], env=env, stderr=subprocess.DEVNULL, preexec_fn=limit,
         )  # fmt: skip
         for _ in range(300):
             with contextlib.suppress(httpx.HTTPError):
@@ -191,12 +203,19 @@ class Load:
 
 
 def events_in_file(path: Path) -> Counter:
+    """(user, Idempotency-Key as the client sent it) of each readable write in the log."""
     found: Counter = Counter()
     if path.exists():
         for line in path.read_text().splitlines():
-            event = json.loads(line)
-            found[(event["user"], event.get("key"))] += 1
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # quarantined lines
+                record = json.loads(line)
+                found[(record["user"], record.get("key"))] += 1
     return found
+
+
+def scoped(user: str, key: str) -> tuple[str, str]:
+    """How the file store records a client's key: scoped to the route and user."""
+    return user, scoped_key("interactions", user, key)
 
 
 def events_in_stream(url: str) -> Counter:
@@ -209,7 +228,7 @@ def events_in_stream(url: str) -> Counter:
 def verdict(name: str, load: Load, found: Counter, keyed: bool) -> dict:
     acknowledged = load.acknowledged
     if keyed:
-        present = [found[(user, key)] for user, key in acknowledged]
+        present = [found[scoped(user, key)] for user, key in acknowledged]
     else:  # the stream has no key: a write is (user, timestamp k), unique per writer
         present = [found[(user, f"{float(key.split('-')[1])}")] for user, key in acknowledged]
     counts = load.counts
@@ -316,6 +335,199 @@ def idle_connections(models: Path, work: Path) -> dict:
         api.stop()
 
 
+def disk_full(models: Path, work: Path) -> dict:
+    """The file store's disk fills mid-load (a file-size limit just past the log's size), then
+    space is freed (the limit lifted with prlimit): clients retry their 503s with the same
+    key; every acknowledged write is found once, and the API restarts on the log as left."""
+    api = Api(models, work, None).start(file_limit=4 * 1024)
+    try:
+        load = Load(lambda: api.url, seconds=8, readers=1).run()
+        time.sleep(4)
+        assert api.process is not None
+        subprocess.run(["prlimit", "--pid", str(api.process.pid), "--fsize=unlimited"],
+                       check=True)  # fmt: skip
+        load.join()
+        api.kill()
+        api.start()  # must start on the log as the full disk left it
+        ready = httpx.get(f"{api.url}/readyz", timeout=5).json()["detail"]
+        result = verdict("disk full, then space freed", load,
+                         events_in_file(work / "interactions.jsonl"), keyed=True)  # fmt: skip
+        result["quarantined"] = ready.get("quarantined_records")
+        return result
+    finally:
+        api.stop()
+
+
+def retrain(models: Path, work: Path, events: Path) -> int:
+    """`cddae retrain` on the suite's data and events, a small model: its exit code."""
+    config = work / "fast.json"
+    config.write_text(json.dumps({"model": {"hidden": [16]}, "train": {"epochs": 3}}))
+    done = subprocess.run(
+        [CDDAE, "retrain", "--data", str(DATA_DIR), "--models-dir",
+         str(models), "--events", str(events), "--config", str(config), "--gate", "0"],
+        capture_output=True, text=True, env={**os.environ, "CDDAE_REDIS_URL": ""},
+    )  # fmt: skip
+    return done.returncode
+
+
+def poisoned_log(models: Path, work: Path) -> dict:
+    """A torn line in the middle of the log, a foreign record and poisoned events among good
+    writes: the API starts and serves, the job promotes twice (nothing stuck), both quarantine."""
+    import shutil
+
+    own = work / "models"
+    shutil.copytree(models, own)
+    log = work / "interactions.jsonl"
+    api = Api(own, work, None).start()
+    load = Load(lambda: api.url, seconds=2, readers=0).run()
+    load.join()
+    api.kill()
+    with log.open("a") as handle:
+        handle.write('{"type": "interactions", "user": "1", "ite\n[1, 2]\n')  # torn, foreign
+        for event in ({"type": "interaction", "user": None, "item": "1", "timestamp": 1},
+                      {"type": "interaction", "user": "1\u0000", "item": "2", "timestamp": 1},
+                      {"type": "profile", "user": "1", "profile": None}):  # fmt: skip
+            handle.write(json.dumps(event) + "\n")
+    api.start()
+    try:
+        after = Load(lambda: api.url, seconds=2, readers=1).run()
+        after.join()
+        odd = httpx.post(f"{api.url}/users/1/interactions", json={"items": ["²"]}, timeout=5)
+        load.acknowledged += after.acknowledged
+        load.counts.update(after.counts)
+        ready = httpx.get(f"{api.url}/readyz", timeout=5).json()["detail"]
+        codes = [retrain(own, work, log), retrain(own, work, log)]
+        result = verdict("torn line mid-log, poisoned events", load, events_in_file(log), True)
+        result["quarantined"] = ready.get("quarantined_records")
+        result["job exit codes"] = " ".join(map(str, codes))
+        result["'²' recorded"] = odd.status_code
+        return result
+    finally:
+        api.stop()
+
+
+def long_history(models: Path, work: Path, with_redis: bool) -> dict:
+    """100 writes of 1,000 new items to one user (100k items): write latency stays flat, reads
+    stay fresh (never degraded), the state stays bounded (CDDAE_MAX_HISTORY, default 5,000)."""
+    server = RedisServer(work / "redis").start() if with_redis else None
+    api = Api(models, work, server.url if server else None, CDDAE_MAX_BODY_BYTES="200000")
+    api.start()
+    try:
+        load = Load(lambda: api.url, seconds=0, readers=0)
+        writes, reads, degraded = [], [], 0
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            for write in range(100):
+                items = [f"h{write}-{k}" for k in range(1000)]
+                started = time.perf_counter()
+                answer = client.post("/users/3/interactions", json={"items": items},
+                                     headers={"Idempotency-Key": f"long-{write}"})  # fmt: skip
+                writes.append(time.perf_counter() - started)
+                if answer.status_code == 201:
+                    load._count("write acknowledged")
+                    load.acknowledged.append(("3", f"long-{write}"))
+                else:
+                    load._count(f"write {answer.status_code}")
+                started = time.perf_counter()
+                listed = client.get("/users/3/recommendations")
+                reads.append(time.perf_counter() - started)
+                load._count("read ok" if listed.status_code == 200 else "read failed")
+                degraded += bool(listed.json().get("degraded"))
+        rss = _rss_mib(api.process.pid) if api.process else 0
+        if server:  # the stream has no key: 1,000 entries of user 3 per recorded write
+            entries = sum(f[b"user"] == b"3" for _, f in redis.Redis.from_url(server.url)
+                          .xrange("cddae:events"))  # fmt: skip
+            result = verdict("100k-item history (Redis)", load, Counter(), keyed=False)
+            result["found afterwards"] = entries // 1000 if entries % 1000 == 0 else -1
+            result["duplicates"] = max(0, entries // 1000 - len(load.acknowledged))
+        else:
+            found = events_in_file(work / "interactions.jsonl")
+            result = verdict("100k-item history (file store)", load, found, keyed=True)
+        result.update({
+            "write ms, first 10 → last 10 (median)":
+                f"{_median(writes[:10]):.0f} → {_median(writes[-10:]):.0f}",
+            "read ms, first 10 → last 10 (median)":
+                f"{_median(reads[:10]):.0f} → {_median(reads[-10:]):.0f}",
+            "degraded reads": degraded, "API RSS MiB": rss,
+        })  # fmt: skip
+        return result
+    finally:
+        api.stop()
+        if server:
+            server.signal(signal.SIGKILL)
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] * 1000
+
+
+def _rss_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def slowloris(models: Path, work: Path) -> dict:
+    """200 sockets from another address each send one byte and go silent, beside a normal
+    load: the per-client cap refuses most at once, the request deadline closes the rest."""
+    api = Api(models, work, None, CDDAE_MAX_CONNECTIONS="256",
+              CDDAE_REQUEST_TIMEOUT_SECONDS="2").start()  # fmt: skip
+    sockets = []
+    try:
+        for _ in range(200):
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", api.port))
+            sock.sendall(b"G")
+            sockets.append(sock)
+        load = Load(lambda: api.url, seconds=4, writers=1, readers=2).run()
+        load.join()
+        closed = 0
+        for sock in sockets:
+            sock.settimeout(10)
+            try:
+                closed += sock.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except OSError:
+                pass
+        result = verdict("slowloris: 200 one-byte sockets", load,
+                         events_in_file(work / "interactions.jsonl"), keyed=True)  # fmt: skip
+        result["slow sockets closed by the server"] = closed
+        return result
+    finally:
+        for sock in sockets:
+            sock.close()
+        api.stop()
+
+
+def blank_pointer(models: Path, work: Path) -> dict:
+    """CURRENT emptied by a careless hand: the API keeps serving what it has (readiness says
+    degraded), the job and rollback refuse with exit 2 instead of starting from scratch."""
+    import shutil
+
+    own = work / "models"
+    shutil.copytree(models, own)
+    api = Api(own, work, None).start()
+    try:
+        (own / "CURRENT").write_text("\n")
+        time.sleep(3)  # past the watcher's look (every 2 s)
+        load = Load(lambda: api.url, seconds=3, writers=1, readers=2).run()
+        load.join()
+        ready = httpx.get(f"{api.url}/readyz", timeout=5).json()
+        codes = [retrain(own, work, work / "interactions.jsonl")]
+        rollback = subprocess.run([CDDAE, "models", "rollback", "--models-dir", str(own)],
+                                  capture_output=True)  # fmt: skip
+        codes.append(rollback.returncode)
+        result = verdict("blank CURRENT", load, events_in_file(work / "interactions.jsonl"),
+                         keyed=True)  # fmt: skip
+        result["job exit codes"] = " ".join(map(str, codes)) + " (retrain, rollback)"
+        result["readiness"] = ready["status"]
+        return result
+    finally:
+        api.stop()
+
+
 SCENARIOS = {
     "redis-stop": lambda m, w: redis_fault(m, w, "Redis SIGSTOP 3 s", pause),
     "redis-kill": lambda m, w: redis_fault(m, w, "Redis SIGKILL, restarted", kill_and_restart),
@@ -323,6 +535,12 @@ SCENARIOS = {
     "api-kill-redis": lambda m, w: api_kill(m, w, with_redis=True),
     "torn-tail": torn_tail,
     "idle": idle_connections,
+    "disk-full": disk_full,
+    "poisoned-log": poisoned_log,
+    "long-history-file": lambda m, w: long_history(m, w, with_redis=False),
+    "long-history-redis": lambda m, w: long_history(m, w, with_redis=True),
+    "slowloris": slowloris,
+    "blank-current": blank_pointer,
 }
 
 

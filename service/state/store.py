@@ -181,7 +181,7 @@ class FileStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
-            handle = self.path.open("a+b")
+            handle = self.path.open("a+b", buffering=0)  # no hidden buffer: what failed, failed
         except OSError as error:
             raise StoreUnavailable(f"cannot open {self.path}: {error}") from None
         try:
@@ -201,27 +201,27 @@ class FileStore:
 
     def _replay(self) -> None:
         """Rebuild the view from the file, line by line (never the whole file in memory)."""
-        self._handle.seek(0)
-        offset = 0
-        for number, line in enumerate(iter(self._handle.readline, b""), start=1):
-            if not line.endswith(b"\n"):  # a torn last line: the write was never acknowledged
-                log.warning("%s: cut a torn last line of %d bytes at byte %d",
-                            self.path, len(line), offset)  # fmt: skip
-                self._cut(offset)
-                break
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                    events = list(parse(record))
-                except (ValueError, BadEvent) as error:
-                    self.quarantine.add(f"byte {offset}", f"line {number}: {error}", line)
-                else:
-                    self._apply(record, events)
-            offset += len(line)
+        offset, torn = 0, None
+        with self.path.open("rb") as reader:
+            for number, line in enumerate(reader, start=1):
+                if not line.endswith(b"\n"):  # a torn last line: never acknowledged
+                    torn = len(line)
+                    break
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                        events = list(parse(record))
+                    except (ValueError, BadEvent) as error:
+                        self.quarantine.add(f"byte {offset}", f"line {number}: {error}", line)
+                    else:
+                        self._apply(record, events)
+                offset += len(line)
+        if torn is not None:
+            log.warning("%s: cut a torn last line of %d bytes at byte %d", self.path, torn, offset)
+            self._cut(offset)
 
     def _cut(self, size: int) -> None:
-        self._handle.truncate(size)
-        self._handle.flush()
+        os.ftruncate(self._handle.fileno(), size)
         os.fsync(self._handle.fileno())
 
     def _apply(self, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
@@ -259,11 +259,13 @@ class FileStore:
                 if self._torn_at is not None:  # an earlier append failed and could not be cut
                     self._cut(self._torn_at)
                     self._torn_at = None
-                start = os.fstat(self._handle.fileno()).st_size
+                fd = self._handle.fileno()
+                start = os.fstat(fd).st_size
                 try:
-                    self._handle.write(payload)
-                    self._handle.flush()
-                    os.fsync(self._handle.fileno())
+                    written = memoryview(payload)
+                    while written:  # a short write (a disk filling up) goes on, or raises
+                        written = written[os.write(fd, written) :]
+                    os.fsync(fd)
                 except OSError:
                     self._torn_at = start  # the write's bytes that did land are not a record
                     self._cut(start)
