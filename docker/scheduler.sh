@@ -5,16 +5,15 @@
 set -eu
 schedule="${CDDAE_RETRAIN_SCHEDULE:-0 3 * * *}"
 # cron starts jobs with an empty environment: hand them the settings this container was given,
-# in a file only the job's user reads (it holds the Redis URL). cron itself must run as root to
-# switch users; the job runs as the unprivileged user cddae.
+# in a file only root reads (it holds the Redis URL). cron runs as root (it must, to switch
+# users); the job opens this container's output as root, then cddae-retrain drops to the
+# unprivileged user cddae for all its work.
 umask 077
 export -p | grep -E "^export (CDDAE_|PATH=|VIRTUAL_ENV=|PYTHON)" >/etc/cddae.env
-chown cddae /etc/cddae.env
-chmod 0600 /etc/cddae.env
 umask 022
 cat >/etc/cron.d/cddae <<CRON
 SHELL=/bin/sh
-$schedule cddae . /etc/cddae.env; /usr/local/bin/cddae-retrain >/proc/1/fd/1 2>/proc/1/fd/2
+$schedule root . /etc/cddae.env; /usr/local/bin/cddae-retrain >/proc/1/fd/1 2>/proc/1/fd/2
 CRON
 chmod 0644 /etc/cron.d/cddae
 echo "scheduler: cddae-retrain on '$schedule'"

@@ -224,7 +224,8 @@ def write_token() -> str:
 
 
 def check_deployment_defaults() -> None:
-    """Redis bounded with noeviction, the job's environment readable by its user only."""
+    """Redis bounded with noeviction; the job's environment readable by root only, the job
+    itself run as the unprivileged user cddae."""
     memory = compose("exec", "-T", "redis", "redis-cli", "config", "get", "maxmemory",
                      capture=True).stdout.split()  # fmt: skip
     policy = compose("exec", "-T", "redis", "redis-cli", "config", "get", "maxmemory-policy",
@@ -232,9 +233,10 @@ def check_deployment_defaults() -> None:
     assert int(memory[-1]) > 0 and policy[-1] == "noeviction", (memory, policy)
     env = compose("exec", "-T", "scheduler", "stat", "-c", "%U %a", "/etc/cddae.env",
                   capture=True).stdout.strip()  # fmt: skip
-    assert env == "cddae 600", env
-    cron = compose("exec", "-T", "scheduler", "cat", "/etc/cron.d/cddae", capture=True).stdout
-    assert " cddae . /etc/cddae.env" in cron, cron
+    assert env == "root 600", env
+    owner = compose("exec", "-T", "scheduler", "stat", "-c", "%U", "/models/CURRENT",
+                    capture=True).stdout.strip()  # fmt: skip
+    assert owner == "cddae", f"the job wrote /models as {owner}"
     say(f"Redis maxmemory {memory[-1]} noeviction; the job's environment: {env}")
 
 

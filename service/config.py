@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         description="a request (headers and body) must arrive whole within this time of its "
         "first byte, else the connection is closed",
     )
+    idempotency_ttl_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        description="how long Redis remembers a write's Idempotency-Key (the window for "
+        "retries); the file store remembers the newest 100,000",
+    )
     max_history: int = Field(
         default=5_000,
         ge=1,

@@ -40,7 +40,8 @@ def build_state(settings: Settings) -> AppState:
             settings.cache_ttl_jitter,
             settings.redis_retry_seconds,
         )
-        store, backend = RedisStore(client, settings.max_history), "redis"
+        store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds)
+        backend = "redis"
     else:
         cache = LocalCache(
             settings.local_cache_bytes, settings.cache_ttl_seconds, settings.cache_ttl_jitter

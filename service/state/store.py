@@ -363,8 +363,13 @@ return {1, 1}
 class RedisStore:
     name = f"redis:{STREAM}"
 
-    def __init__(self, client: aioredis.Redis, max_history: int = MAX_HISTORY):
-        self._client, self.max_history = client, max_history
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        max_history: int = MAX_HISTORY,
+        idempotency_ttl: int = IDEMPOTENCY_TTL,
+    ):
+        self._client, self.max_history, self.idempotency_ttl = client, max_history, idempotency_ttl
         self._add = client.register_script(_ADD)
         self._profile = client.register_script(_PROFILE)
         self._read = client.register_script(_READ)
@@ -404,13 +409,13 @@ class RedisStore:
         gen, recent, _, legacy = self._keys(user)
         keys = [f"cddae:idem:{scoped_key('interactions', user, key)}", STREAM, recent, gen, legacy]
         pairs = [value for pair in zip(items, timestamps, strict=True) for value in pair]
-        args = [IDEMPOTENCY_TTL, user, digest, self.max_history, *pairs]
+        args = [self.idempotency_ttl, user, digest, self.max_history, *pairs]
         return await self._run(self._add, user, keys, args)
 
     async def set_profile(self, user, profile, key, digest) -> Written:
         keys = [f"cddae:idem:{scoped_key('profile', user, key)}", STREAM,
                 _key(user, "profile"), _key(user, "gen")]  # fmt: skip
-        args = [IDEMPOTENCY_TTL, user, digest, json.dumps(profile)]
+        args = [self.idempotency_ttl, user, digest, json.dumps(profile)]
         return await self._run(self._profile, user, keys, args)
 
     def health(self) -> dict[str, Any]:
