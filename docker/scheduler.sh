@@ -6,8 +6,8 @@ set -eu
 schedule="${CDDAE_RETRAIN_SCHEDULE:-0 3 * * *}"
 # cron starts jobs with an empty environment: hand them the settings this container was given,
 # in a file only root reads (it holds the Redis URL). cron runs as root (it must, to switch
-# users); the job opens this container's output as root, then cddae-retrain drops to the
-# unprivileged user cddae for all its work.
+# users); the job opens this container's output as root, then drops to the
+# unprivileged user cddae (cddae-retrain does) for all its work.
 umask 077
 export -p | grep -E "^export (CDDAE_|PATH=|VIRTUAL_ENV=|PYTHON)" >/etc/cddae.env
 umask 022

@@ -203,6 +203,7 @@ def list_versions(models_dir: Path) -> list[str]:
     )
 
 
+_SEGMENT = re.compile(r"[0-9a-f]{8}-[0-9-]+\.jsonl")  # <store tag>-<mark>-<mark>.jsonl
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -279,8 +280,8 @@ def gc(models_dir: Path, keep: int) -> list[str]:
                 used.update(
                     read_manifest(models_dir / version).get("events", {}).get("segments", [])
                 )
-        for segment in (models_dir / EVENTS).glob("*.jsonl"):
-            if segment.name not in used:
+        for segment in (models_dir / EVENTS).glob("*.jsonl"):  # segments only: the quarantine
+            if _SEGMENT.fullmatch(segment.name) and segment.name not in used:  # stays
                 segment.unlink()
     return removed
 
@@ -368,10 +369,18 @@ class IdIndex:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Indices of many keys at once; -1 where a key is unknown."""
-        keys = np.asarray(keys, dtype=self._sorted.dtype if len(keys) else str)
-        at = np.searchsorted(self._sorted, keys).clip(0, max(len(self._sorted) - 1, 0))
-        found = self._sorted[at] == keys if len(self._sorted) else np.zeros(len(keys), bool)
-        return np.where(found, self._order[at] if len(self._sorted) else -1, -1)
+        keys = np.asarray(keys)
+        if keys.dtype.kind != "U":
+            keys = keys.astype(str)
+        if not len(self._sorted) or not len(keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        # A key longer than every id cannot be one, and must not be cut to the ids' width to
+        # be compared ("80999" is not "80"): such keys are unknown; the rest cast losslessly.
+        fits = np.char.str_len(keys) <= self._sorted.dtype.itemsize // 4
+        narrow = keys.astype(self._sorted.dtype)
+        at = np.searchsorted(self._sorted, narrow).clip(0, len(self._sorted) - 1)
+        found = (self._sorted[at] == narrow) & fits
+        return np.where(found, self._order[at], -1)
 
 
 @dataclass

@@ -183,3 +183,10 @@ def test_id_index_finds_ids_by_binary_search() -> None:
     assert "10" in index and "x" not in index
     assert index.lookup(np.array(["1", "nope", "10"])).tolist() == [3, -1, 0]
     assert bundle.IdIndex(np.array([], dtype=str)).lookup(np.array(["1"])).tolist() == [-1]
+
+
+def test_a_longer_id_is_never_cut_to_a_known_one() -> None:
+    """Ids stored as <U2 once turned "80999" into item "80" (a write recorded the wrong item)."""
+    index = bundle.IdIndex(np.array([str(k) for k in range(1, 81)]))
+    assert index.lookup(["80999", "8000x", "80", "1²", "zz"]).tolist() == [-1, -1, 79, -1, -1]
+    assert index.get("80999") is None and index.lookup([]).tolist() == []

@@ -269,3 +269,61 @@ def test_a_moved_file_store_keeps_its_mark(job: Job, tmp_path: Path) -> None:
     moved.record([_interaction("new-4", 2, 1e9 + 1)])
     assert job(moved, "--gate", "0") == Outcome.PROMOTED
     assert sorted(k[2] for k in _folded(job.models).elements()) == ["1", "2"]
+
+
+def test_another_redis_is_another_log(job: Job) -> None:
+    """A mark is a stream id of one Redis: a run against another (or a flushed one) refuses
+    rather than skip that log's events, or trim them, on a mark that is not its own."""
+    log = RedisLog()
+    log.record([_interaction("new-5", 1, 1e9)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    log.client.flushdb()  # the same URL, but another store now (its id is gone)
+    log.record([_interaction("new-5", 2, 1e9 + 1)])
+    assert job(log, "--gate", "0", "--trim") == Outcome.FAILED
+    assert log.client.xlen(STREAM) == 1  # nothing trimmed
+    assert job(log, "--gate", "0", "--new-store") == Outcome.PROMOTED
+
+
+def test_a_version_from_before_the_trim_is_not_promoted_by_hand(
+    job: Job, tmp_path: Path, synthetic_dir: Path
+) -> None:
+    """After a trim, promoting a version whose place in the log lies before it — or one that
+    folded no log at all (a hand-trained export) — would lose the trimmed events: refused
+    unless forced, by `models promote` and `export --promote` alike."""
+    log = RedisLog()
+    log.record([_interaction("new-6", 1, 1e9)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    first = bundle.current_version(job.models)
+    log.record([_interaction("new-6", 2, 1e9 + 1)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    bundle.gc(job.models, keep=1)  # the first version gone: the trim may pass its mark
+    log.record([_interaction("new-6", 3, 1e9 + 2)])
+    assert job(log, "--gate", "0", "--trim") == Outcome.PROMOTED
+    assert first not in bundle.list_versions(job.models)
+    checkpoint = tmp_path / "by-hand"
+    assert main(["train", "--model", "pop", "--data", str(synthetic_dir), "--output",
+                 str(checkpoint), "--quiet"]) == 0  # fmt: skip
+    models = ["--models-dir", str(job.models)]
+    assert main(["export", "--checkpoint", str(checkpoint), *models, "--promote"]) == 2
+    by_hand = bundle.list_versions(job.models)[-1]
+    assert bundle.current_version(job.models) != by_hand
+    assert main(["models", "promote", by_hand, *models]) == 2
+    assert main(["models", "promote", by_hand, *models, "--force"]) == 0
+
+
+def test_gc_keeps_the_quarantine(job: Job, tmp_path: Path) -> None:
+    log = FileLog(tmp_path / "events.jsonl")
+    log.record([_interaction("new-7", 1, 1e9), {"type": "nonsense"}])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED
+    bundle.gc(job.models, keep=1)
+    assert (job.models / bundle.EVENTS / "quarantine.jsonl").exists()
+
+
+def test_a_store_that_never_recorded_anything_is_no_error(job: Job, tmp_path: Path) -> None:
+    """No folder yet (the service never wrote): the run folds nothing and binds to no store."""
+    absent = FileLog(tmp_path / "never" / "events.jsonl")
+    assert job(absent, "--gate", "0") == Outcome.PROMOTED
+    assert _events_state(job.models)["source"] is None
+    log = FileLog(tmp_path / "events.jsonl")  # the store the service then creates
+    log.record([_interaction("new-8", 1, 1e9)])
+    assert job(log, "--gate", "0") == Outcome.PROMOTED

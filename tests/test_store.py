@@ -24,14 +24,17 @@ from service.state.store import (
     RedisStore,
     StoreUnavailable,
     Written,
+    body_digest,
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 
 
 @contextlib.asynccontextmanager
-async def store_of(backend: str, tmp_path: Path, max_history: int = 3) -> AsyncIterator:
-    """A fresh store of either kind, closed after."""
+async def store_of(
+    backend: str, tmp_path: Path, max_history: int = 3, fresh: bool = True
+) -> AsyncIterator:
+    """A store of either kind (fresh: Redis's database flushed first), closed after."""
     if backend == "file":
         store = FileStore(tmp_path / "events.jsonl", max_history)
         try:
@@ -39,7 +42,8 @@ async def store_of(backend: str, tmp_path: Path, max_history: int = 3) -> AsyncI
         finally:
             store.close()
     else:
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        if fresh:
+            redis.Redis.from_url(REDIS_URL).flushdb()
         client = redis_client(REDIS_URL, 2.0)
         try:
             yield RedisStore(client, max_history)
@@ -140,14 +144,16 @@ def test_a_failed_append_is_cut_back_and_its_retry_is_recorded(tmp_path: Path) -
     try:
         with pytest.raises(StoreUnavailable, match="cannot append"):
             asyncio.run(store.add_interactions("u", items, [2.0] * 1000, "big", "d1"))
+        assert log.stat().st_size == size  # the partial write is gone, the disk still full
+        small = asyncio.run(store.add_interactions("u", ["s"], [2.0], "small", "d2"))
+        assert small.new  # what fits is recorded: the store is not stuck on the failure
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
-    assert log.stat().st_size == size  # the partial write is gone
     assert asyncio.run(store.add_interactions("u", items, [2.0] * 1000, "big", "d1")).new
     store.close()
     reopened = FileStore(log)
-    assert len(asyncio.run(reopened.user_state("u")).added) == 1001
+    assert len(asyncio.run(reopened.user_state("u")).added) == 1002
     assert reopened.health() == {"quarantined_records": 0}
     reopened.close()
 
@@ -289,3 +295,43 @@ def test_records_of_every_form_read_alike() -> None:
     assert list(parse(one)) == list(parse(many))
     profile = {"type": "profile", "user": "u", "profile": '{"age": 3}'}
     assert next(parse(profile))["profile"] == {"age": 3}
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_profile_retry_answers_as_its_first_attempt(tmp_path: Path, backend: str) -> None:
+    async def scenario() -> list[Written]:
+        async with store_of(backend, tmp_path) as store:
+            first = await store.set_profile("u", {"age": 31}, "p1", "d", created=True)
+            again = await store.set_profile("u", {"age": 31}, "p1", "d", created=False)
+            return [first, again]
+
+    first, again = asyncio.run(scenario())
+    assert first == Written(True, 1, True) and again == Written(False, 1, True)
+
+
+def test_equal_json_is_the_same_request() -> None:
+    assert body_digest({"age": 31, "a": [1]}) == body_digest({"a": [1.0], "age": 31.0})
+    assert body_digest({"age": 31}) != body_digest({"age": 31.5})
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_both_stores_keep_the_same_items_and_read_no_more_than_the_cap(
+    tmp_path: Path, backend: str
+) -> None:
+    """Later in a write is more recent, whatever the ids sort like; a cap lowered since the
+    items were recorded bounds the read too."""
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        async with store_of(backend, tmp_path, max_history=10) as store:
+            await store.add_interactions("u", ["30", "20", "10", "40"], [1.0] * 4, "k1", "d1")
+            await store.add_interactions("v", [str(k) for k in range(10)], [1.0] * 10, "k", "d")
+            one = (await store.user_state("u")).added
+        async with store_of(backend, tmp_path, max_history=3, fresh=False) as store:
+            v = (await store.user_state("v")).added  # read before any write under the new cap
+            await store.add_interactions("u", ["50"], [1.0], "k2", "d2")
+            return one, sorted((await store.user_state("u")).added), sorted(v)
+
+    one, capped, v = asyncio.run(scenario())
+    assert v == ["7", "8", "9"]
+    assert sorted(one) == ["10", "20", "30", "40"]
+    assert capped == ["10", "40", "50"]

@@ -176,7 +176,6 @@ def cmd_recommend(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from service.bundle import promote
     from training.jobs.checkpoint import Checkpoint
     from training.jobs.export import export_checkpoint
 
@@ -186,8 +185,21 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"{figures['max_abs_diff']:.2e}, top-10 agreement {figures['top10_agreement']:.2%}"
     )
     if args.promote:
-        promote(args.models_dir, version)
-        print(f"promoted {version}")
+        _promote(args.models_dir, version, args.force)
+
+
+def _promote(models_dir: Path, version: str, force: bool) -> None:
+    """Promote by hand (`export --promote`, `models promote`): refused when the version's place
+    in the event log lies before the last trim (a retrain from it would lose what came in
+    between), unless forced."""
+    from service.bundle import promote
+    from training.jobs.retrain import lost_to_trim
+
+    with contextlib.suppress(RuntimeError):  # an unreadable manifest: promote refuses it
+        if (reason := lost_to_trim(models_dir, version)) and not force:
+            raise ValueError(f"{reason}; --force promotes it all the same")
+    promote(models_dir, version)
+    print(f"promoted {version}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -210,13 +222,7 @@ def cmd_models(args: argparse.Namespace) -> None:
                 f"{metrics.get('R@10', float('nan')):>8.4f}"
             )
     elif args.action == "promote":
-        from training.jobs.retrain import lost_to_trim
-
-        with contextlib.suppress(RuntimeError):  # an unreadable manifest: promote refuses it
-            if (reason := lost_to_trim(models_dir, args.version)) and not args.force:
-                raise ValueError(f"{reason}; --force promotes it all the same")
-        bundle.promote(models_dir, args.version)
-        print(f"promoted {args.version}")
+        _promote(models_dir, args.version, args.force)
     elif args.action == "rollback":
         print(f"rolled back to {bundle.rollback(models_dir)}")
     elif args.action == "gc":
@@ -345,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--models-dir", type=Path, default=Path("models"))
     export.add_argument("--promote", action="store_true", help="put the new version in service")
+    export.add_argument(
+        "--force", action="store_true", help="with --promote: even if older than the last trim"
+    )
     export.set_defaults(func=cmd_export)
 
     models = sub.add_parser("models", help="list, promote, roll back, clean up model versions")

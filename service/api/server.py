@@ -73,13 +73,20 @@ class GuardedProtocol(BaseProtocol):  # type: ignore[misc,valid-type]
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.deadline is None and not self.transport.is_closing():  # a request begins
-            self.deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+        self._arm()  # a request's first bytes (or more of one already armed)
         super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        self._arm()  # a request pipelined behind another, in the same bytes, is timed too
+        super().on_message_begin()
 
     def on_message_complete(self) -> None:
         self._disarm()  # the request arrived whole; the response may take what it takes
         super().on_message_complete()
+
+    def _arm(self) -> None:
+        if self.deadline is None and not self.transport.is_closing():
+            self.deadline = self.loop.call_later(self.request_timeout, self._too_slow)
 
     def _disarm(self) -> None:
         if self.deadline is not None:

@@ -242,7 +242,7 @@ class Recommendations:
     async def set_profile(
         self, user_id: str, profile: dict[str, Any], key: str, digest: str
     ) -> tuple[bool, Written]:
-        """Create or replace; (whether the user is new, the write's outcome)."""
+        """Create or replace; (whether the write created the user, the write's outcome)."""
         model = self.model()
         model.encode_profile(profile)  # unknown fields or values: 422 before anything is written
         profile = {k: v for k, v in profile.items() if v is not None}
@@ -250,8 +250,8 @@ class Recommendations:
         if user_id not in model.user_index:
             state = await self.store.user_state(user_id)
             created = state.profile is None and not state.added
-        written = await self.store.set_profile(user_id, profile, key, digest)
-        return created and written.new, written
+        written = await self.store.set_profile(user_id, profile, key, digest, created)
+        return written.created, written  # a retry answers as its first attempt did
 
     # --- ad-hoc users --------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ answers what the first attempt recorded; the same key with another body is refus
 recorded whole or not at all: one Lua script with Redis; one line per write in the file store,
 an append that fails is cut back off, so a retry of a failed write is recorded, not "replayed".
 
-Histories are bounded: each user keeps the `max_history` most recent recorded items (by time;
-older ones stay in the log for training), so writes stay O(items written) and reads O(cap).
+Histories are bounded: each user keeps the `max_history` most recently recorded items (in the
+order they were recorded, whatever timestamps they carry; older ones stay in the log for
+training), so writes stay O(items written) and reads O(cap).
 
 With Redis, the stream `cddae:events` holds the log (read by the retraining job). Without
 Redis, writes are appended (flushed and fsynced) to a JSON-lines file under an exclusive lock,
@@ -48,7 +49,7 @@ from redis.exceptions import RedisError
 from service.state.events import BadEvent, Quarantine, parse
 
 STREAM = "cddae:events"
-STORE_ID_KEY = "cddae:store-id"
+STORE_ID_KEY = "cddae:store-id"  # a Redis store's identity, set once by whoever comes first
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
 LOCAL_KEYS = 100_000  # keys the file store remembers in memory (the newest)
 MAX_HISTORY = 5_000  # recorded items kept per user for serving: the most recent
@@ -77,11 +78,12 @@ class UserState:
 
 @dataclass(frozen=True)
 class Written:
-    """A write's outcome: `new` False when it was a retry of one already recorded, whose
-    first attempt recorded `recorded` items."""
+    """A write's outcome: `new` False when it was a retry of one already recorded; what the
+    first attempt recorded (items; for a profile, whether it created the user) either way."""
 
     new: bool
     recorded: int
+    created: bool = False
 
 
 # Where a user's cached answer lies, for a store that can look it up with the state: the cache
@@ -99,12 +101,21 @@ def scoped_key(route: str, user: str, key: str) -> str:
 
 
 def body_digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    """Equal JSON, equal digest: key order and 31 vs 31.0 do not make another request."""
+    return hashlib.sha256(json.dumps(_canonical(parts), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
 
 
 class Store(Protocol):
-    name: str  # "file:<store id>" or "redis:<store id>": stable, never a path
-
     async def user_state(self, user: str, probe: Probe | None = None) -> UserState: ...
 
     async def add_interactions(
@@ -114,8 +125,11 @@ class Store(Protocol):
         ...
 
     async def set_profile(
-        self, user: str, profile: dict[str, Any], key: str, digest: str
-    ) -> Written: ...
+        self, user: str, profile: dict[str, Any], key: str, digest: str, created: bool = False
+    ) -> Written:
+        """Record the profile; `created`: this write creates the user (kept with the key, so
+        that a retry answers as the first attempt did)."""
+        ...
 
     def health(self) -> dict[str, Any]:
         """Figures for /readyz (quarantined records, …)."""
@@ -163,7 +177,8 @@ class FileStore:
         self.path, self.max_history = path, max_history
         self._users: dict[str, UserState] = {}
         self._histories: dict[str, OrderedDict[str, None]] = {}
-        self._keys: OrderedDict[str, tuple[str, int]] = OrderedDict()  # scoped → (digest, n)
+        # scoped key → the first attempt's (digest, items recorded, created)
+        self._keys: OrderedDict[str, tuple[str, int, bool]] = OrderedDict()
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         self._handle = self._open()
@@ -235,7 +250,8 @@ class FileStore:
                 state.profile = event["profile"]
         state.generation += 1
         if key := record.get("key"):
-            self._keys[key] = (record.get("digest", ""), len(events))
+            first = (record.get("digest", ""), len(events), bool(record.get("created")))
+            self._keys[key] = first
             self._keys.move_to_end(key)
             if len(self._keys) > LOCAL_KEYS:
                 self._keys.popitem(last=False)
@@ -254,7 +270,7 @@ class FileStore:
             if seen is not None:
                 if seen[0] != record["digest"]:
                     raise IdempotencyConflict("this Idempotency-Key was used for another request")
-                return Written(False, seen[1])
+                return Written(False, seen[1], seen[2])
             try:
                 if self._torn_at is not None:  # an earlier append failed and could not be cut
                     self._cut(self._torn_at)
@@ -274,7 +290,7 @@ class FileStore:
             except OSError as error:
                 raise StoreUnavailable(f"cannot append to {self.path.name}: {error}") from None
             self._apply(record, events)
-            return Written(True, len(events))
+            return Written(True, len(events), bool(record.get("created")))
 
     async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
         state = self._users.get(user)
@@ -288,9 +304,10 @@ class FileStore:
                   "key": scoped_key("interactions", user, key), "digest": digest}  # fmt: skip
         return await self._write(record)
 
-    async def set_profile(self, user, profile, key, digest) -> Written:
+    async def set_profile(self, user, profile, key, digest, created=False) -> Written:
         record = {"type": "profile", "user": user, "profile": profile,
-                  "key": scoped_key("profile", user, key), "digest": digest}  # fmt: skip
+                  "key": scoped_key("profile", user, key), "digest": digest,
+                  "created": created}  # fmt: skip
         return await self._write(record)
 
     def health(self) -> dict[str, Any]:
@@ -311,7 +328,7 @@ _READ = """
 local gen = redis.call('get', KEYS[1]) or '0'
 local hit = redis.call('hget', ARGV[1] .. gen, ARGV[2])
 if hit then return {gen, hit} end
-local items = redis.call('zrange', KEYS[2], 0, -1)
+local items = redis.call('zrange', KEYS[2], -tonumber(ARGV[3]), -1)
 if #items == 0 then items = redis.call('srandmember', KEYS[4], ARGV[3]) end
 return {gen, false, items, redis.call('get', KEYS[3])}
 """
@@ -319,8 +336,9 @@ return {gen, false, items, redis.call('get', KEYS[3])}
 # One script per write, all or nothing: the key checked (same body: a replay, answered with
 # what the first attempt recorded; another body: -1, a conflict), the events appended, the
 # recent items updated and capped, the generation bumped. Items are scored by the generation
-# of their write: the cap keeps the most recently recorded. KEYS: key marker, stream, recent
-# items, generation, legacy item set. ARGV: key TTL, user, digest, cap, then item/time pairs.
+# of their write and their place in it (a write holds at most 1,000): the cap keeps the most
+# recently recorded. KEYS: key marker, stream, recent items, generation, legacy item set.
+# ARGV: key TTL, user, digest, cap, then item/time pairs.
 _ADD = """
 local seen = redis.call('get', KEYS[1])
 if seen then
@@ -339,8 +357,8 @@ local n = 0
 for k = 5, #ARGV, 2 do
   redis.call('xadd', KEYS[2], '*', 'type', 'interaction', 'user', ARGV[2],
              'item', ARGV[k], 'timestamp', ARGV[k + 1])
-  redis.call('zadd', KEYS[3], gen, ARGV[k])
   n = n + 1
+  redis.call('zadd', KEYS[3], gen * 100000 + n, ARGV[k])  -- later in the write: more recent
 end
 redis.call('zremrangebyrank', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. n, 'EX', ARGV[1])
@@ -349,20 +367,19 @@ return {1, n}
 _PROFILE = """
 local seen = redis.call('get', KEYS[1])
 if seen then
-  if string.match(seen, '^(%x+):') ~= ARGV[3] then return {-1, 0} end
-  return {0, 1}
+  local digest, created = string.match(seen, '^(%x+):(%d)$')
+  if digest ~= ARGV[3] then return {-1, 0} end
+  return {0, tonumber(created)}
 end
 redis.call('xadd', KEYS[2], '*', 'type', 'profile', 'user', ARGV[2], 'profile', ARGV[4])
 redis.call('set', KEYS[3], ARGV[4])
 redis.call('incr', KEYS[4])
-redis.call('set', KEYS[1], ARGV[3] .. ':1', 'EX', ARGV[1])
-return {1, 1}
+redis.call('set', KEYS[1], ARGV[3] .. ':' .. ARGV[5], 'EX', ARGV[1])
+return {1, tonumber(ARGV[5])}
 """
 
 
 class RedisStore:
-    name = f"redis:{STREAM}"
-
     def __init__(
         self,
         client: aioredis.Redis,
@@ -412,11 +429,12 @@ class RedisStore:
         args = [self.idempotency_ttl, user, digest, self.max_history, *pairs]
         return await self._run(self._add, user, keys, args)
 
-    async def set_profile(self, user, profile, key, digest) -> Written:
+    async def set_profile(self, user, profile, key, digest, created=False) -> Written:
         keys = [f"cddae:idem:{scoped_key('profile', user, key)}", STREAM,
                 _key(user, "profile"), _key(user, "gen")]  # fmt: skip
-        args = [self.idempotency_ttl, user, digest, json.dumps(profile)]
-        return await self._run(self._profile, user, keys, args)
+        args = [self.idempotency_ttl, user, digest, json.dumps(profile), int(created)]
+        written = await self._run(self._profile, user, keys, args)
+        return Written(written.new, 1, bool(written.recorded))
 
     def health(self) -> dict[str, Any]:
         return {}

@@ -121,6 +121,15 @@ def test_one_byte_and_silence_hold_no_connection(base_models: Path, tmp_path: Pa
                 sock.settimeout(50)  # under the idle timeout: only the deadline closes them
                 assert _closed_by_server(sock)
             assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+            # Pipelined: a whole request, then a second one whose body never comes.
+            piped = socket.create_connection(("127.0.0.1", server.port))
+            piped.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /score HTTP/1.1\r\n"
+                          b"Host: x\r\nContent-Length: 100\r\n\r\n")  # fmt: skip
+            slow.append(piped)
+            piped.settimeout(50)
+            assert piped.recv(4096).startswith(b"HTTP/1.1 200")
+            while not _closed_by_server(piped):  # the rest of the answer, then the hang-up
+                pass
         finally:
             for sock in slow:
                 sock.close()
@@ -129,6 +138,6 @@ def test_one_byte_and_silence_hold_no_connection(base_models: Path, tmp_path: Pa
 def _closed_by_server(sock: socket.socket) -> bool:
     """A hang-up: end of stream, or a reset (the server closed with our byte unread)."""
     try:
-        return sock.recv(1) == b""
+        return sock.recv(4096) == b""
     except ConnectionResetError:
         return True

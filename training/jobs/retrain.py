@@ -81,7 +81,8 @@ class FileEvents:
 
     def __init__(self, path: Path):
         self.path = path
-        self.name = f"file:{file_store_id(path)}"
+        # No folder, no store yet (the service never recorded anything): nothing to fold.
+        self.name = f"file:{file_store_id(path)}" if path.parent.is_dir() else "file:absent"
         self.legacy_names = frozenset({f"file:{path.resolve()}"})  # before store ids
 
     def pages(self, after: str | None, size: int) -> Iterator[tuple[list[Record], str]]:
@@ -129,12 +130,15 @@ class RedisEvents:
     def __init__(self, url: str):
         import redis
 
-        from service.state.store import STREAM
+        from service.state.store import STORE_ID_KEY, STREAM
 
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.stream = STREAM
-        self.name = f"redis:{self.stream}"
-        self.legacy_names: frozenset[str] = frozenset()
+        # The store's identity, set once by whoever comes first: another Redis (or a flushed
+        # one) is another log, whose stream ids the mark says nothing about.
+        self.client.set(STORE_ID_KEY, secrets.token_hex(8), nx=True)
+        self.name = f"redis:{self.client.get(STORE_ID_KEY)}"
+        self.legacy_names = frozenset({f"redis:{STREAM}"})  # before store ids
 
     def pages(self, after: str | None, size: int) -> Iterator[tuple[list[Record], str]]:
         start = f"({after}" if after else "-"
@@ -326,8 +330,10 @@ def _run(
     _, checkpoint = train_and_evaluate(
         kind, prepared, seed, model=config.get("model"), train=config.get("train"), progress=False
     )
+    # A version that folded nothing binds to no store: a later store is read from its start.
+    bound = source.name if chain or mark is not None else None
     extra = {
-        "events": {"source": source.name, "mark": mark, "segments": chain},
+        "events": {"source": bound, "mark": mark, "segments": chain},
         "retrain": {
             "base_ratings": base,
             "recorded_interactions": earlier + new[0],
@@ -417,9 +423,9 @@ def lost_to_trim(models_dir: Path, version: str) -> str | None:
     retrain from it could not read what came between), or None."""
     trim = trimmed_before(models_dir)
     events = _events_state(models_dir, version)
-    if not trim or events.get("source") != trim.get("source"):
-        return None
-    mark = events.get("mark")
+    if not trim or events.get("source") not in (None, trim.get("source")):
+        return None  # another store's version: the retrain refuses it on its own
+    mark = events.get("mark")  # none: a retrain from it would read the log from its start
     if mark is None or _stream_order(mark) < _stream_order(trim["before"]):
         return (
             f"{version} folded events up to {mark}, but the log was trimmed before "
