@@ -75,7 +75,7 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.folder), "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+             str(self.folder), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port)
@@ -312,11 +312,14 @@ def torn_tail(models: Path, work: Path) -> dict:
 
 
 def idle_connections(models: Path, work: Path) -> dict:
-    api = Api(models, work, None).start()
+    api = Api(models, work, None, CDDAE_MAX_CONNECTIONS_PER_CLIENT="2048").start()
     sockets = []
     try:
-        for _ in range(1000):
-            sockets.append(socket.create_connection(("127.0.0.1", api.port)))
+        for _ in range(1000):  # from another client address than the load's
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", api.port))
+            sockets.append(sock)
         load = Load(lambda: api.url, seconds=3, writers=1, readers=2).run()
         load.join()
         time.sleep(6)  # past the idle timeout (5 s)
