@@ -26,7 +26,7 @@ test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# Faults under load on loopback (own redis-server per scenario; about a minute): docs/RELIABILITY.md
+# Faults under load on loopback (own redis-server per scenario; about two minutes): docs/RELIABILITY.md
 faults: install
 	$(BIN)/python scripts/fault_suite.py
 

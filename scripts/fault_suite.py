@@ -323,11 +323,7 @@ def idle_connections(models: Path, work: Path) -> dict:
         load = Load(lambda: api.url, seconds=3, writers=1, readers=2).run()
         load.join()
         time.sleep(6)  # past the idle timeout (5 s)
-        closed = 0
-        for sock in sockets:
-            sock.settimeout(1)
-            with contextlib.suppress(OSError):
-                closed += sock.recv(1) == b""
+        closed = closed_by_server(sockets, wait=1)
         found = events_in_file(work / "interactions.jsonl")
         result = verdict("1,000 idle connections", load, found, keyed=True)
         result["idle sockets closed by the server"] = closed
@@ -336,6 +332,20 @@ def idle_connections(models: Path, work: Path) -> dict:
         for sock in sockets:
             sock.close()
         api.stop()
+
+
+def closed_by_server(sockets: list[socket.socket], wait: float) -> int:
+    """How many of `sockets` the server hung up on (end of stream or a reset)."""
+    closed = 0
+    for sock in sockets:
+        sock.settimeout(wait)
+        try:
+            closed += sock.recv(1) == b""
+        except ConnectionResetError:
+            closed += 1
+        except OSError:
+            pass
+    return closed
 
 
 def disk_full(models: Path, work: Path) -> dict:
@@ -485,15 +495,7 @@ def slowloris(models: Path, work: Path) -> dict:
             sockets.append(sock)
         load = Load(lambda: api.url, seconds=4, writers=1, readers=2).run()
         load.join()
-        closed = 0
-        for sock in sockets:
-            sock.settimeout(10)
-            try:
-                closed += sock.recv(1) == b""
-            except ConnectionResetError:
-                closed += 1
-            except OSError:
-                pass
+        closed = closed_by_server(sockets, wait=10)
         result = verdict("slowloris: 200 one-byte sockets", load,
                          events_in_file(work / "interactions.jsonl"), keyed=True)  # fmt: skip
         result["slow sockets closed by the server"] = closed

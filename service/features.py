@@ -22,6 +22,7 @@ AGE_BAND_EDGES: tuple[float, ...] = (18, 25, 35, 45, 50, 56)
 # A number a request may give for a numeric or bucket field: far past any real profile value,
 # small enough that standardising it stays finite in float32.
 NUMBER_LIMIT = 1e9
+Z_LIMIT = 5.0  # a standardised number is clipped to ±5 standard deviations
 
 
 class FeatureError(ValueError):
@@ -64,8 +65,8 @@ class FieldSpec:
                 out[self._index(str(label))] = 1.0
         elif self.kind == "bucket":
             out[bisect.bisect_right(self.edges, self._number(value))] = 1.0
-        else:
-            out[0] = (self._number(value) - self.mean) / self.std
+        else:  # bounded: one absurd value cannot swamp the model's input
+            out[0] = np.clip((self._number(value) - self.mean) / self.std, -Z_LIMIT, Z_LIMIT)
 
     def json_schema(self) -> dict[str, Any]:
         """What a request may send for this field, as JSON Schema (null: not known)."""
@@ -214,6 +215,9 @@ def fit_field(name: str, kind: FieldKind, column: Iterable[Any], **options: Any)
     if kind == "bucket":
         return FieldSpec(name, kind, edges=tuple(options.get("edges", AGE_BAND_EDGES)))
     numbers = np.array([float(v) for v in present], dtype=np.float64)
+    if numbers.size:  # robust to a few absurd values (a recorded age of 1e9 would flatten the
+        low, high = np.percentile(numbers, [1, 99])  # rest): fit on the 1st-99th percentiles
+        numbers = numbers.clip(low, high)
     std = float(numbers.std()) if numbers.size else 1.0
     return FieldSpec(
         name, kind, mean=float(numbers.mean()) if numbers.size else 0.0, std=std or 1.0

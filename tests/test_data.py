@@ -144,3 +144,21 @@ def test_profile_fields_are_inferred_from_the_data_and_overridable(tmp_path: Pat
     assert "nickname" not in spec.names and "zip" in spec.names
     with pytest.raises(ValueError, match="unknown kind"):
         fit_user_spec(data.user_profiles, {"zip": "colour"})
+
+
+def test_an_absurd_number_neither_skews_the_fit_nor_swamps_the_input() -> None:
+    """Issue 19: one recorded age of 1e9 used to make every other user's age the same z."""
+    import numpy as np
+
+    from service.features import Z_LIMIT, fit_field
+
+    ages = [20.0 + k % 40 for k in range(500)] + [1e9]
+    spec = fit_field("age", "numeric", ages)
+    assert spec.std < 20  # fit on the bulk, not on the outlier
+    young, old = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    spec.encode_into(young, 20)
+    spec.encode_into(old, 59)
+    assert old[0] - young[0] > 2  # ages still tell users apart
+    absurd = np.zeros(1, np.float32)
+    spec.encode_into(absurd, 1e9)
+    assert absurd[0] == Z_LIMIT

@@ -269,6 +269,8 @@ def test_a_moved_file_store_keeps_its_mark(job: Job, tmp_path: Path) -> None:
     moved.record([_interaction("new-4", 2, 1e9 + 1)])
     assert job(moved, "--gate", "0") == Outcome.PROMOTED
     assert sorted(k[2] for k in _folded(job.models).elements()) == ["1", "2"]
+    # Issue 19 (10): the manifest (which /model shows) names the store by its id, not a path.
+    assert "/" not in _events_state(job.models)["source"]
 
 
 def test_another_redis_is_another_log(job: Job) -> None:
