@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AfterValidator, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 
 from service.api.app_state import AppStateDep, state_of
 from service.api.schemas import (
@@ -31,6 +31,12 @@ from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
 from service.state.store import IdempotencyConflict, StoreUnavailable, body_digest
 
 router = APIRouter()
+MAX_EXCLUDED = 1000  # ids one GET may exclude (a query string of ~10 KB)
+ExcludedId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(check_id),
+]
 UserId = Annotated[
     str,
     Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["196"],
@@ -76,11 +82,21 @@ async def get_recommendations(
     user_id: UserId,
     n: Annotated[int, Query(ge=1, description="list length, up to the configured maximum")] = 10,
     exclude_seen: bool = True,
+    exclude: Annotated[
+        list[ExcludedId],
+        Query(
+            max_length=MAX_EXCLUDED,
+            description="item ids never to return (repeatable); "
+            "the list stays full: they are masked before the top-N",
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies a default list per request
 ) -> Response:
-    """Top-N items for a known user, without the items the user has already interacted with."""
+    """Top-N items for a known user, without the items the user has already interacted with
+    and without the ones `exclude` names."""
     state = state_of(request)  # the hot paths skip dependency solving: see docs/PERFORMANCE.md
     try:
-        return JSONBytes(await state.recommendations.for_user(user_id, n, exclude_seen))
+        answer = await state.recommendations.for_user(user_id, n, exclude_seen, exclude)
+        return JSONBytes(answer)
     except HANDLED as error:
         raise _http_error(error) from None
 

@@ -162,7 +162,9 @@ class Recommendations:
 
     # --- known users ---------------------------------------------------------------------------
 
-    async def for_user(self, user_id: str, n: int, exclude_seen: bool) -> bytes:
+    async def for_user(
+        self, user_id: str, n: int, exclude_seen: bool, exclude: Sequence[str] = ()
+    ) -> bytes:
         """A known user's answer (JSON). The cache key carries the user's generation, which
         every write bumps atomically with itself: no list from before a write is served after
         it. With Redis, state and cached answer come in one round trip. When the store cannot be
@@ -170,7 +172,13 @@ class Recommendations:
         not cached; anyone else gets a 503, never a 404."""
         self._check_n(n)
         model = self.model()
-        prefix, field = cache_key(model.version, f"user:{user_id}:"), f"{n}:{int(exclude_seen)}"
+        # Items the caller never wants back: masked before the top-n (the list stays full),
+        # and part of the cache field, so that an answer never crosses exclusions.
+        banned = sorted(set(model.known_items(list(exclude))[0])) if exclude else []
+        field = f"{n}:{int(exclude_seen)}"
+        if banned:
+            field += ":" + hashlib.sha256(json.dumps(banned).encode()).hexdigest()[:16]
+        prefix = cache_key(model.version, f"user:{user_id}:")
         probe = (
             (prefix, field) if self.cache.backend == "redis" and not self.cache.degraded else None
         )
@@ -181,12 +189,12 @@ class Recommendations:
             if index is None:
                 raise
             query = model.known_user(index)
-            ranked = await self._rank_user(model, query, n, exclude_seen)
+            ranked = await self._rank_user(model, query, n, exclude_seen, banned)
             return finish(model.answer(ranked, degraded=True), cached=False)
         key = prefix + str(state.generation)
         hit = state.cached if probe is not None else await self.cache.get(key, field)
         return await self._cached(
-            key, field, lambda: self._for_user(model, user_id, state, n, exclude_seen), hit
+            key, field, lambda: self._for_user(model, user_id, state, n, exclude_seen, banned), hit
         )
 
     def _user_query(self, model: Model, user_id: str, state: UserState) -> Query:
@@ -204,16 +212,25 @@ class Recommendations:
         return query
 
     async def _for_user(
-        self, model: Model, user_id: str, state: UserState, n: int, exclude_seen: bool
+        self,
+        model: Model,
+        user_id: str,
+        state: UserState,
+        n: int,
+        exclude_seen: bool,
+        banned: Sequence[int],
     ) -> bytes:
         query = self._user_query(model, user_id, state)
-        return model.answer(await self._rank_user(model, query, n, exclude_seen))
+        return model.answer(await self._rank_user(model, query, n, exclude_seen, banned))
 
-    async def _rank_user(self, model: Model, query: Query, n: int, exclude_seen: bool) -> Ranked:
+    async def _rank_user(
+        self, model: Model, query: Query, n: int, exclude_seen: bool, banned: Sequence[int] = ()
+    ) -> Ranked:
         scores = None
         if model.source(query) != "popularity":
             scores = (await self._scores(model, [query]))[0]
-        return model.rank(query, scores, n, exclude=query.excluded() if exclude_seen else [])
+        exclude = [*query.excluded(), *banned] if exclude_seen else list(banned)
+        return model.rank(query, scores, n, exclude=exclude)
 
     async def add_interactions(
         self,

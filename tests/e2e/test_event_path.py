@@ -141,3 +141,26 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return sock.recv(4096) == b""
     except ConnectionResetError:
         return True
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_excluded_items_never_come_back_and_the_list_stays_full(
+    base_models: Path, tmp_path: Path, backend: str
+) -> None:
+    """Issue 20 (part): `exclude` masks items before the top-N; cached answers never cross
+    exclusions."""
+    with running(base_models, tmp_path, BACKENDS[backend]) as server:
+        url = f"{server.url}/users/3/recommendations"
+        plain = [i["item_id"] for i in httpx.get(url, params={"n": 10}).json()["items"]]
+        again = httpx.get(url, params={"n": 10})  # cached now
+        banned = plain[:3]
+        masked = httpx.get(url, params={"n": 10, "exclude": [*banned, "not-an-item"]})
+        assert again.json()["cached"] is True and masked.json()["cached"] is False
+        items = [i["item_id"] for i in masked.json()["items"]]
+        assert len(items) == 10 and not set(banned) & set(items)
+        assert items[:7] == plain[3:]  # the same order, the next ones moved up
+        assert [i["item_id"] for i in httpx.get(url, params={"n": 10}).json()["items"]] == plain
+        bad = httpx.get(url, params={"exclude": "1\x00"})
+        assert bad.status_code == 422
+        too_many = httpx.get(url, params=[("exclude", str(k)) for k in range(1001)])
+        assert too_many.status_code in (414, 422)
