@@ -241,23 +241,28 @@ def promote(models_dir: Path, version: str) -> None:
         _replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
 
 
+def rollback_target(models_dir: Path) -> tuple[str, list[str]]:
+    """(the version promoted before the one CURRENT names, HISTORY up to it). HISTORY's last
+    entry need not be CURRENT: a hand may have moved the pointer."""
+    current = current_version(models_dir)
+    history = promotion_history(models_dir)
+    if current is None:
+        raise BundleError("nothing to roll back to: no version in service")
+    if current not in history:
+        raise BundleError(f"cannot roll back: {current} is not in {HISTORY}")
+    at = len(history) - 1 - history[::-1].index(current)
+    if at == 0:
+        raise BundleError(f"nothing to roll back to: {current} is the first promotion")
+    return history[at - 1], history[:at]
+
+
 def rollback(models_dir: Path) -> str:
-    """Return to the version promoted before the one CURRENT names (HISTORY's last entry need
-    not be CURRENT: a hand may have moved the pointer)."""
+    """Return to the version promoted before the one CURRENT names."""
     with models_lock(models_dir):
-        current = current_version(models_dir)
-        history = promotion_history(models_dir)
-        if current is None:
-            raise BundleError("nothing to roll back to: no version in service")
-        if current not in history:
-            raise BundleError(f"cannot roll back: {current} is not in {HISTORY}")
-        at = len(history) - 1 - history[::-1].index(current)
-        if at == 0:
-            raise BundleError(f"nothing to roll back to: {current} is the first promotion")
-        previous = history[at - 1]
+        previous, history = rollback_target(models_dir)
         verify_files(models_dir / previous)
         _replace_text(models_dir / CURRENT, previous + "\n")
-        _replace_text(models_dir / HISTORY, "\n".join(history[:at]) + "\n")
+        _replace_text(models_dir / HISTORY, "\n".join(history) + "\n")
     return previous
 
 

@@ -311,6 +311,12 @@ def test_a_version_from_before_the_trim_is_not_promoted_by_hand(
     assert bundle.current_version(job.models) != by_hand
     assert main(["models", "promote", by_hand, *models]) == 2
     assert main(["models", "promote", by_hand, *models, "--force"]) == 0
+    log.record([_interaction("new-6", 4, 1e9 + 3)])  # a run after the forced promotion
+    assert job(log, "--gate", "0", "--new-store") == Outcome.PROMOTED
+    # Rolling back to the forced version is the same loss: refused unless forced.
+    assert main(["models", "rollback", *models]) == 2
+    assert main(["models", "rollback", *models, "--force"]) == 0
+    assert bundle.current_version(job.models) == by_hand
 
 
 def test_gc_keeps_the_quarantine(job: Job, tmp_path: Path) -> None:

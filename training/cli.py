@@ -193,13 +193,20 @@ def _promote(models_dir: Path, version: str, force: bool) -> None:
     in the event log lies before the last trim (a retrain from it would lose what came in
     between), unless forced."""
     from service.bundle import promote
+
+    _refuse_if_before_trim(models_dir, version, force)
+    promote(models_dir, version)
+    print(f"promoted {version}")
+
+
+def _refuse_if_before_trim(models_dir: Path, version: str, force: bool) -> None:
+    """Promote and rollback alike: a version whose place in the log lies before the last trim
+    would make the next retrain lose the events in between."""
     from training.jobs.retrain import lost_to_trim
 
     with contextlib.suppress(RuntimeError):  # an unreadable manifest: promote refuses it
         if (reason := lost_to_trim(models_dir, version)) and not force:
-            raise ValueError(f"{reason}; --force promotes it all the same")
-    promote(models_dir, version)
-    print(f"promoted {version}")
+            raise ValueError(f"{reason}; --force puts it in service all the same")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -224,6 +231,7 @@ def cmd_models(args: argparse.Namespace) -> None:
     elif args.action == "promote":
         _promote(models_dir, args.version, args.force)
     elif args.action == "rollback":
+        _refuse_if_before_trim(models_dir, bundle.rollback_target(models_dir)[0], args.force)
         print(f"rolled back to {bundle.rollback(models_dir)}")
     elif args.action == "gc":
         removed = bundle.gc(models_dir, args.keep)
@@ -360,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["list", "promote", "rollback", "gc"])
     models.add_argument("version", nargs="?", help="with promote: the version")
     models.add_argument(
-        "--force", action="store_true", help="promote a version older than the last trim"
+        "--force",
+        action="store_true",
+        help="promote (or roll back to) a version older than the last trim",
     )
     models.add_argument("--models-dir", type=Path, default=Path("models"))
     models.add_argument("--keep", type=int, default=3, help="with gc: newest versions to keep")

@@ -56,6 +56,8 @@ class GuardedProtocol(BaseProtocol):  # type: ignore[misc,valid-type]
         self.address = self.client[0] if self.client else ""
         self.per_client[self.address] += 1
         self.deadline: asyncio.TimerHandle | None = None
+        self.receiving = False  # a request has begun and not yet arrived whole
+        self.answering = 0  # requests arrived whole whose responses are not complete
         if self.per_client[self.address] > cap:
             log.warning("a client holds more than %d connections: closing the extras", cap)
             transport.close()
@@ -77,15 +79,31 @@ class GuardedProtocol(BaseProtocol):  # type: ignore[misc,valid-type]
         super().data_received(data)
 
     def on_message_begin(self) -> None:
+        self.receiving = True
         self._arm()  # a request pipelined behind another, in the same bytes, is timed too
         super().on_message_begin()
 
     def on_message_complete(self) -> None:
+        self.receiving = False
         self._disarm()  # the request arrived whole; the response may take what it takes
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.answering += 1
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        self.answering = max(0, self.answering - 1)
+        super().on_response_complete()
+        if self.receiving:  # a request pipelined behind that response: its time starts now
+            self._arm()
+
+    def _responding(self) -> bool:
+        """A whole request is being answered: bytes arriving meanwhile (a pipelined request,
+        which uvicorn stops reading; a stray newline) must not cost the client that answer.
+        A request still arriving — a trickled body — is not being answered yet."""
+        return self.answering > 0
+
     def _arm(self) -> None:
-        if self.deadline is None and not self.transport.is_closing():
+        if self.deadline is None and not self.transport.is_closing() and not self._responding():
             self.deadline = self.loop.call_later(self.request_timeout, self._too_slow)
 
     def _disarm(self) -> None:
@@ -95,6 +113,8 @@ class GuardedProtocol(BaseProtocol):  # type: ignore[misc,valid-type]
 
     def _too_slow(self) -> None:
         self.deadline = None
+        if self._responding():  # armed before the request completed its way in: wait for it
+            return
         if not self.transport.is_closing():
             log.info("closing a connection: no whole request within %s s", self.request_timeout)
             self.transport.close()

@@ -4,7 +4,9 @@ suppress other writes, nor poison training, nor hold the server."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import httpx
@@ -164,3 +166,55 @@ def test_excluded_items_never_come_back_and_the_list_stays_full(
         assert bad.status_code == 422
         too_many = httpx.get(url, params=[("exclude", str(k)) for k in range(1001)])
         assert too_many.status_code in (414, 422)
+
+
+def test_the_deadline_times_requests_not_answers(base_models: Path, tmp_path: Path) -> None:
+    """A slow answer (its Redis stalled) is not cut off by bytes that arrive meanwhile — a
+    pipelined request, a stray newline: the write it acknowledges is answered. A body trickled
+    byte by byte is closed at the deadline."""
+    from tests.e2e.test_lifecycle import _start_redis, free_port
+
+    port = free_port()
+    redis_process = _start_redis(port, tmp_path)
+    settings = {"CDDAE_REQUEST_TIMEOUT_SECONDS": "1", "CDDAE_REDIS_TIMEOUT_SECONDS": "5"}
+    try:
+        with running(base_models, tmp_path, f"redis://127.0.0.1:{port}/0", **settings) as server:
+            body = b'{"items": ["1"]}'
+            head = b"POST /users/3/interactions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            write = head % len(body) + b"Content-Type: application/json\r\n\r\n" + body
+            for extra in (b"\r\n", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"):
+                redis_process.send_signal(signal.SIGSTOP)  # the answer waits for Redis
+                try:
+                    sock = socket.create_connection(("127.0.0.1", server.port))
+                    sock.sendall(write)
+                    sock.sendall(extra)  # while the answer is being computed
+                    threading.Timer(2, redis_process.send_signal, (signal.SIGCONT,)).start()
+                    sock.settimeout(60)
+                    assert sock.recv(4096).startswith(b"HTTP/1.1 201"), extra
+                finally:
+                    redis_process.send_signal(signal.SIGCONT)
+                sock.close()
+            trickled = socket.create_connection(("127.0.0.1", server.port))
+            trickled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            closed = False
+            for _ in range(100):  # a byte every 0.3 s: 30 s for the body, the deadline is 1 s
+                try:
+                    trickled.sendall(b" ")
+                except OSError:
+                    closed = True
+                    break
+                trickled.settimeout(0.3)
+                try:
+                    if trickled.recv(4096) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    closed = True
+                    break
+            trickled.close()
+            assert closed, "a trickled body was never cut off"
+    finally:
+        redis_process.kill()
+        redis_process.wait()
