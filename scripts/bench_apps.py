@@ -8,7 +8,7 @@
 - torch: what a user would otherwise write: the training code's PyTorch model called in the
   handler (a plain `def`, so FastAPI runs it in its thread pool), top-N with numpy.
 
-Both run through `service.server.run`, with the settings the service gets.
+Both run through `service.api.server.run`, with the settings the service gets.
 """
 
 from __future__ import annotations

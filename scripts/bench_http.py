@@ -4,7 +4,7 @@
         [--rates 250,500,1000] [--seconds 10] [--redis-url redis://127.0.0.1:6379/8] \\
         [--profile docs/performance/profile-after.txt] [--out docs/performance/results.json]
 
-Servers, each started on loopback with the same server settings (`service.server.run`):
+Servers, each started on loopback with the same server settings (`service.api.server.run`):
 - reference: a bare FastAPI endpoint returning a fixed 10-item list (scripts/bench_apps.py);
 - torch: the PyTorch model called in a FastAPI handler (what a user would otherwise write);
 - the service with Redis as cache and store, and the service on the embedded default.

@@ -169,9 +169,9 @@ class AutoencoderRecommender:
         return total / max(len(users), 1)
 
     def ranker(self, user_features: np.ndarray):
-        """A chunk ranker for `training.metrics.evaluate_chunked`: the history masked and the
-        top-n taken in torch on the item logits (the output activation keeps each row's order),
-        so no users × items scores are copied out or sorted in numpy."""
+        """A chunk ranker for `training.evaluation.metrics.evaluate_chunked`: the history masked
+        and the top-n taken in torch on the item logits (the output activation keeps each row's
+        order), so no users × items scores are copied out or sorted in numpy."""
 
         @torch.no_grad()
         def rank(history: sp.csr_matrix, users: np.ndarray, n: int) -> np.ndarray:
