@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -292,12 +293,18 @@ def api_kill(models: Path, work: Path, with_redis: bool) -> dict:
             server.signal(signal.SIGKILL)
 
 
-def torn_tail(models: Path, work: Path) -> dict:
-    log = work / "interactions.jsonl"
-    api = Api(models, work, None).start()
+def writes_then_kill(api: Api) -> Load:
+    """Two seconds of acknowledged writes, then the API killed: the log as a crash leaves it."""
     load = Load(lambda: api.url, seconds=2, readers=0).run()
     load.join()
     api.kill()
+    return load
+
+
+def torn_tail(models: Path, work: Path) -> dict:
+    log = work / "interactions.jsonl"
+    api = Api(models, work, None).start()
+    load = writes_then_kill(api)
     with log.open("a") as handle:
         handle.write('{"type": "interaction", "user": "1", "ite')  # a crash mid-write
     api = Api(models, work, None).start()  # must start, cutting the torn line
@@ -386,15 +393,11 @@ def retrain(models: Path, work: Path, events: Path) -> int:
 def poisoned_log(models: Path, work: Path) -> dict:
     """A torn line in the middle of the log, a foreign record and poisoned events among good
     writes: the API starts and serves, the job promotes twice (nothing stuck), both quarantine."""
-    import shutil
-
     own = work / "models"
     shutil.copytree(models, own)
     log = work / "interactions.jsonl"
     api = Api(own, work, None).start()
-    load = Load(lambda: api.url, seconds=2, readers=0).run()
-    load.join()
-    api.kill()
+    load = writes_then_kill(api)
     with log.open("a") as handle:
         handle.write('{"type": "interactions", "user": "1", "ite\n[1, 2]\n')  # torn, foreign
         for event in ({"type": "interaction", "user": None, "item": "1", "timestamp": 1},
@@ -509,8 +512,6 @@ def slowloris(models: Path, work: Path) -> dict:
 def blank_pointer(models: Path, work: Path) -> dict:
     """CURRENT emptied by a careless hand: the API keeps serving what it has (readiness says
     degraded), the job and rollback refuse with exit 2 instead of starting from scratch."""
-    import shutil
-
     own = work / "models"
     shutil.copytree(models, own)
     api = Api(own, work, None).start()
