@@ -11,6 +11,11 @@ A bundle is a folder `<models_dir>/<version>/` holding:
                   recommended); encoded user features; whether each user has a profile;
                   popularity
   features.json   the user and item feature specs (service.features.FeatureSpec)
+  Format 4 adds, optional in arrays.npz: `item_values__<field>` (each item-spec field's raw
+  values, what filters test: text, "|"-joined labels, or numbers with NaN for unknown);
+  `item_vectors` and `item_bias` (the output layer's rows: similar items, and the scale new
+  items are scored on); `cold_w0, cold_b0, …` (the cold-item head, service.item_path); and the
+  graph's outputs `hidden` and `log_norm` beside `scores` where the model has that path.
 `<models_dir>/CURRENT` names the version in service; `HISTORY` lists promotions, newest last.
 Every write goes to a temporary name, is flushed, then renamed: no reader sees half of anything.
 Writers (export, promote, rollback, gc, the retraining job) take `models_lock` first.
@@ -32,17 +37,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.features import FeatureSpec
+from service.item_path import cold_layers
 
 # 2: separate `history` (model input) and `seen` (exclusion) lists; 3: id and item tables as
-# arrays, the history as (items, weights) inputs to the graph.
-FORMAT_VERSION = 3
+# arrays, the history as (items, weights) inputs to the graph; 4: item values, item vectors and
+# the cold-item head (all optional: a format-3 bundle reads as one without them).
+FORMAT_VERSION = 4
+MIN_FORMAT_VERSION = 3
+ITEM_VALUES = "item_values__"
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 HISTORY = "HISTORY"
@@ -322,7 +331,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise BundleError(
             f"{path}: format version {version!r} is newer than this reader's {FORMAT_VERSION}"
         )
-    if version < FORMAT_VERSION:
+    if version < MIN_FORMAT_VERSION:
         raise BundleError(
             f"{path}: format version {version} is older than this reader's {FORMAT_VERSION}; "
             "re-export it with `cddae export` (a checkpoint from an older release: train again)"
@@ -407,6 +416,11 @@ class Bundle:
     popularity: np.ndarray
     user_spec: FeatureSpec
     item_spec: FeatureSpec
+    # Format 4, optional (see the module's docstring).
+    item_values: dict[str, np.ndarray] = field(default_factory=dict)
+    item_vectors: np.ndarray | None = None
+    item_bias: np.ndarray | None = None
+    cold_layers: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -434,11 +448,20 @@ def load_bundle(folder: Path) -> Bundle:
         features = json.loads((folder / "features.json").read_text())
         with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
             data = {name: arrays[name] for name in ARRAYS}
+            optional = {name: arrays[name] for name in arrays.files if name not in ARRAYS}
         bundle = Bundle(
             path=folder,
             manifest=manifest,
             user_spec=FeatureSpec.from_dict(features["user_spec"]),
             item_spec=FeatureSpec.from_dict(features["item_spec"]),
+            item_values={
+                name.removeprefix(ITEM_VALUES): values
+                for name, values in optional.items()
+                if name.startswith(ITEM_VALUES)
+            },
+            item_vectors=optional.get("item_vectors"),
+            item_bias=optional.get("item_bias"),
+            cold_layers=cold_layers(optional),
             **data,
         )
     except (KeyError, ValueError, TypeError, OSError) as error:
@@ -448,4 +471,9 @@ def load_bundle(folder: Path) -> Bundle:
         raise BundleError(f"{folder}: history, seen and user table disagree")
     if not len(bundle.item_titles) == len(bundle.item_genres) == len(bundle.popularity) == items:
         raise BundleError(f"{folder}: item tables disagree")
+    per_item = [*bundle.item_values.values(), bundle.item_vectors, bundle.item_bias]
+    if any(values is not None and len(values) != items for values in per_item):
+        raise BundleError(f"{folder}: item values or vectors disagree with the item table")
+    if bundle.cold_layers and (bundle.item_vectors is None or bundle.item_bias is None):
+        raise BundleError(f"{folder}: a cold-item head without item vectors")
     return bundle

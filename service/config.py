@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="recorded items kept per user for serving (the most recent); the log "
         "keeps them all for training",
     )
+    max_api_items: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="items that PUT /items/{id} may create beyond the model's catalogue (a "
+        "retrain folds them in)",
+    )
     workers: int = Field(
         default=1,
         ge=1,

@@ -95,9 +95,14 @@ class FieldSpec:
                 f"{self.name} must be one of its values (null: unknown), got {value!r}"
             )
         elif self.kind == "multi" and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
+            isinstance(value, list)
+            and all(isinstance(v, str) for v in value)
+            and len(value) <= max(len(self.values), 1)
         ):
-            raise FeatureError(f"{self.name} must be a list of labels, got {value!r}")
+            raise FeatureError(
+                f"{self.name} must be a list of at most {max(len(self.values), 1)} labels, "
+                f"got {str(value)[:200]}"
+            )
 
     def _index(self, label: str) -> int:
         try:

@@ -84,7 +84,7 @@ def _format_1(folder: Path) -> None:
         (_corrupt_truncate, r"model\.onnx: sha256 .* does not match"),
         (_corrupt_arrays, r"arrays\.npz: sha256 .* does not match"),
         (_corrupt_missing, r"features\.json: missing file"),
-        (_corrupt_future, r"format version 4 is newer than this reader's 3"),
+        (_corrupt_future, r"format version 5 is newer than this reader's 4"),
         (_format_1, r"format version 1 is older .* re-export it with `cddae export`"),
     ],
 )

@@ -18,8 +18,9 @@ from service.api.middleware import BodyLimit, RequestMetrics
 from service.api.routes import router
 from service.config import Settings
 from service.serving.batcher import MicroBatcher
+from service.serving.filters import filter_schema
 from service.serving.holder import ModelHolder
-from service.serving.recommendations import Recommendations
+from service.serving.recommendations import ITEM_TITLE_LIMIT, Recommendations
 from service.state.cache import Cache, LocalCache, RedisCache, redis_client
 from service.state.store import FileStore, RedisStore, Store
 from service.telemetry import Metrics
@@ -52,7 +53,9 @@ def build_state(settings: Settings) -> AppState:
         if settings.micro_batch_ms
         else None
     )
-    recommendations = Recommendations(holder, cache, store, metrics, settings.max_n, batcher)
+    recommendations = Recommendations(
+        holder, cache, store, metrics, settings.max_n, batcher, settings.max_api_items
+    )
     return AppState(settings, holder, cache, store, backend, metrics, recommendations)
 
 
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publish_contract(app, settings, state.holder)
     app.state.cddae = state
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(405, method_not_allowed)
     app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -154,10 +158,13 @@ def publish_contract(app: FastAPI, settings: Settings, holder: ModelHolder) -> N
             return built[version]
         app.openapi_schema = None
         schema = build()
+        filters = filter_schema(model.bundle.item_spec) if model is not None else None
         for operation in (op for path in schema["paths"].values() for op in path.values()):
             for parameter in operation.get("parameters", []):
                 if parameter["name"] == "n":
                     parameter["schema"]["maximum"] = settings.max_n
+                if parameter["name"] == "filter" and filters is not None:
+                    parameter["schema"]["items"] = filters
         components = schema.get("components", {}).get("schemas", {})
         if "ScoreRequest" in components:
             components["ScoreRequest"]["properties"]["n"]["maximum"] = settings.max_n
@@ -167,6 +174,19 @@ def publish_contract(app: FastAPI, settings: Settings, holder: ModelHolder) -> N
             vector = {"type": "array", "items": {"enum": [0, 1]},
                       "minItems": model.n_items, "maxItems": model.n_items}  # fmt: skip
             components["ScoreRequest"]["properties"]["vector"]["anyOf"] = [vector, {"type": "null"}]
+        if filters is not None and "ScoreRequest" in components:
+            components["ScoreRequest"]["properties"]["filter"]["items"] = filters
+        if model is not None and "ItemProfile" in components:
+            item = components["ItemProfile"]
+            spec = model.bundle.item_spec.json_schema()
+            title = {"anyOf": [{"type": "string", "maxLength": ITEM_TITLE_LIMIT},
+                               {"type": "null"}], "title": "title"}  # fmt: skip
+            spec["properties"] = {"title": title, **spec["properties"]}
+            components["ItemProfile"] = {
+                **{k: item[k] for k in ("title", "description") if k in item},
+                **spec,
+                "example": _item_example(model.bundle.item_spec),
+            }
         if model is not None and "Profile" in components:
             profile = components["Profile"]
             components["Profile"] = {
@@ -178,3 +198,29 @@ def publish_contract(app: FastAPI, settings: Settings, holder: ModelHolder) -> N
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _item_example(spec) -> dict:
+    """An item profile this model accepts, for the schema's example."""
+    example: dict = {"title": "Tomorrow's Film (2026)"}
+    for field in spec.fields:
+        if field.kind == "multi" and field.values:
+            example[field.name] = [field.values[-1]]
+        elif field.kind == "categorical" and field.values:
+            example[field.name] = field.values[0]
+        elif field.kind in ("bucket", "numeric"):
+            example[field.name] = 2026
+    return example
+
+
+async def method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+    """A 405 whose Allow header lists every method of the path: FastAPI's names only those of
+    the first route that matched it (GET /items/{id} hides PUT /items/{id})."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    detail = getattr(error, "detail", "Method Not Allowed")
+    return JSONResponse({"detail": detail}, status_code=405,
+                        headers={"Allow": ", ".join(sorted(methods))})  # fmt: skip

@@ -15,19 +15,25 @@ from pydantic import AfterValidator, Field, SecretStr
 
 from service.api.app_state import AppStateDep, state_of
 from service.api.schemas import (
+    Availability,
+    AvailabilityResponse,
     BatchScoreRequest,
     BatchScoreResponse,
+    FilterText,
     Health,
     InteractionsRequest,
     InteractionsResponse,
+    ItemProfile,
+    ItemResponse,
     Profile,
     ProfileResponse,
     RecommendationsResponse,
     ScoreRequest,
 )
 from service.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
+from service.serving.filters import MAX_FILTERS
 from service.serving.onnx_model import InputError
-from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
+from service.serving.recommendations import MAX_NAMED, CatalogueFull, NoModel, NotFound
 from service.state.store import IdempotencyConflict, StoreUnavailable, body_digest
 
 router = APIRouter()
@@ -37,6 +43,30 @@ ExcludedId = Annotated[
     Field(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": ID_PATTERN}),
     AfterValidator(check_id),
 ]
+Excluded = Annotated[
+    list[ExcludedId],
+    Query(
+        max_length=MAX_EXCLUDED,
+        description="item ids never to return (repeatable); "
+        "the list stays full: they are masked before the top-N",
+    ),
+]
+Filtered = Annotated[
+    list[FilterText],
+    Query(
+        alias="filter",
+        max_length=MAX_FILTERS,
+        description="conditions on item fields, all of which must hold (repeatable): "
+        "field:value, field:a|b (either), field:low..high (numbers, either bound optional); "
+        "the list stays full: failing items are masked before the top-N",
+    ),
+]
+ItemIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["50"],
+         json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(check_id),
+]  # fmt: skip
 UserId = Annotated[
     str,
     Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["196"],
@@ -46,8 +76,11 @@ UserId = Annotated[
 ERRORS = {
     400: {"description": "a body that is not JSON"},
     401: {"description": "a write without the configured bearer token"},
-    404: {"description": "unknown user"},
-    409: {"description": "an Idempotency-Key already used for another request"},
+    404: {"description": "unknown user or item"},
+    409: {
+        "description": "an Idempotency-Key already used for another request; or the maximum of "
+        "items created through the API is reached"
+    },
     413: {"description": "body too large"},
     422: {"description": "invalid input; the detail names the offending values"},
     503: {"description": "no model loaded, or the interaction store is unavailable"},
@@ -68,10 +101,12 @@ def _http_error(error: Exception) -> HTTPException:
         return HTTPException(422, str(error))
     if isinstance(error, IdempotencyConflict):
         return HTTPException(409, f"{error}: a retry must repeat the request it retries")
+    if isinstance(error, CatalogueFull):
+        return HTTPException(409, str(error))
     return HTTPException(503, str(error))  # our own words: no driver text, hosts or ports
 
 
-HANDLED = (NotFound, InputError, NoModel, StoreUnavailable, IdempotencyConflict)
+HANDLED = (NotFound, InputError, NoModel, StoreUnavailable, IdempotencyConflict, CatalogueFull)
 
 
 @router.get(
@@ -82,20 +117,14 @@ async def get_recommendations(
     user_id: UserId,
     n: Annotated[int, Query(ge=1, description="list length, up to the configured maximum")] = 10,
     exclude_seen: bool = True,
-    exclude: Annotated[
-        list[ExcludedId],
-        Query(
-            max_length=MAX_EXCLUDED,
-            description="item ids never to return (repeatable); "
-            "the list stays full: they are masked before the top-N",
-        ),
-    ] = [],  # noqa: B006 - FastAPI copies a default list per request
+    exclude: Excluded = [],  # noqa: B006 - FastAPI copies a default list per request
+    filters: Filtered = [],  # noqa: B006
 ) -> Response:
-    """Top-N items for a known user, without the items the user has already interacted with
-    and without the ones `exclude` names."""
+    """Top-N items for a known user, without the items the user has already interacted with,
+    the ones `exclude` names, hidden items, and those failing a `filter`."""
     state = state_of(request)  # the hot paths skip dependency solving: see docs/PERFORMANCE.md
     try:
-        answer = await state.recommendations.for_user(user_id, n, exclude_seen, exclude)
+        answer = await state.recommendations.for_user(user_id, n, exclude_seen, exclude, filters)
         return JSONBytes(answer)
     except HANDLED as error:
         raise _http_error(error) from None
@@ -214,6 +243,78 @@ async def put_profile(
     response.status_code = 201 if created else 200
     return {"user_id": user_id, "profile": body.fields(), "created": created,
             "replayed": not written.new}  # fmt: skip
+
+
+# --- the catalogue ------------------------------------------------------------------------------
+
+
+def _item_answer(info, version: str, created: bool | None = None) -> dict:
+    return {"item_id": info.item_id, "profile": info.profile, "available": info.available,
+            "source": info.source, "in_model": info.in_model, "model_version": version,
+            **({"created": created} if created is not None else {})}  # fmt: skip
+
+
+@router.get("/items/{item_id}", response_model=ItemResponse, responses=ERRORS)
+async def get_item(state: AppStateDep, item_id: ItemIdPath) -> dict:
+    """An item's profile, whether it is available, and where it came from."""
+    try:
+        info, version = await state.recommendations.item(item_id)
+    except HANDLED as error:
+        raise _http_error(error) from None
+    return _item_answer(info, version)
+
+
+@router.put(
+    "/items/{item_id}",
+    response_model=ItemResponse,
+    responses={**ERRORS, 201: {"model": ItemResponse, "description": "item created"}},
+)
+async def put_item(
+    state: AppStateDep, item_id: ItemIdPath, body: ItemProfile, response: Response, _: Writer
+) -> dict:
+    """Create an item (201) or replace an item's profile (200). A new item is recommendable at
+    once, scored from its profile through the model's cold-item path until a retrain learns
+    it from its interactions. A PUT is idempotent: repeating one sets the same profile."""
+    recommendations = state.recommendations
+    try:
+        created = await recommendations.set_item(item_id, body.root)
+        info, version = await recommendations.item(item_id)
+    except HANDLED as error:
+        raise _http_error(error) from None
+    response.status_code = 201 if created else 200
+    return _item_answer(info, version, created)
+
+
+@router.put("/items/{item_id}/availability", response_model=AvailabilityResponse, responses=ERRORS)
+async def put_availability(
+    state: AppStateDep, item_id: ItemIdPath, body: Availability, _: Writer
+) -> dict:
+    """{"available": false} takes the item out of every list at once (every user, similar
+    items, /score; every replica); {"available": true} brings it back. Kept in the store:
+    it survives restarts and retrains."""
+    try:
+        await state.recommendations.set_availability(item_id, body.available)
+    except HANDLED as error:
+        raise _http_error(error) from None
+    return {"item_id": item_id, "available": body.available}
+
+
+@router.get("/items/{item_id}/similar", response_model=RecommendationsResponse, responses=ERRORS)
+async def get_similar(
+    request: Request,
+    item_id: ItemIdPath,
+    n: Annotated[int, Query(ge=1, description="list length, up to the configured maximum")] = 10,
+    exclude: Excluded = [],  # noqa: B006
+    filters: Filtered = [],  # noqa: B006
+) -> Response:
+    """The items the model holds most alike this one (never itself, never a hidden item);
+    `exclude` and `filter` as for a user's list. A new item's come from its profile."""
+    state = state_of(request)
+    try:
+        answer = await state.recommendations.similar(item_id, n, exclude, filters)
+    except HANDLED as error:
+        raise _http_error(error) from None
+    return JSONBytes(answer)
 
 
 @router.get("/healthz", response_model=Health)

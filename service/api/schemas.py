@@ -18,7 +18,12 @@ from pydantic import (
 )
 
 from service.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
+from service.serving.filters import MAX_FILTER_LENGTH, MAX_FILTERS
 from service.serving.recommendations import AdHocUser
+
+FilterText = Annotated[
+    str, Strict(), Field(min_length=3, max_length=MAX_FILTER_LENGTH, examples=["genres:Comedy"])
+]
 
 # "50", not 50; the id rule shared with training (service/ids.py), its pattern in the schema
 ITEM_ID_SCHEMA = {"minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}
@@ -87,6 +92,11 @@ class RecommendedItem(BaseModel):
     )
     title: str
     genres: list[str]
+    source: Literal["model", "profile"] = Field(
+        default="model",
+        description="model: the item's learnt weights; profile: an item created through the "
+        "API since the model was trained, scored from its profile (the cold-item path)",
+    )
 
 
 class RecommendationsResponse(BaseModel):
@@ -133,6 +143,12 @@ class ScoreRequest(BaseModel):
     exclude: list[ItemId] = Field(default_factory=list, max_length=10_000)
     exclude_seen: StrictBool = True
     candidates: list[ItemId] | None = Field(default=None, min_length=1, max_length=10_000)
+    filter: list[FilterText] = Field(
+        default_factory=list,
+        max_length=MAX_FILTERS,
+        description="conditions on item fields, all of which must hold: field:value, "
+        "field:a|b (either), field:low..high (numbers; either bound optional)",
+    )
 
     @model_validator(mode="after")
     def _binary_vector(self) -> ScoreRequest:
@@ -143,7 +159,7 @@ class ScoreRequest(BaseModel):
     def ad_hoc_user(self) -> AdHocUser:
         return AdHocUser(
             self.items, self.vector, self.weights, self.profile.root if self.profile else None,
-            self.n, self.exclude, self.exclude_seen, self.candidates,
+            self.n, self.exclude, self.exclude_seen, self.candidates, self.filter,
         )  # fmt: skip
 
 
@@ -227,6 +243,60 @@ class ProfileResponse(BaseModel):
     profile: dict[str, Any]
     created: bool
     replayed: bool = False
+
+
+class ItemProfile(RootModel[dict[Annotated[str, Field(max_length=64)], ProfileValue]]):
+    """An item's profile: a title and the item fields of the model in service (its item spec;
+    `/model` lists them), typed as for user profiles; an unknown field or value is a 422."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"title": "Tomorrow's Film (2026)", "year": 2026, "genres": ["Comedy"]}
+        }
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ItemProfile:
+        if len(self.root) > 50:
+            raise ValueError(f"at most 50 item fields, got {len(self.root)}")
+        return self
+
+
+class ItemResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "item_id": "new-film-1", "profile": {"title": "Tomorrow's Film", "year": 2026},
+                "available": True, "source": "api", "in_model": False,
+                "model_version": "20261126T051500123456Z-1a2b3c4d",
+            }
+        }
+    )  # fmt: skip
+
+    item_id: str
+    profile: dict[str, Any]
+    available: bool
+    source: Literal["bundle", "api"] = Field(
+        description="bundle: from the model's training data; api: created or re-described "
+        "through PUT /items/{id} since"
+    )
+    in_model: bool = Field(
+        description="true: the model in service learnt this item's weights; false: it is "
+        "scored from its profile until the next retrain"
+    )
+    model_version: str
+    created: bool | None = None  # PUT only
+
+
+class Availability(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"available": False}})
+
+    available: StrictBool
+
+
+class AvailabilityResponse(BaseModel):
+    item_id: str
+    available: bool
 
 
 class Health(BaseModel):

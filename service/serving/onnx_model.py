@@ -80,14 +80,20 @@ class Model:
         self._genres = [g.split("|") if g else [] for g in bundle.item_genres.tolist()]
         # Each item's JSON around its score, built once per version: an answer is then joined
         # from bytes, not serialised object by object.
-        self._heads = [b'{"item_id":%s,"score":' % _json(i) for i in self._item_ids]
+        self._heads = [item_head(i) for i in self._item_ids]
         self._tails = [
-            b',"title":%s,"genres":%s}' % (_json(t), _json(g))
-            for t, g in zip(self._titles, self._genres, strict=True)
+            item_tail(t, g, "model") for t, g in zip(self._titles, self._genres, strict=True)
         ]
         self._version_json = _json(self.version)
         self.uses_profile = (
             bundle.manifest["model"]["kind"] == "cddae" and bundle.user_spec.width > 0
+        )
+        outputs = {o.name for o in self.session.get_outputs()}
+        cold = bundle.manifest.get("cold_items") or {}
+        # Items created through the API are scored from their profiles (service.item_path)
+        # where the bundle has the head and the graph gives what it needs.
+        self.cold_output: str | None = (
+            cold.get("output") if bundle.cold_layers and {"hidden", "log_norm"} <= outputs else None
         )
         # Popularity as a share of the most popular item's count: a score in [0, 1].
         self.popularity = bundle.popularity / max(float(bundle.popularity.max(initial=0)), 1.0)
@@ -137,6 +143,14 @@ class Model:
     def scores(self, queries: Sequence[Query]) -> np.ndarray:
         """One onnxruntime call for a batch: each history as item indices and weights, padded
         to the longest with weight 0 (the input grows with the history, not the catalogue)."""
+        return self.session.run(["scores"], self._feeds(queries))[0]
+
+    def scores_and_hidden(self, queries: Sequence[Query]) -> tuple[np.ndarray, ...]:
+        """(scores, hidden, log_norm): what scoring items outside the graph's catalogue takes
+        (service.item_path); only for a bundle with the cold-item path."""
+        return tuple(self.session.run(["scores", "hidden", "log_norm"], self._feeds(queries)))
+
+    def _feeds(self, queries: Sequence[Query]) -> dict[str, np.ndarray]:
         batch = len(queries)
         width = max(1, *(len(q.weights) for q in queries))
         items = np.zeros((batch, width), dtype=np.int64)
@@ -146,13 +160,12 @@ class Model:
                 items[row, : len(query.weights)] = list(query.weights)
                 weights[row, : len(query.weights)] = list(query.weights.values())
         features = np.stack([q.features for q in queries]).astype(np.float32, copy=False)
-        feeds = {
+        return {
             "items": items,
             "weights": weights,
             "user_features": features.reshape(batch, -1),
             "user_index": np.array([q.user_index for q in queries], dtype=np.int64),
         }
-        return self.session.run(["scores"], feeds)[0]
 
     def rank(
         self,
@@ -165,24 +178,8 @@ class Model:
         """Top-n of one user. `scores` is None where the popularity fallback serves."""
         source = self.source(query)
         values = self.popularity if source == "popularity" or scores is None else scores
-        if candidates is None:  # everything but the excluded: mask, then partial sort
-            masked = np.array(values, dtype=np.float64)
-            masked[np.asarray(exclude, np.int64)] = -np.inf
-            pool = None
-        else:
-            allowed = np.zeros(self.n_items, dtype=bool)
-            allowed[np.asarray(candidates, np.int64)] = True
-            allowed[np.asarray(exclude, np.int64)] = False
-            pool = np.flatnonzero(allowed)  # sorted, unique: one pass, no set operations
-            masked = values[pool].astype(np.float64)
-        k = min(n, len(masked))
-        if k == 0:
-            return Ranked(np.zeros(0, np.int64), np.zeros(0), source)
-        best = np.argpartition(-masked, k - 1)[:k]
-        best = best[np.lexsort((best, -masked[best]))]  # by score, ties by index
-        best = best[masked[best] > -np.inf]  # fewer allowed items than n
-        indices = best if pool is None else pool[best]
-        return Ranked(indices, masked[best], source)
+        indices, best = top_n(values, n, exclude, candidates)
+        return Ranked(indices, best, source)
 
     def source(self, query: Query) -> str:
         if query.weights:
@@ -194,29 +191,7 @@ class Model:
     def answer(self, ranked: Ranked, unknown: Sequence[str] = (), degraded: bool = False) -> bytes:
         """The JSON of an answer without its closing `"cached"` field (see `finish`): what the
         cache keeps, so that an answer is serialised once, when it is computed."""
-        count = len(ranked.indices)
-        parts: list[bytes] = [b","] * (4 * count)
-        if count:
-            picked = ranked.indices.tolist()
-            parts[0::4] = [self._heads[i] for i in picked]
-            # Scores rounded and printed by the C JSON encoder, all at once.
-            scores = ranked.scores
-            if not np.isfinite(scores).all():  # never from a sane model; never invalid JSON
-                scores = np.nan_to_num(scores, posinf=0.0, neginf=0.0)
-            rounded = np.round(scores, 6)
-            parts[1::4] = json.dumps(rounded.tolist()).encode()[1:-1].split(b", ")
-            parts[2::4] = [self._tails[i] for i in picked]
-        items = b"".join(parts[:-1])
-        return (
-            b'{"model_version":%s,"source":"%s","degraded":%s,"unknown_items":%s,"items":[%s]'
-            % (
-                self._version_json,
-                ranked.source.encode(),
-                b"true" if degraded else b"false",
-                _json(list(unknown)),
-                items,
-            )
-        )
+        return render(self._heads, self._tails, self._version_json, ranked, unknown, degraded)
 
     def describe(self, ranked: Ranked) -> list[dict[str, Any]]:
         return [
@@ -225,9 +200,83 @@ class Model:
                 "score": round(score, 6),
                 "title": self._titles[i],
                 "genres": self._genres[i],
+                "source": "model",
             }
             for i, score in ranked.items
         ]
+
+
+def top_n(
+    values: np.ndarray,
+    n: int,
+    exclude: Sequence[int] | np.ndarray = (),
+    candidates: Sequence[int] | np.ndarray | None = None,
+    blocked: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one top-n rule: (indices, scores) of the n best items, by score, ties by index.
+    Excluded and `blocked` (a boolean mask) items are masked before the partial sort, so the
+    list stays full while n items remain; `candidates` restricts the pool."""
+    if candidates is None:  # everything but the excluded: mask, then partial sort
+        masked = np.array(values, dtype=np.float64)
+        if blocked is not None:
+            np.putmask(masked, blocked, -np.inf)
+        masked[np.asarray(exclude, np.int64)] = -np.inf
+        pool = None
+    else:
+        allowed = np.zeros(len(values), dtype=bool)
+        allowed[np.asarray(candidates, np.int64)] = True
+        allowed[np.asarray(exclude, np.int64)] = False
+        if blocked is not None:
+            allowed &= ~blocked
+        pool = np.flatnonzero(allowed)  # sorted, unique: one pass, no set operations
+        masked = values[pool].astype(np.float64)
+    k = min(n, len(masked))
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    best = np.argpartition(-masked, k - 1)[:k]
+    best = best[np.lexsort((best, -masked[best]))]  # by score, ties by index
+    best = best[masked[best] > -np.inf]  # fewer allowed items than n
+    return (best if pool is None else pool[best]), masked[best]
+
+
+def item_tail(title: str, genres: list[str], source: str) -> bytes:
+    """An item's JSON after its score (see `render`)."""
+    return b',"title":%s,"genres":%s,"source":%s}' % (_json(title), _json(genres), _json(source))
+
+
+def render(
+    heads: Sequence[bytes],
+    tails: Sequence[bytes],
+    version_json: bytes,
+    ranked: Ranked,
+    unknown: Sequence[str] = (),
+    degraded: bool = False,
+) -> bytes:
+    """An answer's JSON from each item's bytes around its score, built once per catalogue."""
+    count = len(ranked.indices)
+    parts: list[bytes] = [b","] * (4 * count)
+    if count:
+        picked = ranked.indices.tolist()
+        parts[0::4] = [heads[i] for i in picked]
+        # Scores rounded and printed by the C JSON encoder, all at once.
+        scores = ranked.scores
+        if not np.isfinite(scores).all():  # never from a sane model; never invalid JSON
+            scores = np.nan_to_num(scores, posinf=0.0, neginf=0.0)
+        rounded = np.round(scores, 6)
+        parts[1::4] = json.dumps(rounded.tolist()).encode()[1:-1].split(b", ")
+        parts[2::4] = [tails[i] for i in picked]
+    items = b"".join(parts[:-1])
+    return b'{"model_version":%s,"source":"%s","degraded":%s,"unknown_items":%s,"items":[%s]' % (
+        version_json,
+        ranked.source.encode(),
+        b"true" if degraded else b"false",
+        _json(list(unknown)),
+        items,
+    )
+
+
+def item_head(item_id: str) -> bytes:
+    return b'{"item_id":%s,"score":' % _json(item_id)
 
 
 def finish(answer: bytes, cached: bool) -> bytes:

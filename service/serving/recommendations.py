@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from service.features import FeatureError
 from service.serving.batcher import MicroBatcher
+from service.serving.catalogue import NO_FILTERS, CatalogueView, ItemInfo
+from service.serving.filters import Filters, parse_filters
 from service.serving.holder import ModelHolder
 from service.serving.onnx_model import InputError, Model, Query, Ranked, finish
 from service.state.cache import Cache, cache_key
-from service.state.store import Store, StoreUnavailable, UserState, Written
+from service.state.store import Catalogue, Store, StoreUnavailable, UserState, Written
 from service.telemetry import Metrics
 
 MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
@@ -31,6 +34,13 @@ MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer
 
 class NotFound(LookupError):
     pass
+
+
+class CatalogueFull(RuntimeError):
+    """PUT /items/{id} would create more items than `max_api_items` (→ 409)."""
+
+
+ITEM_TITLE_LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class AdHocUser:
     exclude: list[str] = field(default_factory=list)
     exclude_seen: bool = True
     candidates: list[str] | None = None
+    filters: list[str] = field(default_factory=list)
 
     def digest(self) -> str:
         """Equal requests, equal digests: the cache key of the answer."""
@@ -57,6 +68,10 @@ class NoModel(RuntimeError):
     pass
 
 
+async def _never() -> bytes:
+    raise AssertionError("a cache hit is never computed")
+
+
 class Recommendations:
     def __init__(
         self,
@@ -66,9 +81,12 @@ class Recommendations:
         metrics: Metrics,
         max_n: int,
         batcher: MicroBatcher | None = None,
+        max_api_items: int = 100_000,
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
-        self.max_n, self.batcher = max_n, batcher
+        self.max_n, self.batcher, self.max_api_items = max_n, batcher, max_api_items
+        self._view: CatalogueView | None = None
+        self._view_flight: asyncio.Future[CatalogueView] | None = None
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
         # CPU work too large for the event loop (batches, long inputs) has threads of its own,
         # apart from the store's writes and model loads: one cannot starve the others.
@@ -83,6 +101,50 @@ class Recommendations:
         if model is None:
             raise NoModel("no model loaded yet")
         return model
+
+    # --- the catalogue as served ---------------------------------------------------------------
+
+    async def view(self, model: Model, generation: int | None = None) -> tuple[CatalogueView, bool]:
+        """(the catalogue view of `model` at `generation` — read from the store when None —,
+        whether it may be stale: the store could not be read, so the last view serves). One
+        rebuild at a time: concurrent requests wait for the same one."""
+        view = self._view
+        try:
+            if generation is None:
+                generation = await self.store.catalogue_generation()
+        except StoreUnavailable:
+            if view is not None and view.model is model:
+                return view, True
+            return await self._rebuilt(model, None), True
+        if view is not None and view.model is model and view.generation == generation:
+            return view, False
+        try:
+            return await self._rebuilt(model, generation), False
+        except StoreUnavailable:
+            if view is not None and view.model is model:
+                return view, True
+            return await self._rebuilt(model, None), True
+
+    async def _rebuilt(self, model: Model, generation: int | None) -> CatalogueView:
+        flight = self._view_flight
+        if flight is None or flight.done():
+            flight = asyncio.ensure_future(self._build_view(model, generation is None))
+            self._view_flight = flight
+        view = await asyncio.shield(flight)
+        if view.model is not model:  # a rebuild for another model was in flight: once more
+            return await self._rebuilt(model, generation)
+        return view
+
+    async def _build_view(self, model: Model, bundle_only: bool) -> CatalogueView:
+        catalogue = Catalogue() if bundle_only else await self.store.catalogue()
+        loop = asyncio.get_running_loop()
+        view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue)
+        if not bundle_only:
+            self._view = view
+        return view
+
+    def _filters(self, model: Model, texts: Sequence[str]) -> Filters:
+        return parse_filters(texts, model.bundle.item_spec) if texts else NO_FILTERS
 
     # --- caching with single flight ------------------------------------------------------------
 
@@ -140,18 +202,18 @@ class Recommendations:
 
         return done
 
-    async def _scores(self, model: Model, queries: Sequence[Query]):
+    async def _scores(self, view: CatalogueView, queries: Sequence[Query]):
         """Small work (one user, a short history: about 0.1 ms) runs on the event loop, where a
         thread hop would cost more than the call; larger batches in a worker thread, or
         gathered by the micro-batcher when it is on."""
         started = time.perf_counter()
         if self.batcher is not None:
-            scores = await self.batcher.scores(model, list(queries))
+            scores = await self.batcher.scores(view, list(queries))
         elif sum(len(q.weights) for q in queries) <= INLINE_ITEMS and len(queries) == 1:
-            scores = model.scores(queries)
+            scores = view.scores(queries)
         else:
             loop = asyncio.get_running_loop()
-            scores = await loop.run_in_executor(self.compute, model.scores, queries)
+            scores = await loop.run_in_executor(self.compute, view.scores, queries)
         elapsed = time.perf_counter() - started
         self.metrics.inference_latency.labels(Metrics.batch_label(len(queries))).observe(elapsed)
         return scores
@@ -163,21 +225,22 @@ class Recommendations:
     # --- known users ---------------------------------------------------------------------------
 
     async def for_user(
-        self, user_id: str, n: int, exclude_seen: bool, exclude: Sequence[str] = ()
+        self,
+        user_id: str,
+        n: int,
+        exclude_seen: bool,
+        exclude: Sequence[str] = (),
+        filters: Sequence[str] = (),
     ) -> bytes:
         """A known user's answer (JSON). The cache key carries the user's generation, which
-        every write bumps atomically with itself: no list from before a write is served after
-        it. With Redis, state and cached answer come in one round trip. When the store cannot be
-        read, a user in the bundle still gets a list from the bundle alone, marked degraded and
-        not cached; anyone else gets a 503, never a 404."""
+        every write bumps atomically with itself, and the catalogue's: no list from before a
+        write is served after it. With Redis, state and cached answer come in one round trip.
+        When the store cannot be read, a user in the bundle still gets a list from the bundle
+        alone, marked degraded and not cached; anyone else gets a 503, never a 404."""
         self._check_n(n)
         model = self.model()
-        # Items the caller never wants back: masked before the top-n (the list stays full),
-        # and part of the cache field, so that an answer never crosses exclusions.
-        banned = sorted(set(model.known_items(list(exclude))[0])) if exclude else []
-        field = f"{n}:{int(exclude_seen)}"
-        if banned:
-            field += ":" + hashlib.sha256(json.dumps(banned).encode()).hexdigest()[:16]
+        conditions = self._filters(model, filters)
+        field = self._field(n, exclude_seen, exclude, conditions)
         prefix = cache_key(model.version, f"user:{user_id}:")
         probe = (
             (prefix, field) if self.cache.backend == "redis" and not self.cache.degraded else None
@@ -188,18 +251,51 @@ class Recommendations:
             index = model.user_index.get(user_id)
             if index is None:
                 raise
-            query = model.known_user(index)
-            ranked = await self._rank_user(model, query, n, exclude_seen, banned)
-            return finish(model.answer(ranked, degraded=True), cached=False)
-        key = prefix + str(state.generation)
-        hit = state.cached if probe is not None else await self.cache.get(key, field)
-        return await self._cached(
-            key, field, lambda: self._for_user(model, user_id, state, n, exclude_seen, banned), hit
-        )
+            view, _ = await self.view(model, None)
+            banned = self._banned(view, exclude)
+            ranked = await self._rank_user(view, model.known_user(index), n, exclude_seen,
+                                           banned, conditions)  # fmt: skip
+            return finish(view.answer(ranked, degraded=True), cached=False)
+        if probe is not None and state.cached is not None:
+            return await self._cached("", field, _never, state.cached)
+        view, stale = await self.view(model, state.catalogue)
+        banned = self._banned(view, exclude)
 
-    def _user_query(self, model: Model, user_id: str, state: UserState) -> Query:
-        found = model.item_index.lookup(np.asarray(state.added, dtype=str)) if state.added else []
-        added_idx = [int(i) for i in found if i >= 0]
+        def compute() -> Awaitable[bytes]:
+            return self._for_user(view, user_id, state, n, exclude_seen, banned, conditions, stale)
+
+        if stale:  # the catalogue could not be read: answered, marked, never cached
+            return finish(await compute(), cached=False)
+        key = f"{prefix}{view.generation}:{state.generation}"
+        hit = None if probe is not None else await self.cache.get(key, field)
+        return await self._cached(key, field, compute, hit)
+
+    @staticmethod
+    def _field(
+        n: int, exclude_seen: bool, exclude: Sequence[str], filters: Filters = NO_FILTERS
+    ) -> str:
+        """The cache field: a list's length and everything that changes its items (excluded
+        ids and filters, hashed), so that an answer never crosses exclusions or filters."""
+        field = f"{n}:{int(exclude_seen)}"
+        if exclude:
+            ids = json.dumps(sorted(set(exclude)))
+            field += ":x" + hashlib.sha256(ids.encode()).hexdigest()[:16]
+        if filters:
+            field += ":f" + filters.key
+        return field
+
+    @staticmethod
+    def _banned(view: CatalogueView, exclude: Sequence[str]) -> list[int]:
+        if not exclude:
+            return []
+        found = view.lookup(list(exclude))
+        return sorted(set(found[found >= 0].tolist()))
+
+    def _user_query(self, view: CatalogueView, user_id: str, state: UserState) -> Query:
+        model = view.model
+        found = view.lookup(state.added) if state.added else np.zeros(0, np.int64)
+        added_idx = [int(i) for i in found if 0 <= i < model.n_items]  # the graph's input
+        later = [int(i) for i in found if i >= model.n_items]  # created since: seen, not input
         index = model.user_index.get(user_id)
         if index is None and state.profile is None and not state.added:
             raise NotFound(f"unknown user {user_id!r}")
@@ -207,30 +303,41 @@ class Recommendations:
             query = model.known_user(index, added_idx)
         else:
             query = Query(dict.fromkeys(added_idx, 1.0), model.encode_profile(None))
+        if later:
+            query.seen = [*query.excluded(), *later]
         if state.profile is not None:  # stored under another model, perhaps: projected
             query.features, query.has_profile = model.stored_profile(state.profile)
         return query
 
     async def _for_user(
         self,
-        model: Model,
+        view: CatalogueView,
         user_id: str,
         state: UserState,
         n: int,
         exclude_seen: bool,
         banned: Sequence[int],
+        filters: Filters,
+        stale: bool = False,
     ) -> bytes:
-        query = self._user_query(model, user_id, state)
-        return model.answer(await self._rank_user(model, query, n, exclude_seen, banned))
+        query = self._user_query(view, user_id, state)
+        ranked = await self._rank_user(view, query, n, exclude_seen, banned, filters)
+        return view.answer(ranked, degraded=stale)
 
     async def _rank_user(
-        self, model: Model, query: Query, n: int, exclude_seen: bool, banned: Sequence[int] = ()
+        self,
+        view: CatalogueView,
+        query: Query,
+        n: int,
+        exclude_seen: bool,
+        banned: Sequence[int] = (),
+        filters: Filters = NO_FILTERS,
     ) -> Ranked:
         scores = None
-        if model.source(query) != "popularity":
-            scores = (await self._scores(model, [query]))[0]
+        if view.model.source(query) != "popularity":
+            scores = (await self._scores(view, [query]))[0]
         exclude = [*query.excluded(), *banned] if exclude_seen else list(banned)
-        return model.rank(query, scores, n, exclude=exclude)
+        return view.rank(query, scores, n, exclude, filters)
 
     async def add_interactions(
         self,
@@ -245,6 +352,9 @@ class Recommendations:
         with the same body (`digest`) records nothing; with another body it is refused."""
         model = self.model()
         _, unknown = model.known_items(items)
+        if unknown and self._view is not None and self._view.model is model:
+            found = self._view.lookup(unknown)  # created through the API: not unknown
+            unknown = [item for item, at in zip(unknown, found, strict=True) if at < 0]
         if user_id not in model.user_index:
             state = await self.store.user_state(user_id)  # unreadable: 503, not "unknown"
             if state.profile is None and not state.added:
@@ -295,29 +405,42 @@ class Recommendations:
         known = any(v is not None for v in (request.profile or {}).values())
         return Query(weights, features, -1, known), unknown
 
-    def _prepare(self, model: Model, request: AdHocUser, where: str) -> _Prepared:
+    def _prepare(self, view: CatalogueView, request: AdHocUser, where: str) -> _Prepared:
+        model = view.model
         try:
             self._check_n(request.n)
             query, unknown = self._adhoc_query(model, request)
-            exclude, _ = model.known_items(request.exclude)
-            candidates = model.known_items(request.candidates)[0] if request.candidates else None
+            filters = self._filters(model, request.filters)
         except InputError as error:
             raise InputError(f"{where}{error}") from None
+        exclude = self._banned(view, request.exclude)
+        candidates = None
+        if request.candidates:
+            found = view.lookup(request.candidates)
+            candidates = found[found >= 0].tolist()
         if request.exclude_seen:
             exclude = [*exclude, *query.weights]
-        key = cache_key(model.version, f"score:{request.digest()}")
-        return _Prepared(query, exclude, candidates, request.n, key, unknown[:MAX_NAMED])
+            if unknown and view.new_ids:  # created since the model: seen, not the model's input
+                later = view.lookup(unknown)
+                exclude += later[later >= 0].tolist()
+        owner = f"score:c{view.generation}:{request.digest()}"
+        return _Prepared(query, exclude, candidates, request.n, cache_key(model.version, owner),
+                         unknown[:MAX_NAMED], filters)  # fmt: skip
 
     async def score(self, requests: Sequence[AdHocUser]) -> list[bytes]:
         """Answers (JSON): hits from the cache; all misses scored in one onnxruntime batch.
         A batch's input building and ranking run in a worker thread, a single user's inline."""
         model = self.model()
+        view, stale = await self.view(model)
         if len(requests) == 1 and _small(requests[0]):
-            prepared = [self._prepare(model, requests[0], "")]
+            prepared = [self._prepare(view, requests[0], "")]
         else:
             loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self.compute, self._prepare_all, model, requests)
-        hits = await asyncio.gather(*(self.cache.get(p.key, "") for p in prepared))
+            prepared = await loop.run_in_executor(self.compute, self._prepare_all, view, requests)
+        if stale:
+            hits: list[bytes | None] = [None] * len(prepared)
+        else:
+            hits = await asyncio.gather(*(self.cache.get(p.key, "") for p in prepared))
         answers: list[bytes | None] = [None] * len(prepared)
         misses = []
         for i, hit in enumerate(hits):
@@ -328,21 +451,103 @@ class Recommendations:
                 misses.append(i)
         to_score = [i for i in misses if model.source(prepared[i].query) != "popularity"]
         scores = (
-            await self._scores(model, [prepared[i].query for i in to_score]) if to_score else None
+            await self._scores(view, [prepared[i].query for i in to_score]) if to_score else None
         )
         row = {i: r for r, i in enumerate(to_score)}
         for i in misses:
             p = prepared[i]
-            ranked = model.rank(
-                p.query, scores[row[i]] if i in row else None, p.n, p.exclude, p.candidates
-            )
-            answer = model.answer(ranked, p.unknown)
+            values = scores[row[i]] if scores is not None and i in row else None
+            ranked = view.rank(p.query, values, p.n, p.exclude, p.filters, p.candidates)
+            answer = view.answer(ranked, p.unknown, degraded=stale)
             answers[i] = finish(answer, cached=False)
-            self._cache_later(p.key, "", answer)
+            if not stale:
+                self._cache_later(p.key, "", answer)
         return answers  # type: ignore[return-value]
 
-    def _prepare_all(self, model: Model, requests: Sequence[AdHocUser]) -> list[_Prepared]:
-        return [self._prepare(model, r, f"users[{i}]: ") for i, r in enumerate(requests)]
+    def _prepare_all(self, view: CatalogueView, requests: Sequence[AdHocUser]) -> list[_Prepared]:
+        return [self._prepare(view, r, f"users[{i}]: ") for i, r in enumerate(requests)]
+
+    # --- items ---------------------------------------------------------------------------------
+
+    async def item(self, item_id: str) -> tuple[ItemInfo, str]:
+        """(what the service knows of an item, the model version); NotFound when nothing."""
+        model = self.model()
+        view, _ = await self.view(model)
+        info = view.info(item_id)
+        if info is None:
+            raise NotFound(f"unknown item {item_id!r}")
+        return info, model.version
+
+    def check_item_profile(self, profile: dict[str, Any]) -> dict[str, Any]:
+        """An item's profile as the API takes it: the item spec's fields, strictly typed as for
+        users, and a title; 422 naming the allowed fields otherwise. Nulls are dropped."""
+        spec = self.model().bundle.item_spec
+        allowed = ", ".join(["title", *spec.names])
+        if unknown := sorted(set(profile) - {"title", *spec.names}):
+            raise InputError(f"unknown item field(s) {unknown[:5]}; item fields: {allowed}")
+        fields = {k: v for k, v in profile.items() if v is not None}
+        title = fields.pop("title", None)
+        if title is not None and not (isinstance(title, str) and len(title) <= ITEM_TITLE_LIMIT):
+            raise InputError(f"title must be text of at most {ITEM_TITLE_LIMIT} characters")
+        try:
+            spec.check_request(fields)
+            spec.encode(fields)
+        except FeatureError as error:
+            raise InputError(f"item profile: {error} (item fields: {allowed})") from None
+        return {**({"title": title} if title is not None else {}), **fields}
+
+    async def set_item(self, item_id: str, profile: dict[str, Any]) -> bool:
+        """Create or re-describe an item; whether this created it. New items count against
+        `max_api_items` until a retrain folds them into the model."""
+        profile = self.check_item_profile(profile)
+        model = self.model()
+        view, stale = await self.view(model)
+        if stale:
+            raise StoreUnavailable("the catalogue could not be read")
+        created = view.index(item_id) is None
+        if created and len(view.new_ids) >= self.max_api_items:
+            raise CatalogueFull(
+                f"{len(view.new_ids)} items created through the API wait for a retrain: the "
+                f"maximum (CDDAE_MAX_API_ITEMS); the next retrain folds them into the model"
+            )
+        await self.store.set_item(item_id, profile)
+        return created
+
+    async def set_availability(self, item_id: str, available: bool) -> None:
+        model = self.model()
+        view, stale = await self.view(model)
+        if stale:
+            raise StoreUnavailable("the catalogue could not be read")
+        if view.index(item_id) is None:
+            raise NotFound(f"unknown item {item_id!r}; create it with PUT /items/{{id}}")
+        await self.store.set_availability(item_id, available)
+
+    async def similar(
+        self, item_id: str, n: int, exclude: Sequence[str] = (), filters: Sequence[str] = ()
+    ) -> bytes:
+        """The items the model holds most alike (view.similar), cached per model version and
+        catalogue generation; never the item itself, never a hidden one."""
+        self._check_n(n)
+        model = self.model()
+        conditions = self._filters(model, filters)
+        view, stale = await self.view(model)
+        at = view.index(item_id)
+        if at is None:
+            raise NotFound(f"unknown item {item_id!r}")
+        banned = sorted({*self._banned(view, exclude), at})
+
+        async def compute() -> bytes:
+            loop = asyncio.get_running_loop()
+            ranked = await loop.run_in_executor(
+                self.compute, view.similar, at, n, banned, conditions
+            )
+            return view.answer(ranked, degraded=stale)
+
+        if stale:
+            return finish(await compute(), cached=False)
+        key = cache_key(model.version, f"similar:{view.generation}:{item_id}")
+        field = self._field(n, True, exclude, conditions)
+        return await self._cached(key, field, compute, await self.cache.get(key, field))
 
 
 def _small(request: AdHocUser) -> bool:
@@ -359,3 +564,4 @@ class _Prepared:
     n: int
     key: str
     unknown: list[str]
+    filters: Filters

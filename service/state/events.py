@@ -7,7 +7,11 @@ job (folding the log into the next model) agree on what is readable:
 - `{"type": "interaction", "user", "item", "timestamp"}` — one item: a Redis stream entry
   (values as text), and the file store's lines before writes became one line;
 - `{"type": "profile", "user", "profile": {...}}` — the profile as an object, or as JSON text
-  in Redis.
+  in Redis;
+- `{"type": "item", "item", "profile": {...}}` — an item created or described through the API
+  (its profile as for users);
+- `{"type": "availability", "item", "available": true|false}` — an item hidden or shown again
+  ("1"/"0" as text in Redis).
 A record that is none of these, or holds an id the API would refuse (service/ids.py), raises
 `BadEvent` with the reason: callers quarantine it and go on, never stop.
 """
@@ -42,12 +46,30 @@ def profile_event(user: str, profile: dict[str, Any]) -> dict[str, Any]:
     return {"type": "profile", "user": user, "profile": profile}
 
 
+def item_event(item: str, profile: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "item", "item": item, "profile": profile}
+
+
+def availability_event(item: str, available: bool) -> dict[str, Any]:
+    return {"type": "availability", "item": item, "available": available}
+
+
+ITEM_EVENTS = ("item", "availability")  # events about the catalogue, not about a user
+
+
 def parse(record: object) -> Iterator[dict[str, Any]]:
-    """The events in `record`, normalised to the one-item and profile forms; BadEvent else.
-    Checks the whole record before yielding anything: a bad record yields nothing."""
+    """The events in `record`, normalised to the one-item, profile, item and availability
+    forms; BadEvent else. Checks the whole record before yielding anything: a bad record
+    yields nothing."""
     if not isinstance(record, Mapping):
         raise BadEvent(f"not an object but {type(record).__name__}")
     kind = record.get("type")
+    if kind == "item":
+        yield item_event(_id(record.get("item"), "item"), _profile(record.get("profile")))
+        return
+    if kind == "availability":
+        yield availability_event(_id(record.get("item"), "item"), _flag(record.get("available")))
+        return
     user = _id(record.get("user"), "user")
     if kind == "interactions":
         items, times = record.get("items"), record.get("timestamps")
@@ -67,6 +89,14 @@ def _id(value: object, what: str) -> str:
     if problem := id_problem(value, what):
         raise BadEvent(problem)
     return value  # type: ignore[return-value]
+
+
+def _flag(value: object) -> bool:
+    if value in (True, "1", b"1", "true"):
+        return True
+    if value in (False, "0", b"0", "false"):
+        return False
+    raise BadEvent(f"available {value!r} is not a boolean")
 
 
 def _time(value: object) -> float:

@@ -1,4 +1,5 @@
-"""Durable store of what users do after training: new positive interactions and new profiles.
+"""Durable store of what users do after training: new positive interactions and new profiles;
+and of what the shop does to its catalogue: items created or described, hidden or shown again.
 
 Every user has a *generation*, bumped by each write in the same atomic step as the write; the
 cache keys a user's lists by it, so a list computed before a write can never be served after
@@ -20,6 +21,9 @@ Redis, writes are appended (flushed and fsynced) to a JSON-lines file under an e
 and the same state is kept in memory, rebuilt from that file at start: a torn last line (a crash
 mid-write) is cut off, an unreadable line elsewhere is quarantined (`<file>.quarantine.jsonl`,
 counted on /readyz) and skipped, as the retraining job skips it.
+
+The catalogue has one generation, bumped by each item write with it: a cached list carries it in
+its key, so hiding an item takes it out of every list at once, in every replica.
 
 A read that fails raises `StoreUnavailable` — never an empty answer that would look like "no
 such user" — and so does a write that cannot be made durable.
@@ -46,9 +50,12 @@ from typing import Any, Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.state.events import BadEvent, Quarantine, parse
+from service.state.events import ITEM_EVENTS, BadEvent, Quarantine, parse
 
 STREAM = "cddae:events"
+ITEM_PROFILES = "cddae:items:profile"  # item id → its profile (JSON), as the API last set it
+HIDDEN_ITEMS = "cddae:items:hidden"  # the set of items taken out of every list
+CATALOGUE_GEN = "cddae:items:gen"  # bumped with every item write
 STORE_ID_KEY = "cddae:store-id"  # a Redis store's identity, set once by whoever comes first
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
 LOCAL_KEYS = 100_000  # keys the file store remembers in memory (the newest)
@@ -74,6 +81,17 @@ class UserState:
     # The cached answer, when the store could look it up in the same round trip (`probe`);
     # then `added` and `profile` are not read: the answer needs neither.
     cached: bytes | None = None
+    catalogue: int = 0  # the catalogue's generation, read with the rest
+
+
+@dataclass
+class Catalogue:
+    """What the API has done to the catalogue: profiles set (new items, or new descriptions of
+    the model's) and the hidden items, at one generation."""
+
+    generation: int = 0
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hidden: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,18 @@ class Store(Protocol):
         that a retry answers as the first attempt did)."""
         ...
 
+    async def catalogue_generation(self) -> int: ...
+
+    async def catalogue(self) -> Catalogue:
+        """The whole catalogue state, consistent at one generation."""
+        ...
+
+    async def set_item(self, item: str, profile: dict[str, Any]) -> int:
+        """Record an item's profile; the new catalogue generation."""
+        ...
+
+    async def set_availability(self, item: str, available: bool) -> int: ...
+
     def health(self) -> dict[str, Any]:
         """Figures for /readyz (quarantined records, …)."""
         ...
@@ -176,6 +206,7 @@ class FileStore:
     def __init__(self, path: Path, max_history: int = MAX_HISTORY):
         self.path, self.max_history = path, max_history
         self._users: dict[str, UserState] = {}
+        self._catalogue = Catalogue()
         self._histories: dict[str, OrderedDict[str, None]] = {}
         # scoped key → the first attempt's (digest, items recorded, created)
         self._keys: OrderedDict[str, tuple[str, int, bool]] = OrderedDict()
@@ -240,6 +271,16 @@ class FileStore:
         os.fsync(self._handle.fileno())
 
     def _apply(self, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        if record.get("type") in ITEM_EVENTS:
+            for event in events:
+                if event["type"] == "item":
+                    self._catalogue.profiles[event["item"]] = event["profile"]
+                elif event["available"]:
+                    self._catalogue.hidden.discard(event["item"])
+                else:
+                    self._catalogue.hidden.add(event["item"])
+            self._catalogue.generation += 1
+            return
         user = record["user"]
         state = self._users.setdefault(user, UserState())
         history = self._histories.setdefault(user, OrderedDict())
@@ -266,7 +307,7 @@ class FileStore:
         payload = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         events = list(parse(record))
         with self._lock:
-            seen = self._keys.get(record["key"])
+            seen = self._keys.get(record["key"]) if "key" in record else None
             if seen is not None:
                 if seen[0] != record["digest"]:
                     raise IdempotencyConflict("this Idempotency-Key was used for another request")
@@ -294,9 +335,27 @@ class FileStore:
 
     async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
         state = self._users.get(user)
+        catalogue = self._catalogue.generation
         if state is None:
-            return UserState()
-        return UserState(state.generation, list(self._histories.get(user, ())), state.profile)
+            return UserState(catalogue=catalogue)
+        added = list(self._histories.get(user, ()))
+        return UserState(state.generation, added, state.profile, catalogue=catalogue)
+
+    async def catalogue_generation(self) -> int:
+        return self._catalogue.generation
+
+    async def catalogue(self) -> Catalogue:
+        with self._lock:  # the writer thread applies under it: one consistent copy
+            now = self._catalogue
+            return Catalogue(now.generation, dict(now.profiles), set(now.hidden))
+
+    async def set_item(self, item, profile) -> int:
+        await self._write({"type": "item", "item": item, "profile": profile})
+        return self._catalogue.generation
+
+    async def set_availability(self, item, available) -> int:
+        await self._write({"type": "availability", "item": item, "available": available})
+        return self._catalogue.generation
 
     async def add_interactions(self, user, items, timestamps, key, digest) -> Written:
         record = {"type": "interactions", "user": user, "items": list(items),
@@ -319,18 +378,20 @@ class FileStore:
             self._handle.close()
 
 
-# The read of an uncached or cached GET in one round trip: the generation, then the cached
-# answer under it; only on a miss the recorded items (at most the cap) and the profile. KEYS:
-# generation, recent items, profile, the unbounded set of items recorded before histories were
-# capped. ARGV: the cache key's prefix, the field, the cap. (The cache key is computed here, so
-# this script wants the cache and the store in one Redis, not a cluster.)
+# The read of an uncached or cached GET in one round trip: the user's and the catalogue's
+# generations, then the cached answer under both; only on a miss the recorded items (at most
+# the cap) and the profile. KEYS: generation, recent items, profile, the unbounded set of items
+# recorded before histories were capped, the catalogue's generation. ARGV: the cache key's
+# prefix, the field, the cap. (The cache key is computed here, so this script wants the cache
+# and the store in one Redis, not a cluster.)
 _READ = """
 local gen = redis.call('get', KEYS[1]) or '0'
-local hit = redis.call('hget', ARGV[1] .. gen, ARGV[2])
-if hit then return {gen, hit} end
+local catalogue = redis.call('get', KEYS[5]) or '0'
+local hit = redis.call('hget', ARGV[1] .. catalogue .. ':' .. gen, ARGV[2])
+if hit then return {gen, catalogue, hit} end
 local items = redis.call('zrange', KEYS[2], -tonumber(ARGV[3]), -1)
 if #items == 0 then items = redis.call('srandmember', KEYS[4], ARGV[3]) end
-return {gen, false, items, redis.call('get', KEYS[3])}
+return {gen, catalogue, false, items, redis.call('get', KEYS[3])}
 """
 
 # One script per write, all or nothing: the key checked (same body: a replay, answered with
@@ -377,6 +438,23 @@ redis.call('incr', KEYS[4])
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. ARGV[5], 'EX', ARGV[1])
 return {1, tonumber(ARGV[5])}
 """
+# Item writes: the state, the log entry and the catalogue's generation in one step. KEYS:
+# profiles or hidden set, stream, catalogue generation. ARGV: item, profile JSON or 1/0.
+_ITEM = """
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('xadd', KEYS[2], '*', 'type', 'item', 'item', ARGV[1], 'profile', ARGV[2])
+return redis.call('incr', KEYS[3])
+"""
+_AVAILABILITY = """
+if ARGV[2] == '1' then redis.call('srem', KEYS[1], ARGV[1])
+else redis.call('sadd', KEYS[1], ARGV[1]) end
+redis.call('xadd', KEYS[2], '*', 'type', 'availability', 'item', ARGV[1], 'available', ARGV[2])
+return redis.call('incr', KEYS[3])
+"""
+_CATALOGUE = """
+return {redis.call('get', KEYS[1]) or '0', redis.call('hgetall', KEYS[2]),
+        redis.call('smembers', KEYS[3])}
+"""
 
 
 class RedisStore:
@@ -390,10 +468,13 @@ class RedisStore:
         self._add = client.register_script(_ADD)
         self._profile = client.register_script(_PROFILE)
         self._read = client.register_script(_READ)
+        self._item = client.register_script(_ITEM)
+        self._availability = client.register_script(_AVAILABILITY)
+        self._catalogue = client.register_script(_CATALOGUE)
 
     def _keys(self, user: str) -> list[str]:
         return [_key(user, "gen"), _key(user, "recent"), _key(user, "profile"),
-                _key(user, "items")]  # fmt: skip
+                _key(user, "items"), CATALOGUE_GEN]  # fmt: skip
 
     async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
         """Generation, recent items and profile in one round trip; with a probe, the cached
@@ -403,15 +484,45 @@ class RedisStore:
             reply = await self._read(keys=self._keys(user), args=[prefix, field, self.max_history])
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
-        generation = int(reply[0])
-        if reply[1] is not None:
-            return UserState(generation, cached=reply[1])
-        members, profile = reply[2], reply[3] if len(reply) > 3 else None
+        generation, catalogue = int(reply[0]), int(reply[1])
+        if reply[2] is not None:
+            return UserState(generation, cached=reply[2], catalogue=catalogue)
+        members, profile = reply[3], reply[4] if len(reply) > 4 else None
         return UserState(
             generation,
             [m.decode() for m in members],
             json.loads(profile) if profile else None,
+            catalogue=catalogue,
         )
+
+    async def _call(self, script, keys: list[str], args: list, what: str):
+        try:
+            return await script(keys=keys, args=args)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailable(f"the interaction store (Redis) did not {what}") from error
+
+    async def catalogue_generation(self) -> int:
+        try:
+            return int(await self._client.get(CATALOGUE_GEN) or 0)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailable("the interaction store (Redis) did not answer") from error
+
+    async def catalogue(self) -> Catalogue:
+        keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS]
+        generation, pairs, hidden = await self._call(self._catalogue, keys, [], "answer")
+        profiles = {}
+        for k in range(0, len(pairs), 2):
+            with contextlib.suppress(ValueError):  # written by us, as JSON: never expected
+                profiles[pairs[k].decode()] = json.loads(pairs[k + 1])
+        return Catalogue(int(generation), profiles, {m.decode() for m in hidden})
+
+    async def set_item(self, item, profile) -> int:
+        keys, args = [ITEM_PROFILES, STREAM, CATALOGUE_GEN], [item, json.dumps(profile)]
+        return int(await self._call(self._item, keys, args, "confirm"))
+
+    async def set_availability(self, item, available) -> int:
+        keys, args = [HIDDEN_ITEMS, STREAM, CATALOGUE_GEN], [item, "1" if available else "0"]
+        return int(await self._call(self._availability, keys, args, "confirm"))
 
     async def _run(self, script, user: str, keys: list[str], args: list) -> Written:
         try:
@@ -423,7 +534,7 @@ class RedisStore:
         return Written(bool(status), int(recorded))
 
     async def add_interactions(self, user, items, timestamps, key, digest) -> Written:
-        gen, recent, _, legacy = self._keys(user)
+        gen, recent, _, legacy, _ = self._keys(user)
         keys = [f"cddae:idem:{scoped_key('interactions', user, key)}", STREAM, recent, gen, legacy]
         pairs = [value for pair in zip(items, timestamps, strict=True) for value in pair]
         args = [self.idempotency_ttl, user, digest, self.max_history, *pairs]

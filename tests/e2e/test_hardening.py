@@ -158,6 +158,18 @@ class _Unreadable:
     async def set_profile(self, *args) -> bool:
         raise StoreUnavailable("the interaction store (Redis) did not confirm")
 
+    async def catalogue_generation(self) -> int:
+        raise StoreUnavailable("the interaction store (Redis) did not answer")
+
+    async def catalogue(self):
+        raise StoreUnavailable("the interaction store (Redis) did not answer")
+
+    async def set_item(self, *args) -> int:
+        raise StoreUnavailable("the interaction store (Redis) did not confirm")
+
+    async def set_availability(self, *args) -> int:
+        raise StoreUnavailable("the interaction store (Redis) did not confirm")
+
     def health(self) -> dict:
         return {}
 
@@ -178,6 +190,12 @@ def test_a_failed_read_never_looks_like_absence(base_models: Path) -> None:
             await service.add_interactions("made-by-put", ["1"], [time.time()], "k", "d")
         with pytest.raises(StoreUnavailable):
             await service.set_profile("made-by-put", {"gender": "F"}, "k", "d")
+        with pytest.raises(StoreUnavailable):  # hiding needs the catalogue: never guessed
+            await service.set_availability("1", False)
+        with pytest.raises(StoreUnavailable):
+            await service.set_item("new-1", {"title": "x"})
+        similar = json.loads(await service.similar("1", 3))  # from the bundle, marked
+        assert similar["degraded"] is True and similar["items"]
 
     asyncio.run(scenario())
 

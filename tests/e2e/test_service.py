@@ -25,7 +25,7 @@ def test_recommendations_exclude_history_and_carry_item_data(server: Server) -> 
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["source"] == "model" and len(body["items"]) == 5
-    assert set(body["items"][0]) == {"item_id", "score", "title", "genres"}
+    assert set(body["items"][0]) == {"item_id", "score", "title", "genres", "source"}
     model = _get(server, "/model").json()
     assert body["model_version"] == model["model_version"]
     scores = [item["score"] for item in body["items"]]

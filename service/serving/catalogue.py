@@ -1,0 +1,303 @@
+"""The catalogue as served: the bundle's items, plus what the API has done to them since.
+
+A `CatalogueView` joins one model version with one catalogue generation (service.state.store's
+`Catalogue`): items created through the API are appended after the model's own (scored from
+their profiles by the cold-item head, service.item_path), hidden items are blocked, and the
+item fields that filters test are kept as arrays (a boolean column per label, a number per
+item), so that a filter is a mask over the scores, applied before the top-N. Views are
+immutable; the service builds a new one when the model or the generation moves.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.item_path import cold_weights, item_scores
+from service.serving.filters import LABEL_KINDS, Filters
+from service.serving.onnx_model import (
+    Model,
+    Query,
+    Ranked,
+    item_head,
+    item_tail,
+    render,
+    top_n,
+)
+from service.state.store import Catalogue
+
+NO_FILTERS = Filters()
+MASKS_KEPT = 64  # filter masks a view remembers (each one byte per item)
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    item_id: str
+    profile: dict[str, Any]
+    available: bool
+    source: str  # bundle | api
+    in_model: bool  # has learnt weights in the model in service (else: the profile path)
+
+
+class CatalogueView:
+    def __init__(self, model: Model, catalogue: Catalogue):
+        self.model, self.generation = model, catalogue.generation
+        bundle, known = model.bundle, model.n_items
+        spec = bundle.item_spec
+        ids = sorted(catalogue.profiles)
+        found = model.item_index.lookup(np.asarray(ids, dtype=str)) if ids else np.zeros(0, int)
+        self.new_ids = [item for item, at in zip(ids, found, strict=True) if at < 0]
+        self.new_index = {item: known + k for k, item in enumerate(self.new_ids)}
+        self.n_items = known + len(self.new_ids)
+        self._api_profiles = catalogue.profiles
+        overridden = {int(at): catalogue.profiles[item] for item, at in zip(ids, found) if at >= 0}  # noqa: B905
+        new_profiles = [spec.project(catalogue.profiles[item]) for item in self.new_ids]
+        raw_new = [catalogue.profiles[item] for item in self.new_ids]
+
+        # Scoring: the model's items by the graph; new ones by the head, where there is one.
+        self.cold_vectors = self.cold_bias = None
+        rankable = np.ones(self.n_items, dtype=bool)
+        if self.new_ids and model.cold_output is not None:
+            features = spec.encode_many(new_profiles)
+            self.cold_vectors, self.cold_bias = cold_weights(bundle.cold_layers, features)
+        elif self.new_ids:
+            rankable[known:] = False  # no profile path in this model: listed, not ranked
+        hidden = self.lookup(sorted(catalogue.hidden))
+        self.available = np.ones(self.n_items, dtype=bool)
+        self.available[hidden[hidden >= 0]] = False
+        self.blocked = ~(self.available & rankable)
+        self.popularity = np.concatenate([model.popularity, np.zeros(len(self.new_ids))])
+
+        # What filters test, per field of the item spec (overrides and new items included).
+        self.labels: dict[str, np.ndarray] = {}
+        self.numbers: dict[str, np.ndarray] = {}
+        base = _base_fields(model)
+        for field in spec.fields:
+            patch = {at: p.get(field.name) for at, p in overridden.items()}
+            patch.update((known + k, p.get(field.name)) for k, p in enumerate(raw_new))
+            if field.kind in LABEL_KINDS:
+                matrix = np.zeros((self.n_items, len(field.values)), dtype=bool, order="F")
+                matrix[:known] = base[field.name]
+                _set_labels(matrix, patch, field.values)
+                self.labels[field.name] = matrix
+            else:
+                numbers = np.concatenate([base[field.name], np.full(len(raw_new), np.nan)])
+                for at, value in patch.items():
+                    numbers[at] = _as_number(value)
+                self.numbers[field.name] = numbers
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+
+        # Each item's JSON around its score: the model's, re-made where the API re-described.
+        self.heads = [*model._heads, *(item_head(i) for i in self.new_ids)]
+        self.tails = list(model._tails)
+        for at, profile in overridden.items():
+            self.tails[at] = item_tail(*_shown(profile), "model")
+        self.tails += [item_tail(*_shown(p), "profile") for p in raw_new]
+
+    # --- lookups -------------------------------------------------------------------------------
+
+    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Indices of many ids in this view; -1 where unknown."""
+        if not item_ids:
+            return np.zeros(0, dtype=np.int64)
+        found = self.model.item_index.lookup(np.asarray(item_ids, dtype=str))
+        if self.new_index:
+            for k in np.flatnonzero(found < 0):
+                found[k] = self.new_index.get(item_ids[k], -1)
+        return found
+
+    def index(self, item_id: str) -> int | None:
+        at = self.model.item_index.get(item_id)
+        return at if at is not None else self.new_index.get(item_id)
+
+    def info(self, item_id: str) -> ItemInfo | None:
+        at = self.index(item_id)
+        if at is None:
+            return None
+        api = item_id in self._api_profiles
+        profile = self._api_profiles[item_id] if api else self._bundle_profile(at)
+        in_model = at < self.model.n_items
+        return ItemInfo(item_id, profile, bool(self.available[at]), "api" if api else "bundle",
+                        in_model)  # fmt: skip
+
+    def _bundle_profile(self, at: int) -> dict[str, Any]:
+        bundle = self.model.bundle
+        profile: dict[str, Any] = {"title": str(bundle.item_titles[at])}
+        genres = str(bundle.item_genres[at])
+        profile["genres"] = genres.split("|") if genres else []
+        for name, values in bundle.item_values.items():
+            value = values[at]
+            if isinstance(value, np.floating):
+                profile[name] = None if np.isnan(value) else _number(float(value))
+            elif name != "genres":
+                text = str(value)
+                profile[name] = (text.split("|") if text else []) if "|" in text else text or None
+        return profile
+
+    # --- masks and scores ----------------------------------------------------------------------
+
+    def blocked_by(self, filters: Filters) -> np.ndarray:
+        """Items no list may hold under these filters: hidden, unrankable, or failing one."""
+        if not filters:
+            return self.blocked
+        mask = self._masks.get(filters.key)
+        if mask is None:
+            allowed = ~self.blocked
+            for condition in filters.conditions:
+                if condition.field in self.labels:
+                    matrix = self.labels[condition.field]
+                    columns = [self._label_column(condition.field, x) for x in condition.labels]
+                    allowed &= matrix[:, columns].any(axis=1)
+                else:
+                    values = self.numbers[condition.field]
+                    with np.errstate(invalid="ignore"):  # NaN: unknown, passes no bound
+                        allowed &= (values >= condition.low) & (values <= condition.high)
+            mask = ~allowed
+            self._masks[filters.key] = mask
+            if len(self._masks) > MASKS_KEPT:
+                self._masks.popitem(last=False)
+        self._masks.move_to_end(filters.key)
+        return mask
+
+    def _label_column(self, field: str, label: str) -> int:
+        spec = next(f for f in self.model.bundle.item_spec.fields if f.name == field)
+        return spec.values.index(label)
+
+    def scores(self, queries: Sequence[Query]) -> np.ndarray:
+        """Scores over the whole view (the model's items, then the new ones): one graph call."""
+        model = self.model
+        if self.cold_vectors is None:
+            scores = model.scores(queries)
+            if self.n_items > model.n_items:  # new items this model cannot score: blocked
+                pad = np.zeros((len(scores), self.n_items - model.n_items), scores.dtype)
+                scores = np.concatenate([scores, pad], axis=1)
+            return scores
+        scores, hidden, log_norm = model.scores_and_hidden(queries)
+        assert model.cold_output is not None and self.cold_bias is not None
+        cold = item_scores(hidden, log_norm, self.cold_vectors, self.cold_bias, model.cold_output)
+        return np.concatenate([scores, cold.astype(scores.dtype)], axis=1)
+
+    def rank(
+        self,
+        query: Query,
+        scores: np.ndarray | None,
+        n: int,
+        exclude: Sequence[int] | np.ndarray = (),
+        filters: Filters = NO_FILTERS,
+        candidates: Sequence[int] | None = None,
+    ) -> Ranked:
+        source = self.model.source(query)
+        values = self.popularity if source == "popularity" or scores is None else scores
+        indices, best = top_n(values, n, exclude, candidates, self.blocked_by(filters))
+        return Ranked(indices, best, source)
+
+    def similar(self, at: int, n: int, exclude: Sequence[int], filters: Filters) -> Ranked:
+        """The n items most alike item `at`: cosine of the output layer's item vectors (a new
+        item's from its profile), or, for a model without them, the model's answer to a
+        history of that one item. Source: "model", or "profile" for a new item's list."""
+        model, known = self.model, self.model.n_items
+        units = _unit_vectors(model)
+        if units is not None:
+            cold = None
+            if self.cold_vectors is not None:
+                cold = self.cold_vectors / np.maximum(
+                    np.linalg.norm(self.cold_vectors, axis=1, keepdims=True), 1e-12
+                )
+            anchor = units[at] if at < known else cold[at - known]  # type: ignore[index]
+            parts = [units @ anchor, *([cold @ anchor] if cold is not None else [])]
+            scores = np.concatenate(parts)
+        elif at < known:
+            query = Query({at: 1.0}, model.encode_profile(None))
+            scores = self.scores([query])[0]
+        else:  # a new item, and a model without the profile path: nothing to compare
+            return Ranked(np.zeros(0, np.int64), np.zeros(0), "profile")
+        if len(scores) < self.n_items:  # new items the model cannot score: never listed
+            scores = np.concatenate([scores, np.zeros(self.n_items - len(scores))])
+        indices, best = top_n(scores, n, exclude, None, self.blocked_by(filters))
+        return Ranked(indices, best, "model" if at < known else "profile")
+
+    def answer(self, ranked: Ranked, unknown: Sequence[str] = (), degraded: bool = False) -> bytes:
+        return render(self.heads, self.tails, self.model._version_json, ranked, unknown, degraded)
+
+
+_BASES: weakref.WeakKeyDictionary[Model, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+
+
+def _base_fields(model: Model) -> dict[str, np.ndarray]:
+    """The model's own items' filter arrays, built once per model (a view copies and patches
+    them): a label matrix per label field, a number per item for the others."""
+    if model in _BASES:
+        return _BASES[model]
+    bundle, known = model.bundle, model.n_items
+    base: dict[str, np.ndarray] = {}
+    for field in bundle.item_spec.fields:
+        values = bundle.item_values.get(field.name)
+        if values is None and field.name == "genres":  # a format-3 bundle: genres only
+            values = bundle.item_genres
+        if field.kind in LABEL_KINDS:
+            matrix = np.zeros((known, len(field.values)), dtype=bool, order="F")
+            if values is not None:
+                column = {at: v for at, v in enumerate(values.tolist()) if v}
+                _set_labels(matrix, column, field.values)
+            base[field.name] = matrix
+        elif values is not None and values.dtype.kind == "f":
+            base[field.name] = values.astype(np.float64)
+        else:
+            base[field.name] = np.full(known, np.nan)
+    _BASES[model] = base
+    return base
+
+
+_UNITS: weakref.WeakKeyDictionary[Model, np.ndarray | None] = weakref.WeakKeyDictionary()
+
+
+def _unit_vectors(model: Model) -> np.ndarray | None:
+    """The model's item vectors scaled to unit length, once per model; None without them."""
+    if model not in _UNITS:
+        vectors = model.bundle.item_vectors
+        if vectors is None or model.bundle.manifest.get("similar_items", {}).get("method") == (
+            "history"
+        ):
+            _UNITS[model] = None
+        else:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            _UNITS[model] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return _UNITS[model]
+
+
+def _set_labels(matrix: np.ndarray, column: dict[int, Any], labels: tuple[str, ...]) -> None:
+    """Row `at` of `matrix` (items × labels) set from a value: labels as a list or "a|b"."""
+    where = {label: k for k, label in enumerate(labels)}
+    for at, value in column.items():
+        matrix[at] = False
+        if not isinstance(value, str | list):
+            continue
+        for label in value.split("|") if isinstance(value, str) else value:
+            k = where.get(str(label))
+            if k is not None:
+                matrix[at, k] = True
+
+
+def _as_number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return np.nan
+
+
+def _shown(profile: dict[str, Any]) -> tuple[str, list[str]]:
+    """(title, genres) as an answer shows them, from a profile set through the API."""
+    title = profile.get("title")
+    genres = profile.get("genres")
+    return (
+        title if isinstance(title, str) else "",
+        list(genres) if isinstance(genres, list) else [],
+    )
+
+
+def _number(value: float) -> float | int:
+    return int(value) if value.is_integer() else value
