@@ -47,6 +47,8 @@ class RedisLog:
             fields = {k: v for k, v in event.items() if v is not None}  # Redis has no null
             if "profile" in fields:
                 fields["profile"] = json.dumps(fields["profile"])
+            if "available" in fields:
+                fields["available"] = "1" if fields["available"] else "0"
             self.client.xadd(STREAM, fields)
 
     def args(self) -> list[str]:
@@ -80,7 +82,8 @@ def _key(event: dict) -> tuple:
     """An event's identity, whichever log it came through (Redis gives every field as text)."""
     profile = json.dumps(event.get("profile"), sort_keys=True)
     timestamp = float(event.get("timestamp", 0))
-    return (event["type"], str(event["user"]), str(event.get("item")), timestamp, profile)
+    user, available = str(event.get("user")), event.get("available")
+    return (event["type"], user, str(event.get("item")), timestamp, profile, available)
 
 
 def _folded(models: Path) -> Counter:
@@ -110,6 +113,11 @@ def test_two_runs_fold_each_event_exactly_once_and_move_the_mark(
 
     # An item the catalogue does not have yet (the service records it): it joins at retrain.
     second = [_interaction("new-2", i, 2e9 + k) for k, i in enumerate((6, 7, 8, "fresh-1"))]
+    # Items created and hidden through the API (issue 20): the profile joins the catalogue,
+    # the item ranks from then on by its learnt weights; availability stays the store's.
+    profile = {"title": "Fresh Two", "year": 1994, "genres": ["Comedy"]}
+    second += [{"type": "item", "item": "fresh-2", "profile": profile},
+               {"type": "availability", "item": "7", "available": False}]  # fmt: skip
     log.record(second)
     assert job(log, "--gate", "0", *(["--trim"] if kind == "redis" else [])) == Outcome.PROMOTED
     state = _events_state(job.models)
@@ -120,13 +128,16 @@ def test_two_runs_fold_each_event_exactly_once_and_move_the_mark(
     manifest = bundle.read_manifest(job.models / bundle.current_version(job.models))
     assert manifest["retrain"]["recorded_interactions"] == 9
     assert manifest["retrain"]["new_interactions"] == 4
+    assert manifest["retrain"]["new_items"] == 1
     served = bundle.load_bundle(job.models / bundle.current_version(job.models))
     assert "fresh-1" in served.item_ids.tolist()
+    fresh = served.item_ids.tolist().index("fresh-2")
+    assert served.item_titles[fresh] == "Fresh Two" and served.item_genres[fresh] == "Comedy"
     if kind == "file":
         assert int(state["mark"]) == (tmp_path / "events.jsonl").stat().st_size
     else:  # trimmed up to the oldest mark a version on disk needs: the first version's
         remaining = log.client.xrange(STREAM)
-        assert remaining[0][0].decode() == mark_1 and len(remaining) == 5
+        assert remaining[0][0].decode() == mark_1 and len(remaining) == 7
 
     assert job(log, "--gate", "0") == Outcome.PROMOTED  # nothing new: same mark, same chain
     assert _events_state(job.models)["segments"] == state["segments"]

@@ -19,6 +19,7 @@ from service.state.cache import redis_client
 from service.state.events import BadEvent, parse
 from service.state.store import (
     STREAM,
+    CatalogueFull,
     FileStore,
     IdempotencyConflict,
     RedisStore,
@@ -335,3 +336,54 @@ def test_both_stores_keep_the_same_items_and_read_no_more_than_the_cap(
     assert v == ["7", "8", "9"]
     assert sorted(one) == ["10", "20", "30", "40"]
     assert capped == ["10", "40", "50"]
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_the_catalogue_is_kept_counted_and_capped_atomically(tmp_path: Path, backend: str) -> None:
+    """Issue 20: item profiles and hidden items are store state with one generation; items new
+    to the model count against the cap in the same step as their write, even when writes
+    arrive together; a settled item frees its place; all of it survives a restart."""
+
+    async def scenario() -> None:
+        async with store_of(backend, tmp_path) as store:
+            assert (await store.catalogue()).generation == 0
+            writes = [store.set_item(f"n{i}", {"title": f"N{i}"}, True, 3) for i in range(8)]
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            assert sum(isinstance(o, CatalogueFull) for o in outcomes) == 5
+            catalogue = await store.catalogue()
+            assert len(catalogue.pending) == 3 and catalogue.pending <= set(catalogue.profiles)
+            created = sorted(catalogue.pending)
+            await store.set_item(created[0], {"title": "again"}, True, 3)  # known: not counted
+            await store.set_item("50", {"title": "in the model"}, False, 3)  # never counted
+            await store.set_availability("50", False)
+            await store.set_availability("51", False)
+            await store.set_availability("51", True)
+            await store.settle_items(created[:2])
+            await store.set_item("n-late", {"genres": ["Comedy"]}, True, 3)
+            catalogue = await store.catalogue()
+            assert catalogue.hidden == {"50"}
+            assert catalogue.pending == {created[2], "n-late"}
+            assert catalogue.profiles[created[0]] == {"title": "again"}
+            assert catalogue.generation == await store.catalogue_generation() == 9
+            assert (await store.user_state("anyone")).catalogue == 9
+        async with store_of(backend, tmp_path, fresh=False) as store:  # a restart
+            again = await store.catalogue()
+            assert again.hidden == {"50"} and again.profiles == catalogue.profiles
+            assert again.generation >= 9
+            assert created[2] in again.pending
+
+    asyncio.run(scenario())
+
+
+def test_item_records_read_back_and_bad_ones_are_named() -> None:
+    assert list(parse({"type": "item", "item": "x", "profile": {"year": 1994}})) == [
+        {"type": "item", "item": "x", "profile": {"year": 1994}}
+    ]
+    assert list(parse({"type": "availability", "item": "x", "available": "0"})) == [
+        {"type": "availability", "item": "x", "available": False}
+    ]
+    for record in ({"type": "item", "item": "", "profile": {}},
+                   {"type": "availability", "item": "x", "available": "maybe"},
+                   {"type": "item", "item": "x", "profile": "not json"}):  # fmt: skip
+        with pytest.raises(BadEvent):
+            list(parse(record))

@@ -18,6 +18,7 @@ from service.api.middleware import BodyLimit, RequestMetrics
 from service.api.routes import router
 from service.config import Settings
 from service.serving.batcher import MicroBatcher
+from service.serving.catalogue import valued_fields
 from service.serving.filters import filter_schema
 from service.serving.holder import ModelHolder
 from service.serving.recommendations import ITEM_TITLE_LIMIT, Recommendations
@@ -158,7 +159,9 @@ def publish_contract(app: FastAPI, settings: Settings, holder: ModelHolder) -> N
             return built[version]
         app.openapi_schema = None
         schema = build()
-        filters = filter_schema(model.bundle.item_spec) if model is not None else None
+        filters = None
+        if model is not None:
+            filters = filter_schema(model.bundle.item_spec, valued_fields(model))
         for operation in (op for path in schema["paths"].values() for op in path.values()):
             for parameter in operation.get("parameters", []):
                 if parameter["name"] == "n":

@@ -33,8 +33,13 @@ from service.api.schemas import (
 from service.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
 from service.serving.filters import MAX_FILTERS
 from service.serving.onnx_model import InputError
-from service.serving.recommendations import MAX_NAMED, CatalogueFull, NoModel, NotFound
-from service.state.store import IdempotencyConflict, StoreUnavailable, body_digest
+from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
+from service.state.store import (
+    CatalogueFull,
+    IdempotencyConflict,
+    StoreUnavailable,
+    body_digest,
+)
 
 router = APIRouter()
 MAX_EXCLUDED = 1000  # ids one GET may exclude (a query string of ~10 KB)
@@ -248,20 +253,20 @@ async def put_profile(
 # --- the catalogue ------------------------------------------------------------------------------
 
 
-def _item_answer(info, version: str, created: bool | None = None) -> dict:
+def _item_answer(info, version: str, stale: bool, created: bool | None = None) -> dict:
     return {"item_id": info.item_id, "profile": info.profile, "available": info.available,
             "source": info.source, "in_model": info.in_model, "model_version": version,
-            **({"created": created} if created is not None else {})}  # fmt: skip
+            "degraded": stale, **({"created": created} if created is not None else {})}  # fmt: skip
 
 
 @router.get("/items/{item_id}", response_model=ItemResponse, responses=ERRORS)
 async def get_item(state: AppStateDep, item_id: ItemIdPath) -> dict:
     """An item's profile, whether it is available, and where it came from."""
     try:
-        info, version = await state.recommendations.item(item_id)
+        info, version, stale = await state.recommendations.item(item_id)
     except HANDLED as error:
         raise _http_error(error) from None
-    return _item_answer(info, version)
+    return _item_answer(info, version, stale)
 
 
 @router.put(
@@ -278,11 +283,11 @@ async def put_item(
     recommendations = state.recommendations
     try:
         created = await recommendations.set_item(item_id, body.root)
-        info, version = await recommendations.item(item_id)
+        info, version, stale = await recommendations.item(item_id)
     except HANDLED as error:
         raise _http_error(error) from None
     response.status_code = 201 if created else 200
-    return _item_answer(info, version, created)
+    return _item_answer(info, version, stale, created)
 
 
 @router.put("/items/{item_id}/availability", response_model=AvailabilityResponse, responses=ERRORS)

@@ -285,6 +285,8 @@ class ItemResponse(BaseModel):
         "scored from its profile until the next retrain"
     )
     model_version: str
+    # The catalogue could not be read (the store is down): the service's last view answered.
+    degraded: bool = False
     created: bool | None = None  # PUT only
 
 

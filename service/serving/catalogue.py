@@ -55,6 +55,7 @@ class CatalogueView:
         self.new_index = {item: known + k for k, item in enumerate(self.new_ids)}
         self.n_items = known + len(self.new_ids)
         self._api_profiles = catalogue.profiles
+        self._pending = catalogue.pending
         overridden = {int(at): catalogue.profiles[item] for item, at in zip(ids, found) if at >= 0}  # noqa: B905
         new_profiles = [spec.project(catalogue.profiles[item]) for item in self.new_ids]
         raw_new = [catalogue.profiles[item] for item in self.new_ids]
@@ -110,6 +111,14 @@ class CatalogueView:
             for k in np.flatnonzero(found < 0):
                 found[k] = self.new_index.get(item_ids[k], -1)
         return found
+
+    def pending_in_model(self) -> list[str]:
+        """Items the store counts as waiting for a retrain that this model has learnt."""
+        if not self._pending:
+            return []
+        pending = sorted(self._pending)
+        found = self.model.item_index.lookup(np.asarray(pending, dtype=str))
+        return [item for item, at in zip(pending, found, strict=True) if at >= 0]
 
     def index(self, item_id: str) -> int | None:
         at = self.model.item_index.get(item_id)
@@ -268,6 +277,16 @@ def _unit_vectors(model: Model) -> np.ndarray | None:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             _UNITS[model] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
     return _UNITS[model]
+
+
+def valued_fields(model: Model) -> set[str]:
+    """The item fields some of the model's items have a value for: what filters may test."""
+    base = _base_fields(model)
+    return {
+        name
+        for name, values in base.items()
+        if (values.any() if values.dtype == bool else np.isfinite(values).any())
+    }
 
 
 def _set_labels(matrix: np.ndarray, column: dict[int, Any], labels: tuple[str, ...]) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from service.features import NUMBER_LIMIT, FeatureSpec
+from service.features import FeatureSpec
 from service.serving.onnx_model import InputError
 
 MAX_FILTERS = 20  # conditions in one request
@@ -52,11 +53,17 @@ def filterable(spec: FeatureSpec) -> list[str]:
     return list(spec.names)
 
 
-def parse_filters(texts: Sequence[str], spec: FeatureSpec) -> Filters:
-    """The request's `filter` strings against the item spec of the model in service."""
+NUMBER = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,6})?")  # what the published pattern allows
+
+
+def parse_filters(
+    texts: Sequence[str], spec: FeatureSpec, valued: Collection[str] | None = None
+) -> Filters:
+    """The request's `filter` strings against the item spec of the model in service. `valued`:
+    the fields its items have values for (a field none has would match nothing: refused)."""
     if len(texts) > MAX_FILTERS:
         raise InputError(f"at most {MAX_FILTERS} filters, got {len(texts)}")
-    fields = {f.name: f for f in spec.fields}
+    fields = {f.name: f for f in spec.fields if valued is None or f.name in valued}
     allowed = ", ".join(fields) or "none (this model's items have no fields)"
     conditions = set()
     for text in texts:
@@ -86,25 +93,25 @@ def _bounds(name: str, value: str) -> tuple[float, float]:
     low_text, dots, high_text = value.partition("..")
     if not dots:
         low_text = high_text = value
-    try:
-        low = float(low_text) if low_text else -math.inf
-        high = float(high_text) if high_text else math.inf
-    except ValueError:
+    if not all(NUMBER.fullmatch(t) for t in (low_text, high_text) if t):
         raise InputError(
-            f"filter {name}:{value[:80]} needs numbers as low..high (either optional)"
-        ) from None
-    if any(math.isnan(b) or (math.isfinite(b) and abs(b) > NUMBER_LIMIT) for b in (low, high)):
-        raise InputError(f"filter {name}: bounds must be numbers within ±{NUMBER_LIMIT:g}")
+            f"filter {name}:{value[:80]} needs numbers as low..high (either optional; at most "
+            "9 digits, and 6 after the point)"
+        )
+    low = float(low_text) if low_text else -math.inf
+    high = float(high_text) if high_text else math.inf
     return low, high  # low > high: an empty range, which no item meets
 
 
-def filter_schema(spec: FeatureSpec) -> dict:
+def filter_schema(spec: FeatureSpec, valued: Collection[str] | None = None) -> dict:
     """The `filter` strings this spec accepts, as a JSON Schema string (for OpenAPI): each
-    field with its labels, or with number bounds."""
+    field (of those with values, `valued`) with its labels, or with number bounds."""
     number = r"-?[0-9]{1,9}(\.[0-9]{1,6})?"
     options = []
     examples = []
     for field in spec.fields:
+        if valued is not None and field.name not in valued:
+            continue
         name = _escape(field.name)
         if field.kind in LABEL_KINDS:
             if not field.values:

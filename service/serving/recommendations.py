@@ -7,6 +7,7 @@ them to status codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -19,12 +20,19 @@ import numpy as np
 
 from service.features import FeatureError
 from service.serving.batcher import MicroBatcher
-from service.serving.catalogue import NO_FILTERS, CatalogueView, ItemInfo
+from service.serving.catalogue import NO_FILTERS, CatalogueView, ItemInfo, valued_fields
 from service.serving.filters import Filters, parse_filters
 from service.serving.holder import ModelHolder
 from service.serving.onnx_model import InputError, Model, Query, Ranked, finish
 from service.state.cache import Cache, cache_key
-from service.state.store import Catalogue, Store, StoreUnavailable, UserState, Written
+from service.state.store import (
+    Catalogue,
+    CatalogueFull,
+    Store,
+    StoreUnavailable,
+    UserState,
+    Written,
+)
 from service.telemetry import Metrics
 
 MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
@@ -34,10 +42,6 @@ MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer
 
 class NotFound(LookupError):
     pass
-
-
-class CatalogueFull(RuntimeError):
-    """PUT /items/{id} would create more items than `max_api_items` (→ 409)."""
 
 
 ITEM_TITLE_LIMIT = 200
@@ -86,7 +90,8 @@ class Recommendations:
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
         self.max_n, self.batcher, self.max_api_items = max_n, batcher, max_api_items
         self._view: CatalogueView | None = None
-        self._view_flight: asyncio.Future[CatalogueView] | None = None
+        self._view_flight: tuple[int, asyncio.Future[CatalogueView]] | None = None
+        self._flights = 0  # view rebuilds started
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
         # CPU work too large for the event loop (batches, long inputs) has threads of its own,
         # apart from the store's writes and model loads: one cannot starve the others.
@@ -126,13 +131,27 @@ class Recommendations:
             return await self._rebuilt(model, None), True
 
     async def _rebuilt(self, model: Model, generation: int | None) -> CatalogueView:
-        flight = self._view_flight
-        if flight is None or flight.done():
-            flight = asyncio.ensure_future(self._build_view(model, generation is None))
-            self._view_flight = flight
-        view = await asyncio.shield(flight)
-        if view.model is not model:  # a rebuild for another model was in flight: once more
-            return await self._rebuilt(model, generation)
+        """A view of `model` that reflects the catalogue at least as it was when the caller
+        read `generation`: a rebuild in flight is joined only if it started after that read or
+        came back at that generation; else another one follows (a few at most, then the
+        newest there is: the catalogue churns faster than views build)."""
+        entered = self._flights
+        view = None
+        for _ in range(4):
+            seq, flight = self._view_flight or (0, None)
+            if flight is None or flight.done() or (seq <= entered and view is not None):
+                self._flights += 1
+                seq = self._flights
+                bundle_only = generation is None
+                flight = asyncio.ensure_future(self._build_view(model, bundle_only))
+                self._view_flight = (seq, flight)
+            view = await asyncio.shield(flight)
+            fresh = seq > entered or generation is None or view.generation == generation
+            if view.model is model and fresh:
+                return view
+        assert view is not None
+        if view.model is not model:  # the model changed under a churning catalogue
+            return await self._build_view(model, generation is None)
         return view
 
     async def _build_view(self, model: Model, bundle_only: bool) -> CatalogueView:
@@ -141,10 +160,16 @@ class Recommendations:
         view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue)
         if not bundle_only:
             self._view = view
+            learnt = view.pending_in_model()
+            if learnt:  # created through the API, now in the model: no longer waiting
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.settle_items(learnt)
         return view
 
     def _filters(self, model: Model, texts: Sequence[str]) -> Filters:
-        return parse_filters(texts, model.bundle.item_spec) if texts else NO_FILTERS
+        if not texts:
+            return NO_FILTERS
+        return parse_filters(texts, model.bundle.item_spec, valued_fields(model))
 
     # --- caching with single flight ------------------------------------------------------------
 
@@ -469,14 +494,18 @@ class Recommendations:
 
     # --- items ---------------------------------------------------------------------------------
 
-    async def item(self, item_id: str) -> tuple[ItemInfo, str]:
-        """(what the service knows of an item, the model version); NotFound when nothing."""
+    async def item(self, item_id: str) -> tuple[ItemInfo, str, bool]:
+        """(what the service knows of an item, the model version, whether the catalogue could
+        not be read: then the last view answers). NotFound when nothing; an item the last view
+        lacks while the store is unreadable is a StoreUnavailable, never "unknown"."""
         model = self.model()
-        view, _ = await self.view(model)
+        view, stale = await self.view(model)
         info = view.info(item_id)
         if info is None:
+            if stale:
+                raise StoreUnavailable("the catalogue could not be read")
             raise NotFound(f"unknown item {item_id!r}")
-        return info, model.version
+        return info, model.version, stale
 
     def check_item_profile(self, profile: dict[str, Any]) -> dict[str, Any]:
         """An item's profile as the API takes it: the item spec's fields, strictly typed as for
@@ -505,12 +534,14 @@ class Recommendations:
         if stale:
             raise StoreUnavailable("the catalogue could not be read")
         created = view.index(item_id) is None
-        if created and len(view.new_ids) >= self.max_api_items:
+        try:
+            await self.store.set_item(item_id, profile, item_id not in model.item_index,
+                                      self.max_api_items)  # fmt: skip
+        except CatalogueFull:
             raise CatalogueFull(
-                f"{len(view.new_ids)} items created through the API wait for a retrain: the "
-                f"maximum (CDDAE_MAX_API_ITEMS); the next retrain folds them into the model"
-            )
-        await self.store.set_item(item_id, profile)
+                f"{self.max_api_items} items created through the API wait for a retrain: the "
+                "maximum (CDDAE_MAX_API_ITEMS); the next retrain folds them into the model"
+            ) from None
         return created
 
     async def set_availability(self, item_id: str, available: bool) -> None:
@@ -533,6 +564,8 @@ class Recommendations:
         view, stale = await self.view(model)
         at = view.index(item_id)
         if at is None:
+            if stale:
+                raise StoreUnavailable("the catalogue could not be read")
             raise NotFound(f"unknown item {item_id!r}")
         banned = sorted({*self._banned(view, exclude), at})
 

@@ -55,6 +55,7 @@ from service.state.events import ITEM_EVENTS, BadEvent, Quarantine, parse
 STREAM = "cddae:events"
 ITEM_PROFILES = "cddae:items:profile"  # item id → its profile (JSON), as the API last set it
 HIDDEN_ITEMS = "cddae:items:hidden"  # the set of items taken out of every list
+PENDING_ITEMS = "cddae:items:pending"  # created new to the model in service, not yet learnt
 CATALOGUE_GEN = "cddae:items:gen"  # bumped with every item write
 STORE_ID_KEY = "cddae:store-id"  # a Redis store's identity, set once by whoever comes first
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
@@ -65,6 +66,10 @@ log = logging.getLogger("cddae.service")
 
 class StoreUnavailable(RuntimeError):
     pass
+
+
+class CatalogueFull(RuntimeError):
+    """As many items created through the API as allowed wait for a retrain (→ 409)."""
 
 
 class IdempotencyConflict(ValueError):
@@ -92,6 +97,8 @@ class Catalogue:
     generation: int = 0
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     hidden: set[str] = field(default_factory=set)
+    # Items created new to the model in service, not yet in a model: what the cap counts.
+    pending: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -155,8 +162,14 @@ class Store(Protocol):
         """The whole catalogue state, consistent at one generation."""
         ...
 
-    async def set_item(self, item: str, profile: dict[str, Any]) -> int:
-        """Record an item's profile; the new catalogue generation."""
+    async def set_item(self, item: str, profile: dict[str, Any], new: bool, cap: int) -> int:
+        """Record an item's profile; the new catalogue generation. `new`: the model in service
+        does not hold the item, so that unless the store has it already it is pending, and
+        refused (`CatalogueFull`) when `cap` items are — checked in the same atomic step."""
+        ...
+
+    async def settle_items(self, items: Sequence[str]) -> None:
+        """These pending items are in the model in service now: no longer counted."""
         ...
 
     async def set_availability(self, item: str, available: bool) -> int: ...
@@ -274,6 +287,8 @@ class FileStore:
         if record.get("type") in ITEM_EVENTS:
             for event in events:
                 if event["type"] == "item":
+                    if record.get("new") and event["item"] not in self._catalogue.profiles:
+                        self._catalogue.pending.add(event["item"])
                     self._catalogue.profiles[event["item"]] = event["profile"]
                 elif event["available"]:
                     self._catalogue.hidden.discard(event["item"])
@@ -297,16 +312,20 @@ class FileStore:
             if len(self._keys) > LOCAL_KEYS:
                 self._keys.popitem(last=False)
 
-    async def _write(self, record: dict[str, Any]) -> Written:
+    async def _write(self, record: dict[str, Any], cap: int | None = None) -> Written:
         """Appends and their fsyncs on the store's own thread, in order: a slow disk holds up
         writes, not inference or model loads."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._append, record)
+        return await loop.run_in_executor(self._writer, self._append, record, cap)
 
-    def _append(self, record: dict[str, Any]) -> Written:
+    def _append(self, record: dict[str, Any], cap: int | None = None) -> Written:
         payload = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         events = list(parse(record))
         with self._lock:
+            pending = self._catalogue.pending
+            new = record.get("new") and record["item"] not in self._catalogue.profiles
+            if new and cap is not None and len(pending) >= cap:
+                raise CatalogueFull(f"{len(pending)} items wait for a retrain")
             seen = self._keys.get(record["key"]) if "key" in record else None
             if seen is not None:
                 if seen[0] != record["digest"]:
@@ -347,11 +366,16 @@ class FileStore:
     async def catalogue(self) -> Catalogue:
         with self._lock:  # the writer thread applies under it: one consistent copy
             now = self._catalogue
-            return Catalogue(now.generation, dict(now.profiles), set(now.hidden))
+            return Catalogue(now.generation, dict(now.profiles), set(now.hidden), set(now.pending))
 
-    async def set_item(self, item, profile) -> int:
-        await self._write({"type": "item", "item": item, "profile": profile})
+    async def set_item(self, item, profile, new, cap) -> int:
+        record = {"type": "item", "item": item, "profile": profile, "new": new}
+        await self._write(record, cap)
         return self._catalogue.generation
+
+    async def settle_items(self, items) -> None:
+        with self._lock:
+            self._catalogue.pending.difference_update(items)
 
     async def set_availability(self, item, available) -> int:
         await self._write({"type": "availability", "item": item, "available": available})
@@ -438,9 +462,14 @@ redis.call('incr', KEYS[4])
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. ARGV[5], 'EX', ARGV[1])
 return {1, tonumber(ARGV[5])}
 """
-# Item writes: the state, the log entry and the catalogue's generation in one step. KEYS:
-# profiles or hidden set, stream, catalogue generation. ARGV: item, profile JSON or 1/0.
+# Item writes: the state, the log entry and the catalogue's generation in one step; a new item
+# counted against the cap in the same step (-1: full). KEYS: profiles or hidden set, stream,
+# catalogue generation, pending set. ARGV: item, profile JSON or 1/0, new (1/0), cap.
 _ITEM = """
+if ARGV[3] == '1' and redis.call('hexists', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('scard', KEYS[4]) >= tonumber(ARGV[4]) then return -1 end
+  redis.call('sadd', KEYS[4], ARGV[1])
+end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('xadd', KEYS[2], '*', 'type', 'item', 'item', ARGV[1], 'profile', ARGV[2])
 return redis.call('incr', KEYS[3])
@@ -453,7 +482,7 @@ return redis.call('incr', KEYS[3])
 """
 _CATALOGUE = """
 return {redis.call('get', KEYS[1]) or '0', redis.call('hgetall', KEYS[2]),
-        redis.call('smembers', KEYS[3])}
+        redis.call('smembers', KEYS[3]), redis.call('smembers', KEYS[4])}
 """
 
 
@@ -508,17 +537,32 @@ class RedisStore:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
 
     async def catalogue(self) -> Catalogue:
-        keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS]
-        generation, pairs, hidden = await self._call(self._catalogue, keys, [], "answer")
+        keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS, PENDING_ITEMS]
+        generation, pairs, hidden, pending = await self._call(self._catalogue, keys, [], "answer")
         profiles = {}
         for k in range(0, len(pairs), 2):
             with contextlib.suppress(ValueError):  # written by us, as JSON: never expected
                 profiles[pairs[k].decode()] = json.loads(pairs[k + 1])
-        return Catalogue(int(generation), profiles, {m.decode() for m in hidden})
+        return Catalogue(
+            int(generation),
+            profiles,
+            {m.decode() for m in hidden},
+            {m.decode() for m in pending},
+        )
 
-    async def set_item(self, item, profile) -> int:
-        keys, args = [ITEM_PROFILES, STREAM, CATALOGUE_GEN], [item, json.dumps(profile)]
-        return int(await self._call(self._item, keys, args, "confirm"))
+    async def set_item(self, item, profile, new, cap) -> int:
+        keys = [ITEM_PROFILES, STREAM, CATALOGUE_GEN, PENDING_ITEMS]
+        args = [item, json.dumps(profile), "1" if new else "0", cap]
+        generation = int(await self._call(self._item, keys, args, "confirm"))
+        if generation < 0:
+            raise CatalogueFull("the items created through the API wait for a retrain")
+        return generation
+
+    async def settle_items(self, items) -> None:
+        try:
+            await self._client.srem(PENDING_ITEMS, *items)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailable("the interaction store (Redis) did not confirm") from error
 
     async def set_availability(self, item, available) -> int:
         keys, args = [HIDDEN_ITEMS, STREAM, CATALOGUE_GEN], [item, "1" if available else "0"]

@@ -324,3 +324,39 @@ def test_a_stuck_disk_holds_up_writes_not_scoring(base_models: Path, tmp_path: P
         return len(answers)
 
     assert asyncio.run(scenario()) == 2
+
+
+class _SlowCatalogue(FileStore):
+    """A file store whose catalogue reads take a while: a rebuild of the view is in flight
+    when the next write lands (the race the attack on issue 20 found)."""
+
+    async def catalogue(self):
+        snapshot = await super().catalogue()
+        await asyncio.sleep(0.05)
+        return snapshot
+
+
+def test_a_list_asked_after_a_hide_never_holds_the_item(base_models: Path, tmp_path: Path) -> None:
+    """A request that read the catalogue's new generation never joins a rebuild that started
+    before the write: the answer after a hide's acknowledgement never holds the item."""
+
+    async def scenario() -> None:
+        service = _service(base_models, _SlowCatalogue(tmp_path / "events.jsonl"))
+        top = json.loads(await service.for_user("3", 10, True))["items"][0]["item_id"]
+        store = service.store
+        await store.set_item("new-1", {"title": "x"}, True, 10)  # gen 1
+        stale = asyncio.ensure_future(service.view(service.model()))  # reads gen 1 …
+        await asyncio.sleep(0.01)  # … and is mid-rebuild when another replica hides the item
+        await store.set_availability(top, False)  # acknowledged there: gen 2
+        answer = json.loads(await service.for_user("3", 10, True))
+        assert top not in [item["item_id"] for item in answer["items"]]
+        await stale
+        stale = asyncio.ensure_future(service.view(service.model(), -1))  # another rebuild …
+        await asyncio.sleep(0.01)
+        await store.set_item("new-2", {"title": "y"}, True, 10)  # … when an item is created
+        info, _, _ = await service.item("new-2")  # never a wrong 404
+        assert info.item_id == "new-2"
+        await stale
+        store.close()
+
+    asyncio.run(scenario())

@@ -183,11 +183,14 @@ _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1]) else return 0 end"""
 
 
-def apply_events(raw: RawDataset, events: Iterable[dict[str, Any]]) -> tuple[int, int]:
-    """Add recorded interactions and profiles (normalised events: service/state/events.py) to
-    `raw`; return (interactions, profiles). A profile is projected onto the fields the data
-    has (a field only recorded events know would be a column of almost nothing)."""
-    interactions = profiles = 0
+def apply_events(raw: RawDataset, events: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
+    """Add recorded interactions, profiles and items (normalised events:
+    service/state/events.py) to `raw`; return (interactions, profiles, items). A profile is
+    projected onto the fields the data has (a field only recorded events know would be a
+    column of almost nothing); an item's profile onto the catalogue's fields (title, year,
+    genres). Availability is not data: the store keeps it, and the service applies it to
+    every version."""
+    interactions = profiles = items = 0
     fields = {name for profile in raw.user_profiles.values() for name in profile}
     for event in events:
         if event["type"] == "interaction":
@@ -195,14 +198,28 @@ def apply_events(raw: RawDataset, events: Iterable[dict[str, Any]]) -> tuple[int
                 event["user"], event["item"], POSITIVE_RATING, float(event["timestamp"])
             )
             interactions += 1
-        else:
+        elif event["type"] == "profile":
             profile = event["profile"]
             kept = {
                 k: v for k, v in profile.items() if v is not None and (not fields or k in fields)
             }
             raw.user_profiles[event["user"]] = kept
             profiles += 1
-    return interactions, profiles
+        elif event["type"] == "item":
+            raw.item_profiles[event["item"]] = _item_profile(event["profile"])
+            items += 1
+    return interactions, profiles, items
+
+
+def _item_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """An item's profile as the loaders make them: a title, a year or None, a genre list."""
+    year = profile.get("year")
+    genres = profile.get("genres")
+    return {
+        "title": profile.get("title") if isinstance(profile.get("title"), str) else "",
+        "year": int(year) if isinstance(year, int | float) and not isinstance(year, bool) else None,
+        "genres": [g for g in genres if isinstance(g, str)] if isinstance(genres, list) else [],
+    }
 
 
 def read_segment(path: Path) -> Iterator[dict[str, Any]]:
@@ -228,7 +245,7 @@ def readable(
 
 def fold_new_events(
     raw: RawDataset, source: EventSource, after: str | None, events_dir: Path, page: int = PAGE
-) -> tuple[str | None, str | None, tuple[int, int], int]:
+) -> tuple[str | None, str | None, tuple[int, int, int], int]:
     """Read the events after `after` page by page into `raw` and into a new segment file;
     return (segment name or None when nothing was new, the new mark, counts, records newly
     quarantined). The temporary file goes whatever happens."""
@@ -236,7 +253,7 @@ def fold_new_events(
     quarantine = Quarantine(events_dir / QUARANTINE)
     before = len(quarantine)
     tmp = events_dir / f".tmp-{os.getpid()}.jsonl"
-    mark, counts = after, (0, 0)
+    mark, counts = after, (0, 0, 0)
     try:
         with tmp.open("w", encoding="utf-8") as out:
             for records, page_mark in source.pages(after, page):
@@ -244,7 +261,7 @@ def fold_new_events(
                 events = list(readable(records, quarantine, source.name))
                 out.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
                 added = apply_events(raw, events)
-                counts = (counts[0] + added[0], counts[1] + added[1])
+                counts = (counts[0] + added[0], counts[1] + added[1], counts[2] + added[2])
             out.flush()
             os.fsync(out.fileno())
         if mark == after:
@@ -323,7 +340,8 @@ def _run(
         chain.append(segment)
     earlier = sum(f[0] for f in folded)
     log(f"{base} ratings from {data}; recorded interactions: {earlier} folded before, "
-        f"{new[0]} new (mark {after} → {mark}); recorded profiles: {new[1]} new; "
+        f"{new[0]} new (mark {after} → {mark}); recorded profiles: {new[1]} new; items "
+        f"created or re-described: {new[2]} new; "
         f"{bad} unreadable record(s) quarantined in {EVENTS}/{QUARANTINE}")  # fmt: skip
     user_fields = config.get("features", {}).get("user")
     prepared = prepare(raw, ProtocolConfig(seed=seed), user_fields=user_fields)
@@ -339,6 +357,7 @@ def _run(
             "recorded_interactions": earlier + new[0],
             "new_interactions": new[0],
             "new_profiles": new[1],
+            "new_items": new[2],
         },
     }
     checkpoint.meta["retrain"] = extra["retrain"]
