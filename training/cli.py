@@ -18,13 +18,15 @@ from training.evaluation.tables import metrics_table
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:
-    """A JSON or TOML file with optional sections `model`, `train`, `protocol`, `preset` and
-    `features` (`{"user": {"field": "categorical|multi|bucket|numeric|ignore"}}`)."""
+    """A JSON or TOML file with optional sections `model`, `train`, `protocol`, `preset`,
+    `features` (`{"user": {"field": "categorical|multi|bucket|numeric|ignore"}}`) and
+    `cold_items` (the cold-item head's options; `{"epochs": 0}` trains none)."""
     if path is None:
         return {}
     text = path.read_text()
     config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    if unknown := set(config) - {"model", "train", "protocol", "preset", "features"}:
+    sections = {"model", "train", "protocol", "preset", "features", "cold_items"}
+    if unknown := set(config) - sections:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}")
     return config
 
@@ -63,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         train=train,
         progress=not args.quiet,
         final_fit=not args.no_final_fit,
+        cold=config.get("cold_items"),
     )
     if args.output:
         checkpoint.save(args.output)
@@ -81,6 +84,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
     else:
         print("served model: the evaluated one (--no-final-fit); export it only for testing")
+    if cold := meta.get("cold_items"):
+        print(f"cold-item head: {cold['head']}, {cold['steps']} steps in {cold['seconds']:.1f} s")
     _write_json(args.json, {"model": args.model, **meta})
 
 
@@ -95,6 +100,30 @@ def cmd_new_users(args: argparse.Namespace) -> None:
         print(table(results, metric))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def cmd_cold_items(args: argparse.Namespace) -> None:
+    from training.experiments.new_items import average, plot, run_seed, table
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in range(args.seeds):
+        runs.append(run_seed(args.data, seed))
+        (args.output / f"seed-{seed}.json").write_text(json.dumps(runs[-1], indent=1) + "\n")
+        print(f"seed {seed}: head {runs[-1]['head']['setting']}, "
+              f"R@10 {runs[-1]['held only']['cold-item head (CDDAE)']['R@10']:.4f}")  # fmt: skip
+    mean = average(runs)
+    (args.output / "mean.json").write_text(json.dumps(mean, indent=1) + "\n")
+    plot(mean, args.output / "cold_items.png")
+    print(table(mean))
+
+
+def cmd_similar_items(args: argparse.Namespace) -> None:
+    from training.experiments.similar_items import run, table
+
+    results = run(args.data, args.anchor_items, args.seed, args.checkpoint)
+    print(table(results))
+    _write_json(args.json, results)
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -417,6 +446,26 @@ def build_parser() -> argparse.ArgumentParser:
     new_users.add_argument("--config", type=Path, help='{"cddae": {"model": {...}}, ...}')
     new_users.add_argument("--json", type=Path)
     new_users.set_defaults(func=cmd_new_users)
+
+    cold = sub.add_parser(
+        "cold-items", help="item-disjoint protocol: held-out items put back through the head"
+    )
+    cold.add_argument("--data", type=Path, required=True)
+    cold.add_argument("--seeds", type=int, default=3, help="split seeds 0..N-1")
+    cold.add_argument("--output", type=Path, default=Path("docs/cold_items"))
+    cold.set_defaults(func=cmd_cold_items)
+
+    similar = sub.add_parser(
+        "similar-items", help="co-occurrence lift of similar-item lists against popularity"
+    )
+    similar.add_argument("--data", type=Path, required=True)
+    similar.add_argument("--anchor-items", type=int, default=40, help="the most popular items")
+    similar.add_argument("--seed", type=int, default=0)
+    similar.add_argument(
+        "--checkpoint", type=Path, help="a `cddae train` checkpoint instead of training one"
+    )
+    similar.add_argument("--json", type=Path)
+    similar.set_defaults(func=cmd_similar_items)
 
     tune_ = sub.add_parser("tune", help="equal-budget random search on validation NDCG@10")
     tune_.add_argument("--data", type=Path, required=True)

@@ -7,6 +7,8 @@ Layout of a checkpoint folder:
   profiles.json    raw user profiles and the item catalogue (title, year, genres)
   state.npz        the evaluated model's arrays (weights, or a baseline's vectors/matrices)
   final.npz        the served model's arrays: the same settings fit on all data (optional)
+  An autoencoder's served arrays also hold its cold-item head as `cold_w0, cold_b0, …`
+  (training/models/cold_items.py, the layout of service/item_path.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """Export a checkpoint's inference path to ONNX and write it as a versioned model bundle.
 
+For the autoencoders the graph also returns `hidden` and `log_norm`, and the bundle carries the
+output layer's item rows and the cold-item head (format 4, service/item_path.py): the service
+scores items outside the graph with them — new items and similar items — and export refuses a
+bundle where that path does not reproduce the graph.
+
 The exporter is torch's dynamo-based `torch.onnx.export(..., dynamo=True)`: in torch 2.13 it is
 the default and the TorchScript exporter is deprecated (it warns, and it silently drops inputs
 a model does not read, which would break the bundle's fixed input contract).
@@ -12,6 +17,7 @@ import json
 import logging
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from service.bundle import arrays_payload, write_bundle
+from service.bundle import ITEM_VALUES, arrays_payload, write_bundle
+from service.item_path import cold_weights, item_scores, layer_arrays
 from training.evaluation.metrics import top_n
 from training.jobs.checkpoint import Checkpoint
 from training.jobs.pipeline import restore
@@ -32,6 +39,10 @@ INPUTS = ("items", "weights", "user_features", "user_index")
 # Export refuses a graph that disagrees with PyTorch by more than this (scores are in [0, 1]).
 PARITY_MAX_ABS_DIFF = 1e-4
 PARITY_MIN_TOP10_AGREEMENT = 0.99
+# The neural graphs' outputs: the scores, the decoder's output before the output layer, and the
+# log of the softmax's sum over the catalogue (zeros for a sigmoid model): with the item
+# vectors these score items outside the graph, new ones included (service.item_path).
+NEURAL_OUTPUTS = ("scores", "hidden", "log_norm")
 # Parity runs on a seeded sample: 2,000 users bound a disagreement rate of 0.15% with 95%
 # confidence when none is seen, and the graph does the same arithmetic for every user.
 PARITY_USERS = 2000
@@ -51,6 +62,7 @@ class InferencePath(nn.Module):
     def __init__(self, recommender: Any, kind: str):
         super().__init__()
         self.kind = kind
+        self.cold_layers = list(getattr(recommender, "cold_layers", []))
         if kind in NEURAL:
             self.net = copy.deepcopy(recommender.net).eval()
             vectors = self.net.user_vector
@@ -62,10 +74,21 @@ class InferencePath(nn.Module):
         else:
             self.register_buffer("similarity", torch.from_numpy(recommender.similarity))
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return NEURAL_OUTPUTS if self.kind in NEURAL else ("scores",)
+
     def forward(self, items, weights, user_features, user_index):
         if self.kind in NEURAL:
-            output = self.net.forward_padded(items, weights, user_features, user_index)
-            return self.net.scores(output)
+            net = self.net
+            hidden = net.hidden(*net.padded_input(items, weights), user_features, user_index)
+            output = net.out(hidden)
+            logits = output[:, : net.n_items]
+            if net.config.output == "softmax":
+                log_norm = torch.logsumexp(logits, dim=1)
+            else:
+                log_norm = hidden[:, 0] * 0.0
+            return net.scores(output), hidden, log_norm
         if self.kind == "pop":
             return self.counts.expand(items.shape[0], -1) + 0.0 * weights.sum()
         return (self.similarity[items] * weights.unsqueeze(-1)).sum(dim=1)
@@ -143,9 +166,40 @@ def to_onnx(
         return files
 
 
-def parity(graph: dict[str, bytes], module: nn.Module, checkpoint: Checkpoint) -> dict[str, float]:
+@dataclass
+class ItemPath:
+    """The served network's item side as the bundle carries it: the output layer's item rows
+    and biases, the output activation, and the cold-item head (may be empty)."""
+
+    vectors: np.ndarray  # items × width, float32
+    bias: np.ndarray  # items, float32
+    output: str  # softmax | sigmoid
+    head: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def of(cls, module: InferencePath) -> ItemPath | None:
+        if module.kind not in NEURAL:
+            return None
+        net = module.net
+        n = net.n_items
+        return cls(
+            net.out.weight[:n].detach().cpu().numpy().astype(np.float32),
+            net.out.bias[:n].detach().cpu().numpy().astype(np.float32),
+            net.config.output,
+            list(module.cold_layers),
+        )
+
+
+def parity(
+    graph: dict[str, bytes],
+    module: nn.Module,
+    checkpoint: Checkpoint,
+    path: ItemPath | None = None,
+) -> dict[str, float]:
     """onnxruntime against PyTorch on a seeded sample of users, in chunks: largest score
-    difference and the share of users whose top-10 (seen items excluded) is the same."""
+    difference and the share of users whose top-10 (seen items excluded) is the same; with an
+    item path, also the largest difference between the graph's scores and
+    `service.item_path.item_scores` of its `hidden` and `log_norm` outputs."""
     import onnxruntime as ort
 
     from training.evaluation.metrics import mask_seen
@@ -156,36 +210,95 @@ def parity(graph: dict[str, bytes], module: nn.Module, checkpoint: Checkpoint) -
         session = ort.InferenceSession(
             str(Path(tmp) / "model.onnx"), providers=["CPUExecutionProvider"]
         )
+    names = list(NEURAL_OUTPUTS if path is not None else ("scores",))
     sample = parity_sample(checkpoint.positives.shape[0])
-    worst, same = 0.0, 0
+    worst, worst_item_path, same = 0.0, 0.0, 0
     for start in range(0, len(sample), 256):
         users = sample[start : start + 256]
         inputs = model_inputs(checkpoint, users)
         feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
-        got = session.run(["scores"], feeds)[0]
+        results = session.run(names, feeds)
+        got = results[0]
         with torch.no_grad():
-            want = module(*inputs).numpy()
+            want = module(*inputs)
+            want = (want[0] if isinstance(want, tuple) else want).numpy()
         worst = max(worst, float(np.abs(got - want).max()))
+        if path is not None:
+            rebuilt = item_scores(results[1], results[2], path.vectors, path.bias, path.output)
+            worst_item_path = max(worst_item_path, float(np.abs(rebuilt - got).max()))
         seen = checkpoint.seen[users]
         same += int(
             (top_n(mask_seen(got, seen), 10) == top_n(mask_seen(want, seen), 10)).all(1).sum()
         )
-    return {"max_abs_diff": worst, "top10_agreement": same / len(sample), "users": len(sample)}
+    figures = {"max_abs_diff": worst, "top10_agreement": same / len(sample), "users": len(sample)}
+    if path is not None:
+        figures["item_path_max_abs_diff"] = worst_item_path
+    if path is not None and path.head:
+        figures["cold_head_max_abs_diff"] = cold_head_parity(path.head, checkpoint.item_features)
+    return figures
+
+
+def cold_head_parity(layers: list[tuple[np.ndarray, np.ndarray]], features: np.ndarray) -> float:
+    """Largest difference between `service.item_path.cold_weights` and the torch head, over
+    every item's profile and the empty one."""
+    from training.models.cold_items import ColdHead
+
+    x = np.vstack([features, np.zeros((1, features.shape[1]))]).astype(np.float32)
+    vectors, biases = cold_weights(layers, x)
+    with torch.no_grad():
+        want = ColdHead.from_arrays(layers)(torch.from_numpy(x)).numpy()
+    got = np.concatenate([vectors, biases[:, None]], axis=1)
+    return float(np.abs(got - want).max())
 
 
 def check_parity(figures: dict[str, float]) -> None:
+    paths = ("item_path_max_abs_diff", "cold_head_max_abs_diff")
     if (
         figures["max_abs_diff"] > PARITY_MAX_ABS_DIFF
         or figures["top10_agreement"] < PARITY_MIN_TOP10_AGREEMENT
+        or any(figures.get(name, 0.0) > PARITY_MAX_ABS_DIFF for name in paths)
     ):
         raise ExportError(
             f"ONNX parity failed: max |Δ| {figures['max_abs_diff']:.2e} (limit "
             f"{PARITY_MAX_ABS_DIFF:.0e}), top-10 agreement {figures['top10_agreement']:.2%} "
-            f"(limit {PARITY_MIN_TOP10_AGREEMENT:.0%}); no bundle written"
+            f"(limit {PARITY_MIN_TOP10_AGREEMENT:.0%}), item path max |Δ| "
+            f"{figures.get('item_path_max_abs_diff', 0.0):.2e}, cold head max |Δ| "
+            f"{figures.get('cold_head_max_abs_diff', 0.0):.2e}; no bundle written"
         )
 
 
-def bundle_files(checkpoint: Checkpoint, graph: dict[str, bytes]) -> dict[str, bytes]:
+def item_values(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
+    """`item_values__<field>` for every field of the item spec, from the raw catalogue: what the
+    service's filters test. Multi: "|"-joined labels; bucket/numeric: float64, NaN unknown;
+    categorical: text, "" unknown."""
+    catalogue = checkpoint.item_catalogue
+    profiles = [catalogue.get(str(item_id), {}) for item_id in checkpoint.item_ids]
+    arrays = {}
+    for spec in checkpoint.item_spec.fields:
+        raw = [p.get(spec.name) for p in profiles]
+        if spec.kind == "multi":
+            values = np.array(
+                ["|".join(v) if isinstance(v, list | tuple) else (v or "") for v in raw], dtype=str
+            )
+        elif spec.kind in ("bucket", "numeric"):
+            values = np.array([_number(v) for v in raw], dtype=np.float64)
+        else:
+            values = np.array(["" if v is None else str(v) for v in raw], dtype=str)
+        arrays[f"{ITEM_VALUES}{spec.name}"] = values
+    return arrays
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return number if np.isfinite(number) else float("nan")
+
+
+def bundle_files(
+    checkpoint: Checkpoint, graph: dict[str, bytes], path: ItemPath | None = None
+) -> dict[str, bytes]:
     catalogue = checkpoint.item_catalogue
     profiles = [catalogue.get(str(item_id), {}) for item_id in checkpoint.item_ids]
     popularity = np.asarray(checkpoint.positives.sum(axis=0), dtype=np.float32).ravel()
@@ -202,7 +315,12 @@ def bundle_files(checkpoint: Checkpoint, graph: dict[str, bytes]) -> dict[str, b
         "seen_indices": checkpoint.seen.indices.astype(np.int32),
         "user_features": checkpoint.user_features.astype(np.float32),
         "popularity": popularity,
+        **item_values(checkpoint),
     }
+    if path is not None:
+        arrays["item_vectors"] = np.ascontiguousarray(path.vectors, dtype=np.float32)
+        arrays["item_bias"] = np.ascontiguousarray(path.bias, dtype=np.float32)
+        arrays.update(layer_arrays(path.head))
     features = {
         "user_spec": checkpoint.user_spec.to_dict(),
         "item_spec": checkpoint.item_spec.to_dict(),
@@ -211,6 +329,36 @@ def bundle_files(checkpoint: Checkpoint, graph: dict[str, bytes]) -> dict[str, b
         **graph,
         "arrays.npz": arrays_payload(arrays),
         "features.json": json.dumps(features).encode(),
+    }
+
+
+def output_shapes(module: InferencePath, n_items: int) -> list[dict[str, Any]]:
+    """The manifest's "outputs": every graph output with its shape."""
+    shapes: dict[str, list[Any]] = {"scores": ["batch", n_items], "log_norm": ["batch"]}
+    if module.kind in NEURAL:
+        shapes["hidden"] = ["batch", int(module.net.out.in_features)]
+    return [{"name": name, "dtype": "float32", "shape": shapes[name]} for name in module.outputs]
+
+
+def cold_section(checkpoint: Checkpoint, path: ItemPath | None) -> dict[str, Any] | None:
+    """The manifest's "cold_items": how the head was trained (absent without a head)."""
+    if path is None or not path.head:
+        return None
+    params = (checkpoint.meta.get("served") or {}).get("params") or checkpoint.meta.get(
+        "params", {}
+    )
+    config = params.get("cold_items", {})
+    figures = dict(checkpoint.meta.get("cold_items") or {})
+    widths = [path.head[0][0].shape[0], *(w.shape[1] for w, _ in path.head)]
+    return {
+        "output": path.output,
+        "head": "→".join(map(str, widths)) + (" (ReLU)" if len(path.head) > 1 else " (linear)"),
+        "cold_share": config.get("cold_share"),
+        "empty_share": config.get("empty_share"),
+        "config": config,
+        "training": figures,
+        "empty_profile": "the head's output for an all-zero profile (trained on cold items "
+        "whose profile was hidden): an average item",
     }
 
 
@@ -225,8 +373,10 @@ def export_checkpoint(
     from service.bundle import models_lock
 
     module = InferencePath(restore(checkpoint, served=True), checkpoint.kind)
-    graph = to_onnx(module, model_inputs(checkpoint, np.arange(2)), external_above=external_above)
-    figures = parity(graph, module, checkpoint)
+    example = model_inputs(checkpoint, np.arange(2))
+    graph = to_onnx(module, example, module.outputs, external_above=external_above)
+    path = ItemPath.of(module)
+    figures = parity(graph, module, checkpoint, path)
     check_parity(figures)
     n_users, n_items = checkpoint.train.shape
     meta = checkpoint.meta
@@ -259,11 +409,13 @@ def export_checkpoint(
             },
             {"name": "user_index", "dtype": "int64", "shape": ["batch"], "unseen": -1},
         ],
-        "outputs": [{"name": "scores", "dtype": "float32", "shape": ["batch", n_items]}],
+        "outputs": output_shapes(module, n_items),
         "users": n_users,
         "items": n_items,
     }
+    if (cold := cold_section(checkpoint, path)) is not None:
+        manifest["cold_items"] = cold
     manifest.update(extra or {})
     with models_lock(models_dir):
-        version = write_bundle(models_dir, bundle_files(checkpoint, graph), manifest)
+        version = write_bundle(models_dir, bundle_files(checkpoint, graph, path), manifest)
     return version, figures

@@ -19,9 +19,14 @@ from training.names import KINDS, NEURAL, PRESETS
 
 
 def make_recommender(
-    kind: str, preset: str = "default", model: dict | None = None, train: dict | None = None
+    kind: str,
+    preset: str = "default",
+    model: dict | None = None,
+    train: dict | None = None,
+    cold: dict | None = None,
 ) -> Recommender:
-    """A fresh model of `kind`; `model`/`train` override the preset's options. The default
+    """A fresh model of `kind`; `model`/`train` override the preset's options, `cold` the
+    cold-item head's (autoencoders only). The default
     preset is the choice of the tuner for the kind (training/models/tuned.py); `paper` is Experiment
     1's setting for the autoencoders; `untuned` (and `paper`, for the baselines) the options'
     plain defaults — what the tuner's draws start from."""
@@ -39,6 +44,7 @@ def make_recommender(
         except TypeError:
             raise ValueError(f"{kind} takes no option(s) {sorted(options)}") from None
     from training.models.autoencoders import ModelConfig, paper_config
+    from training.models.cold_items import ColdHeadConfig
     from training.models.trainer import AutoencoderRecommender, TrainConfig
 
     base = paper_config(kind) if preset == "paper" else ModelConfig(kind=kind)
@@ -46,7 +52,9 @@ def make_recommender(
         {**base.to_dict(), **tuned_model, **(model or {}), "kind": kind}
     )
     return AutoencoderRecommender(
-        model_config, TrainConfig.from_dict({**tuned_train, **(train or {})})
+        model_config,
+        TrainConfig.from_dict({**tuned_train, **(train or {})}),
+        ColdHeadConfig.from_dict(cold or {}),
     )
 
 
@@ -102,6 +110,19 @@ def fit_final(
     return final, time.perf_counter() - started
 
 
+def fit_cold_items(
+    served: Recommender, prepared: Prepared, matrix: sp.csr_matrix, seed: int = 0
+) -> dict[str, Any] | None:
+    """The cold-item head of a fitted autoencoder, learnt on the frozen network from `matrix`
+    (the positives it was fit on); its figures, or None for a model without one."""
+    if not hasattr(served, "fit_cold_items"):
+        return None
+    ds = prepared.dataset
+    empty = sp.csr_matrix(matrix.shape, dtype=np.float32)
+    ctx = FitContext(matrix, empty, ds.user_features, ds.item_features, seed, False)
+    return served.cold_figures if served.fit_cold_items(ctx) else None
+
+
 def train_and_evaluate(
     kind: str,
     prepared: Prepared,
@@ -111,16 +132,22 @@ def train_and_evaluate(
     train: dict | None = None,
     progress: bool = True,
     final_fit: bool = True,
+    cold: dict | None = None,
 ) -> tuple[Recommender, Checkpoint]:
-    """Evaluate honestly on the holdout, then (by default) fit the served model on all data.
+    """Evaluate honestly on the holdout, then (by default) fit the served model on all data,
+    then the served autoencoder's cold-item head on its frozen network.
 
     Returns the served recommender (the evaluated one when `final_fit` is off)."""
     ds = prepared.dataset
-    recommender = make_recommender(kind, preset, model, train)
+    recommender = make_recommender(kind, preset, model, train, cold)
     results, fit_seconds = fit_and_evaluate(recommender, prepared, seed, progress)
     served, final_state = recommender, None
     if final_fit:
         served, final_seconds = fit_final(recommender, prepared, seed, progress)
+    cold_figures = fit_cold_items(
+        served, prepared, prepared.positives if final_fit else prepared.train, seed
+    )
+    if final_fit:
         final_state = served.state()
     meta = {
         "protocol": prepared.protocol,
@@ -147,6 +174,7 @@ def train_and_evaluate(
             "params": served.params(),
             "fit_seconds": round(final_seconds, 3) if final_fit else None,
         },
+        "cold_items": cold_figures,
     }
     checkpoint = Checkpoint(
         kind=kind,
@@ -178,7 +206,9 @@ def restore(checkpoint: Checkpoint, served: bool = False) -> Recommender:
         state = checkpoint.final_state
         params = checkpoint.meta.get("served", {}).get("params", params)
     if checkpoint.kind in NEURAL:
-        recommender = make_recommender(checkpoint.kind, "default", params["model"], params["train"])
+        recommender = make_recommender(
+            checkpoint.kind, "default", params["model"], params["train"], params.get("cold_items")
+        )
         ctx = FitContext(
             checkpoint.train,
             sp.csr_matrix(checkpoint.train.shape),

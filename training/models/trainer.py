@@ -11,8 +11,10 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from service.item_path import COLD_PREFIX, cold_layers, layer_arrays
 from training.evaluation.metrics import evaluate_chunked
 from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
+from training.models.cold_items import ColdHeadConfig, Layers, fit_cold_head, head_fits
 from training.models.interface import FitContext
 from training.models.options import Options
 
@@ -51,9 +53,17 @@ class TrainConfig(Options):
 class AutoencoderRecommender:
     """DAE / CDAE / CDDAE behind the common fit/score interface."""
 
-    def __init__(self, model: ModelConfig, train: TrainConfig | None = None):
+    def __init__(
+        self,
+        model: ModelConfig,
+        train: TrainConfig | None = None,
+        cold: ColdHeadConfig | None = None,
+    ):
         self.model_config = model
         self.train_config = train or TrainConfig()
+        self.cold_config = cold or ColdHeadConfig()
+        self.cold_layers: Layers = []  # the cold-item head (training/models/cold_items.py)
+        self.cold_figures: dict[str, Any] = {}
         self.device = self.train_config.torch_device()
         self.kind = model.kind
         self.net: Autoencoder | None = None
@@ -148,7 +158,22 @@ class AutoencoderRecommender:
         stopping picked. Batches are users, so an epoch on all data takes as many steps as one
         on the training split (each user's vector is just fuller): the count carries over."""
         train = replace(self.train_config, epochs=self.best_epoch, refit=False)
-        return AutoencoderRecommender(self.model_config, train)
+        return AutoencoderRecommender(self.model_config, train, self.cold_config)
+
+    def fit_cold_items(self, ctx: FitContext) -> bool:
+        """Learn the cold-item head on the fitted, frozen network from every positive in `ctx`
+        (the network itself is unchanged); False when the model has no item profiles."""
+        if not head_fits(self.net, ctx.item_features) or self.cold_config.epochs == 0:
+            return False
+        assert self.net is not None
+        config = replace(self.cold_config, seed=ctx.seed)
+        head, figures = fit_cold_head(
+            self.net, ctx.full_train, ctx.user_features, ctx.item_features, config,
+            self.train_config.negatives,
+        )  # fmt: skip
+        self.cold_layers = head.arrays()
+        self.cold_figures = {"head": head.describe(), **figures}
+        return True
 
     def _epoch(self, net, optimizer, ctx: FitContext, train: sp.csr_matrix, rng) -> float:
         net.train()
@@ -214,16 +239,24 @@ class AutoencoderRecommender:
             "model": self.model_config.to_dict(),
             "train": self.train_config.to_dict(),
             "best_epoch": self.best_epoch,
+            "cold_items": self.cold_config.to_dict(),
         }
 
     def state(self) -> dict[str, np.ndarray]:
+        """The network's weights, and the cold-item head's layers as `cold_w0, cold_b0, …`."""
         assert self.net is not None
-        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        state = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        return {**state, **layer_arrays(self.cold_layers)}
 
     def load_state(self, state: dict[str, np.ndarray], ctx: FitContext | None = None) -> None:
         assert ctx is not None, "the autoencoder needs the feature sizes to rebuild"
         self.net = self._build(ctx)
-        tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+        self.cold_layers = cold_layers(state)
+        tensors = {
+            k: torch.from_numpy(np.asarray(v))
+            for k, v in state.items()
+            if not k.startswith(COLD_PREFIX)
+        }
         self.net.load_state_dict(tensors)
         self.net.eval()
 
