@@ -138,6 +138,32 @@ def measure(
         time.sleep(1)
 
 
+def measure_filters(
+    label: str, port: int, work: Workload, rates: list[float], seconds: float, results: dict
+) -> None:
+    """Uncached GETs with and without conditions, interleaved in one run (so both meet the same
+    noise), summarised apart: the cost of filtering is their ratio."""
+
+    def make(i: int) -> Request:
+        return work.filtered_get(i) if i % 2 else work.uncached_get(i)
+
+    def tag(i: int) -> str:
+        return "filter" if i % 2 else "plain"
+
+    for rate in rates:
+        result = asyncio.run(open_loop("127.0.0.1", port, make, rate, seconds, tag=tag))
+        for kind in ("plain", "filter"):
+            name = f"{label} uncached GET, {kind} (interleaved)"
+            results.setdefault(name, {})[str(int(rate))] = result.of(kind).summary()
+        plain, filtered = (results[f"{label} uncached GET, {k} (interleaved)"][str(int(rate))]
+                           for k in ("plain", "filter"))  # fmt: skip
+        ratio = {q: round(filtered[q] / plain[q], 2) for q in ("p50", "p90", "p99")}
+        results.setdefault("filter_over_plain", {}).setdefault(label, {})[str(int(rate))] = ratio
+        print(f"{label:24s} {rate:6.0f}/s  filter / plain: {ratio}  errors "
+              f"{sum(result.errors.values())}", flush=True)  # fmt: skip
+        time.sleep(1)
+
+
 def saturate(name: str, port: int, make: Callable[[int], Request], results: dict) -> None:
     result = asyncio.run(closed_loop("127.0.0.1", port, make, clients=32, seconds=5))
     results.setdefault("max_throughput", {})[name] = round(result.achieved, 1)
@@ -245,8 +271,7 @@ def main() -> None:
                 spy.wait()
                 summarise_profile(args.profile.with_suffix(".raw"), args.profile)
             if args.filters:
-                measure(f"{label} uncached GET + filter", port, work.filtered_get, rates,
-                        args.seconds, results)  # fmt: skip
+                measure_filters(label, port, work, rates, args.seconds, results)
             measure(f"{label} POST /score", port, work.score, rates, args.seconds, results)
             saturate(f"{label} uncached GET", port, work.uncached_get, results)
 

@@ -47,6 +47,14 @@ class Result:
     seconds: float  # from the first intended send to the last answer
     latencies_ms: np.ndarray  # of the answered requests, from their intended send time
     errors: dict[str, int] = field(default_factory=dict)
+    # With `tag`: each answered request's tag, in the order of `latencies_ms` — interleaved
+    # kinds of request share one run's noise, and are then summarised apart (`of`).
+    tags: np.ndarray | None = None
+
+    def of(self, tag: str) -> Result:
+        """The answered requests of one tag (errors stay with the whole run)."""
+        assert self.tags is not None
+        return Result(self.rate, self.seconds, self.latencies_ms[self.tags == tag], {})
 
     @property
     def achieved(self) -> float:
@@ -143,7 +151,9 @@ def _check(host: str, seconds: float) -> None:
         raise ValueError(f"a run lasts at most {MAX_SECONDS} s")
 
 
-async def _one(pool: Pool, payload: bytes, due: float, out: list, errors: dict) -> None:
+async def _one(
+    pool: Pool, payload: bytes, due: float, out: list, errors: dict, tag: str = ""
+) -> None:
     connection = None
     try:
         connection = await pool.take()
@@ -157,7 +167,7 @@ async def _one(pool: Pool, payload: bytes, due: float, out: list, errors: dict) 
     if status >= 400:
         errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
         return
-    out.append(time.perf_counter() - due)
+    out.append((time.perf_counter() - due, tag))
 
 
 async def open_loop(
@@ -167,11 +177,13 @@ async def open_loop(
     rate: float,
     seconds: float,
     connections: int = 256,
+    tag: Callable[[int], str] | None = None,
 ) -> Result:
-    """Request i at start + i / rate for `seconds`; `make(i)` builds it."""
+    """Request i at start + i / rate for `seconds`; `make(i)` builds it, `tag(i)` labels it."""
     _check(host, seconds)
     count = int(rate * seconds)
     payloads = [make(i).encode(host) for i in range(count)]  # built before the clock starts
+    labels = [tag(i) if tag is not None else "" for i in range(count)]
     pool, latencies, errors, tasks = Pool(host, port, connections), [], {}, []
     start = time.perf_counter() + 0.05
     for i, payload in enumerate(payloads):
@@ -179,11 +191,13 @@ async def open_loop(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_one(pool, payload, due, latencies, errors)))
+        tasks.append(asyncio.create_task(_one(pool, payload, due, latencies, errors, labels[i])))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     pool.close()
-    return Result(rate, elapsed, np.array(latencies) * 1000, errors)
+    seconds_taken = np.array([t for t, _ in latencies])
+    tags = np.array([t for _, t in latencies]) if tag is not None else None
+    return Result(rate, elapsed, seconds_taken * 1000, errors, tags)
 
 
 async def closed_loop(
@@ -191,7 +205,7 @@ async def closed_loop(
 ) -> Result:
     """`clients` connections sending back to back: the most the server sustains."""
     _check(host, seconds)
-    latencies: list[float] = []
+    latencies: list[tuple[float, str]] = []
     errors: dict[str, int] = {}
     stop = time.perf_counter() + seconds
     counter = iter(range(10**9))
@@ -205,4 +219,5 @@ async def closed_loop(
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return Result(0, time.perf_counter() - start, np.array(latencies) * 1000, errors)
+    seconds_taken = np.array([t for t, _ in latencies])
+    return Result(0, time.perf_counter() - start, seconds_taken * 1000, errors)

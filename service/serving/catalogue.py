@@ -279,14 +279,19 @@ def _unit_vectors(model: Model) -> np.ndarray | None:
     return _UNITS[model]
 
 
-def valued_fields(model: Model) -> set[str]:
-    """The item fields some of the model's items have a value for: what filters may test."""
-    base = _base_fields(model)
-    return {
-        name
-        for name, values in base.items()
-        if (values.any() if values.dtype == bool else np.isfinite(values).any())
-    }
+_VALUED: weakref.WeakKeyDictionary[Model, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def valued_fields(model: Model) -> frozenset[str]:
+    """The item fields some of the model's items have a value for: what filters may test
+    (once per model: a request asks on its hot path)."""
+    if model not in _VALUED:
+        _VALUED[model] = frozenset(
+            name
+            for name, values in _base_fields(model).items()
+            if (values.any() if values.dtype == bool else np.isfinite(values).any())
+        )
+    return _VALUED[model]
 
 
 def _set_labels(matrix: np.ndarray, column: dict[int, Any], labels: tuple[str, ...]) -> None:
