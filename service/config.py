@@ -85,6 +85,24 @@ class Settings(BaseSettings):
         description="recorded items kept per user for serving (the most recent); the log "
         "keeps them all for training",
     )
+    attribution_window_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        le=30 * 86_400,
+        description="an interaction is attributed to the most recent list served to the user "
+        "within this time that held the item (and a recommendation_id is accepted this long)",
+    )
+    impressions_retain: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="impressions the Redis stream keeps (about; the counts are kept apart)",
+    )
+    impressions_log_bytes: int = Field(
+        default=256 * 2**20,
+        ge=2**16,
+        description="the file store's impression log rotates past this size (one old segment "
+        "kept; the counts are kept apart)",
+    )
     max_api_items: int = Field(
         default=100_000,
         ge=1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -30,6 +32,17 @@ class Metrics:
             "records of the interaction store's log that could not be read (set aside, skipped)",
             registry=self.registry,
         )
+        # Online figures per version, for the version in service only (labels bounded):
+        # exact counts, across processes and restarts, are the store's (GET /stats/online).
+        self.lists = Counter(
+            "cddae_lists_total", "lists answered (impressions), by model version", ["version"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.impressions_lost = Counter(
+            "cddae_impressions_lost_total",
+            "impressions the store could not record (it was down): online counts miss them",
+            registry=self.registry,
+        )
         self._version: str | None = None
 
     def set_version(self, version: str | None) -> None:
@@ -37,6 +50,8 @@ class Metrics:
             return
         if self._version is not None:
             self.model_version.remove(self._version)
+            with contextlib.suppress(KeyError):
+                self.lists.remove(self._version)
         if version is not None:
             self.model_version.labels(version).set(1)
         self._version = version

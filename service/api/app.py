@@ -23,6 +23,7 @@ from service.serving.filters import filter_schema
 from service.serving.holder import ModelHolder
 from service.serving.recommendations import ITEM_TITLE_LIMIT, Recommendations
 from service.state.cache import Cache, LocalCache, RedisCache, redis_client
+from service.state.online import FileOnline, Online, RedisOnline
 from service.state.store import FileStore, RedisStore, Store
 from service.telemetry import Metrics
 
@@ -43,19 +44,28 @@ def build_state(settings: Settings) -> AppState:
             settings.redis_retry_seconds,
         )
         store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds)
+        online: Online = RedisOnline(
+            client, settings.attribution_window_seconds, settings.impressions_retain
+        )
         backend = "redis"
     else:
         cache = LocalCache(
             settings.local_cache_bytes, settings.cache_ttl_seconds, settings.cache_ttl_jitter
         )
         store, backend = FileStore(settings.interactions_log, settings.max_history), "file"
+        log_path = settings.interactions_log
+        online = FileOnline(
+            log_path.with_name(log_path.name + ".impressions"),
+            settings.attribution_window_seconds,
+            settings.impressions_log_bytes,
+        )
     batcher = (
         MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
         if settings.micro_batch_ms
         else None
     )
     recommendations = Recommendations(
-        holder, cache, store, metrics, settings.max_n, batcher, settings.max_api_items
+        holder, cache, store, metrics, settings.max_n, batcher, settings.max_api_items, online
     )
     return AppState(settings, holder, cache, store, backend, metrics, recommendations)
 
@@ -77,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await state.recommendations.settle()
         await state.cache.close()
         state.store.close()
+        if state.recommendations.online is not None:
+            state.recommendations.online.close()
 
     app = FastAPI(
         title="cddae",

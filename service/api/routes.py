@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import secrets
 import time
 import uuid
@@ -25,6 +26,7 @@ from service.api.schemas import (
     InteractionsResponse,
     ItemProfile,
     ItemResponse,
+    OnlineStats,
     Profile,
     ProfileResponse,
     RecommendationsResponse,
@@ -34,6 +36,8 @@ from service.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
 from service.serving.filters import MAX_FILTERS
 from service.serving.onnx_model import InputError
 from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
+from service.state.online import UnknownList
+from service.state.stats import online_table
 from service.state.store import (
     CatalogueFull,
     IdempotencyConflict,
@@ -212,15 +216,25 @@ async def post_interactions(
     A 503 means the store did not confirm: the write may or may not be recorded; retry with the
     same Idempotency-Key and it is recorded exactly once."""
     key = _write_key(idempotency_key, response)
-    digest = body_digest(body.model_dump(mode="json"))  # as sent: not the times filled in
-    try:
-        written, unknown = await state.recommendations.add_interactions(
+    sent = body.model_dump(mode="json")  # as sent: not the times filled in
+    if sent.get("recommendation_id") is None:
+        sent.pop("recommendation_id", None)
+    digest = body_digest(sent)
+    recommendations = state.recommendations
+    try:  # attributed first: a list that is not this user's is a 422 before anything is written
+        attributed = await recommendations.attribute(
+            user_id, body.item_ids(), body.recommendation_id
+        )
+        written, unknown = await recommendations.add_interactions(
             user_id, body.item_ids(), body.timestamps(time.time()), key, digest
         )
+    except UnknownList as error:
+        raise HTTPException(422, str(error)) from None
     except HANDLED as error:
         raise _http_error(error) from None
     return {"user_id": user_id, "recorded": written.recorded, "store": state.store_backend,
-            "replayed": not written.new, "unknown_items": unknown[:MAX_NAMED]}  # fmt: skip
+            "replayed": not written.new, "unknown_items": unknown[:MAX_NAMED],
+            "attributed_to": attributed}  # fmt: skip
 
 
 @router.put(
@@ -320,6 +334,40 @@ async def get_similar(
     except HANDLED as error:
         raise _http_error(error) from None
     return JSONBytes(answer)
+
+
+def _admin(state, authorization: str | None) -> None:
+    """Admin pages need CDDAE_ADMIN_TOKEN as a bearer token when one is configured."""
+    token = state.settings.admin_token
+    if token is not None and not _bearer_ok(authorization, token):
+        raise HTTPException(401, "missing or wrong bearer token (CDDAE_ADMIN_TOKEN)")
+
+
+@router.get("/stats/online", response_model=OnlineStats, responses=ERRORS)
+async def get_stats_online(
+    state: AppStateDep,
+    since: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=32_503_680_000,
+            description="count lists answered from this time on (seconds since 1970; by the "
+            "hour it falls in)",
+        ),
+    ] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict:
+    """What users did with what was served, per model version: lists answered, lists with
+    at least one attributed interaction, their rate with a Wilson 95% interval. Counted in the
+    store: exact across processes and restarts."""
+    _admin(state, authorization)
+    online = state.recommendations.online
+    try:
+        counts = await online.counts() if online is not None else None
+    except StoreUnavailable as error:
+        raise _http_error(error) from None
+    start = dt.datetime.fromtimestamp(since, dt.UTC) if since is not None else None
+    return {"versions": online_table(counts, start)}
 
 
 @router.get("/healthz", response_model=Health)

@@ -117,6 +117,11 @@ class RecommendationsResponse(BaseModel):
     items: list[RecommendedItem]
     source: Literal["model", "profile", "popularity"]
     cached: bool
+    recommendation_id: str | None = Field(
+        default=None,
+        description="this answer's own id (cached or not): send it with the interactions the "
+        "list led to (POST /users/{id}/interactions)",
+    )
     degraded: bool = False  # the store was unreadable: the bundle's history only, not cached
     # Item ids in the request that the model in service does not know: left out of scoring.
     unknown_items: list[str] = Field(default_factory=list, max_length=20)
@@ -206,6 +211,11 @@ class InteractionsRequest(BaseModel):
     )
 
     items: list[ItemId | Interaction] = Field(min_length=1, max_length=1000)
+    recommendation_id: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{32}$")] | None = Field(
+        default=None,
+        description="the list these interactions came from (an answer's recommendation_id); "
+        "absent: the most recent list served to this user within the window that held the item",
+    )
 
     def item_ids(self) -> list[str]:
         return [i.item if isinstance(i, Interaction) else i for i in self.items]
@@ -230,6 +240,30 @@ class InteractionsResponse(BaseModel):
     # Recorded, but not in the catalogue of the model in service: they count from the next
     # retrain on (which adds them to the catalogue).
     unknown_items: list[str] = Field(default_factory=list, max_length=20)
+    attributed_to: list[str] = Field(
+        default_factory=list, description="the recommendation_ids these interactions count for"
+    )
+
+
+class VersionOnline(BaseModel):
+    lists: int
+    clicked_lists: int
+    rate: float
+    ci95: tuple[float, float]
+    variant: Literal["control", "candidate"] | None = None
+    since: str
+
+
+class OnlineStats(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"versions": {"20261126T051500123456Z-1a2b3c4d": {
+                "lists": 1200, "clicked_lists": 96, "rate": 0.08, "ci95": [0.066, 0.097],
+                "variant": None, "since": "2026-11-26T05:00:00+00:00"}}}
+        }
+    )  # fmt: skip
+
+    versions: dict[str, VersionOnline]
 
 
 class ProfileResponse(BaseModel):

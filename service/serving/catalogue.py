@@ -45,7 +45,10 @@ class ItemInfo:
 
 
 class CatalogueView:
-    def __init__(self, model: Model, catalogue: Catalogue):
+    def __init__(self, model: Model, catalogue: Catalogue, previous: CatalogueView | None = None):
+        """`previous`: the last view of the same model, whose per-item work (the head's
+        vectors, the answer bytes) is reused for items whose profile has not changed: a write
+        costs the items it changed, not every item created so far."""
         self.model, self.generation = model, catalogue.generation
         bundle, known = model.bundle, model.n_items
         spec = bundle.item_spec
@@ -57,15 +60,34 @@ class CatalogueView:
         self._api_profiles = catalogue.profiles
         self._pending = catalogue.pending
         overridden = {int(at): catalogue.profiles[item] for item, at in zip(ids, found) if at >= 0}  # noqa: B905
-        new_profiles = [spec.project(catalogue.profiles[item]) for item in self.new_ids]
         raw_new = [catalogue.profiles[item] for item in self.new_ids]
+
+        # Per new item: (profile, vector, bias, answer tail), reused while the profile stays.
+        carried = previous._derived if previous is not None and previous.model is model else {}
+        self._derived: dict[str, tuple[dict, np.ndarray | None, float, bytes]] = {}
+        fresh = [k for k, item in enumerate(self.new_ids)
+                 if item not in carried or carried[item][0] != raw_new[k]]  # fmt: skip
+        vectors: dict[int, tuple[np.ndarray | None, float]] = {}
+        if fresh and model.cold_output is not None:
+            features = spec.encode_many([spec.project(raw_new[k]) for k in fresh])
+            fresh_vectors, fresh_bias = cold_weights(bundle.cold_layers, features)
+            vectors = {k: (fresh_vectors[j], float(fresh_bias[j])) for j, k in enumerate(fresh)}
+        fresh_set = set(fresh)
+        for k, item in enumerate(self.new_ids):
+            if k in fresh_set:
+                vector, bias = vectors.get(k, (None, 0.0))
+                tail = item_tail(*_shown(raw_new[k]), "profile")
+                self._derived[item] = (raw_new[k], vector, bias, tail)
+            else:
+                self._derived[item] = carried[item]
 
         # Scoring: the model's items by the graph; new ones by the head, where there is one.
         self.cold_vectors = self.cold_bias = None
         rankable = np.ones(self.n_items, dtype=bool)
         if self.new_ids and model.cold_output is not None:
-            features = spec.encode_many(new_profiles)
-            self.cold_vectors, self.cold_bias = cold_weights(bundle.cold_layers, features)
+            rows = [self._derived[item] for item in self.new_ids]
+            self.cold_vectors = np.stack([row[1] for row in rows]).astype(np.float32)
+            self.cold_bias = np.array([row[2] for row in rows], dtype=np.float32)
         elif self.new_ids:
             rankable[known:] = False  # no profile path in this model: listed, not ranked
         hidden = self.lookup(sorted(catalogue.hidden))
@@ -98,7 +120,7 @@ class CatalogueView:
         self.tails = list(model._tails)
         for at, profile in overridden.items():
             self.tails[at] = item_tail(*_shown(profile), "model")
-        self.tails += [item_tail(*_shown(p), "profile") for p in raw_new]
+        self.tails += [self._derived[item][3] for item in self.new_ids]
 
     # --- lookups -------------------------------------------------------------------------------
 
@@ -211,6 +233,8 @@ class CatalogueView:
         history of that one item. Source: "model", or "profile" for a new item's list."""
         model, known = self.model, self.model.n_items
         units = _unit_vectors(model)
+        if at >= known and self.cold_vectors is None:  # a new item, and no profile path
+            return Ranked(np.zeros(0, np.int64), np.zeros(0), "profile")
         if units is not None:
             cold = None
             if self.cold_vectors is not None:
@@ -218,7 +242,12 @@ class CatalogueView:
                     np.linalg.norm(self.cold_vectors, axis=1, keepdims=True), 1e-12
                 )
             anchor = units[at] if at < known else cold[at - known]  # type: ignore[index]
-            parts = [units @ anchor, *([cold @ anchor] if cold is not None else [])]
+            parts = [units @ anchor]
+            if cold is not None:
+                # The head's vectors share a large common part (cosines of 0.75-0.94 between
+                # any two new items, whatever their genres: docs/MODELS.md): a new item is
+                # compared with the learnt items only; a learnt one with every item.
+                parts.append(cold @ anchor if at < known else np.full(len(cold), -np.inf))
             scores = np.concatenate(parts)
         elif at < known:
             query = Query({at: 1.0}, model.encode_profile(None))

@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -25,6 +28,7 @@ from service.serving.filters import Filters, parse_filters
 from service.serving.holder import ModelHolder
 from service.serving.onnx_model import InputError, Model, Query, Ranked, finish
 from service.state.cache import Cache, cache_key
+from service.state.online import Impression, Online, UnknownList
 from service.state.store import (
     Catalogue,
     CatalogueFull,
@@ -38,6 +42,10 @@ from service.telemetry import Metrics
 MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
 INLINE_ITEMS = 2_000  # work on at most this many items runs on the event loop (well under 1 ms)
 MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer is not cached
+MAX_PENDING_IMPRESSIONS = 5_000  # impressions waiting for the store; beyond, answers wait
+_VERSION = re.compile(rb'^\{"model_version":("(?:[^"\\]|\\.)*")')
+_ITEM_ID = re.compile(rb'\{"item_id":("(?:[^"\\]|\\.)*"),"score":')
+log = logging.getLogger("cddae.service")
 
 
 class NotFound(LookupError):
@@ -86,6 +94,7 @@ class Recommendations:
         max_n: int,
         batcher: MicroBatcher | None = None,
         max_api_items: int = 100_000,
+        online: Online | None = None,
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
         self.max_n, self.batcher, self.max_api_items = max_n, batcher, max_api_items
@@ -100,6 +109,9 @@ class Recommendations:
             batcher.executor = self.compute
         self._pending: list[tuple[str, str, bytes]] = []  # cache writes not yet sent
         self._flusher: asyncio.Future[None] | None = None
+        self.online = online
+        self._impressions: list[Impression] = []  # not yet recorded
+        self._impressing: asyncio.Future[None] | None = None
 
     def model(self) -> Model:
         model = self.holder.model
@@ -157,7 +169,7 @@ class Recommendations:
     async def _build_view(self, model: Model, bundle_only: bool) -> CatalogueView:
         catalogue = Catalogue() if bundle_only else await self.store.catalogue()
         loop = asyncio.get_running_loop()
-        view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue)
+        view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue, self._view)
         if not bundle_only:
             self._view = view
             learnt = view.pending_in_model()
@@ -209,9 +221,57 @@ class Recommendations:
             self._flusher = asyncio.ensure_future(self._flush_writes())
 
     async def settle(self) -> None:
-        """Wait for the pending cache writes (at shutdown; in tests)."""
+        """Wait for the pending cache writes and impressions (at shutdown; in tests)."""
         if self._flusher is not None:
             await self._flusher
+        if self._impressing is not None:
+            await self._impressing
+
+    # --- impressions ---------------------------------------------------------------------------
+
+    async def _serve(self, answer: bytes, user: str | None) -> bytes:
+        """The answer with its own `recommendation_id` (cached or not), its impression queued:
+        recorded in the background, a moment's impressions in one round trip. Bounded: past
+        `MAX_PENDING_IMPRESSIONS` waiting, answers wait for the store (never dropped)."""
+        if self.online is None:
+            return answer
+        list_id = uuid.uuid4().hex
+        version = json.loads(_VERSION.match(answer).group(1))  # type: ignore[union-attr]
+        items = tuple(json.loads(match) for match in _ITEM_ID.findall(answer))
+        impression = Impression(list_id, user, version, None, items, time.time())
+        while len(self._impressions) >= MAX_PENDING_IMPRESSIONS and self._impressing:
+            await asyncio.shield(self._impressing)
+        self._impressions.append(impression)
+        if self._impressing is None or self._impressing.done():
+            self._impressing = asyncio.ensure_future(self._flush_impressions())
+        self.metrics.lists.labels(version).inc()
+        return answer[:-1] + b',"recommendation_id":"%s"}' % list_id.encode()
+
+    async def _flush_impressions(self) -> None:
+        assert self.online is not None
+        while self._impressions:
+            await asyncio.sleep(0)  # let the answers of this moment join
+            batch, self._impressions = self._impressions, []
+            try:
+                await self.online.record(batch)
+            except StoreUnavailable:
+                self.metrics.impressions_lost.inc(len(batch))
+                log.warning("the store did not record %d impressions", len(batch))
+
+    async def attribute(self, user_id: str, items: Sequence[str], list_id: str | None) -> list[str]:
+        """The lists these interactions are attributed to (UnknownList → 422)."""
+        if self.online is None:
+            return []
+        if list_id is not None:  # a list answered a moment ago may still be on its way
+            await self.settle()
+        for wait in (0.05, 0.1, 0.2, None):  # … from another replica, too: a moment more
+            try:
+                return await self.online.attribute(user_id, items, list_id, time.time())
+            except UnknownList:
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
     async def _flush_writes(self) -> None:
         while self._pending:
@@ -250,6 +310,18 @@ class Recommendations:
     # --- known users ---------------------------------------------------------------------------
 
     async def for_user(
+        self,
+        user_id: str,
+        n: int,
+        exclude_seen: bool,
+        exclude: Sequence[str] = (),
+        filters: Sequence[str] = (),
+    ) -> bytes:
+        """A known user's list (below), with its id, recorded as an impression."""
+        answer = await self._user_answer(user_id, n, exclude_seen, exclude, filters)
+        return await self._serve(answer, user_id)
+
+    async def _user_answer(
         self,
         user_id: str,
         n: int,
@@ -377,8 +449,9 @@ class Recommendations:
         with the same body (`digest`) records nothing; with another body it is refused."""
         model = self.model()
         _, unknown = model.known_items(items)
-        if unknown and self._view is not None and self._view.model is model:
-            found = self._view.lookup(unknown)  # created through the API: not unknown
+        if unknown:  # items created through the API are not unknown
+            view, _ = await self.view(model)
+            found = view.lookup(unknown)
             unknown = [item for item, at in zip(unknown, found, strict=True) if at < 0]
         if user_id not in model.user_index:
             state = await self.store.user_state(user_id)  # unreadable: 503, not "unknown"
@@ -453,6 +526,10 @@ class Recommendations:
                          unknown[:MAX_NAMED], filters)  # fmt: skip
 
     async def score(self, requests: Sequence[AdHocUser]) -> list[bytes]:
+        """Ad-hoc lists (below), each with its own id, recorded as impressions."""
+        return [await self._serve(answer, None) for answer in await self._score(requests)]
+
+    async def _score(self, requests: Sequence[AdHocUser]) -> list[bytes]:
         """Answers (JSON): hits from the cache; all misses scored in one onnxruntime batch.
         A batch's input building and ranking run in a worker thread, a single user's inline."""
         model = self.model()
@@ -554,6 +631,12 @@ class Recommendations:
         await self.store.set_availability(item_id, available)
 
     async def similar(
+        self, item_id: str, n: int, exclude: Sequence[str] = (), filters: Sequence[str] = ()
+    ) -> bytes:
+        """Similar items (below), with an id, recorded as an impression served to nobody."""
+        return await self._serve(await self._similar(item_id, n, exclude, filters), None)
+
+    async def _similar(
         self, item_id: str, n: int, exclude: Sequence[str] = (), filters: Sequence[str] = ()
     ) -> bytes:
         """The items the model holds most alike (view.similar), cached per model version and

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from service import bundle
+from service.bundle import promote
 from service.serving.holder import ModelHolder
 from service.serving.onnx_model import finish
 from service.serving.recommendations import AdHocUser, Recommendations
@@ -21,6 +22,9 @@ from service.state.store import FileStore, StoreUnavailable
 from service.telemetry import Metrics
 from tests.e2e.conftest import ADMIN_TOKEN, running
 from tests.e2e.test_lifecycle import _copy_as_new_version, _wait_for
+from training.data.prepared import ProtocolConfig, prepare
+from training.jobs.export import export_checkpoint
+from training.jobs.pipeline import train_and_evaluate
 
 
 def test_a_non_ascii_bearer_token_is_a_401(base_models: Path, tmp_path: Path) -> None:
@@ -358,5 +362,35 @@ def test_a_list_asked_after_a_hide_never_holds_the_item(base_models: Path, tmp_p
         assert info.item_id == "new-2"
         await stale
         store.close()
+
+    asyncio.run(scenario())
+
+
+def test_new_items_without_a_profile_path_are_listed_never_ranked(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """A model exported without the cold-item head (`cold_items.epochs` 0): a new item is
+    known (GET /items) but not in lists, and its similar list is empty — never a 500."""
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    _, checkpoint = train_and_evaluate("cddae", prepared, model={"hidden": [8]},
+                                       train={"epochs": 2}, progress=False,
+                                       cold={"epochs": 0})  # fmt: skip
+    models = tmp_path / "models"
+    version, _ = export_checkpoint(checkpoint, models)
+    promote(models, version)
+
+    async def scenario() -> None:
+        service = _service(models, FileStore(tmp_path / "events.jsonl"))
+        assert service.model().cold_output is None
+        assert await service.set_item("n1", {"genres": ["Action"]}) is True
+        info, _, _ = await service.item("n1")
+        assert info.in_model is False
+        similar = json.loads(await service.similar("n1", 5))
+        assert similar["items"] == [] and similar["source"] == "profile"
+        listed = json.loads(await service.for_user("3", 50, True))["items"]
+        assert "n1" not in [item["item_id"] for item in listed]
+        scored = json.loads((await service.score([AdHocUser(items=["1"], n=50)]))[0])["items"]
+        assert "n1" not in [item["item_id"] for item in scored]
+        service.store.close()
 
     asyncio.run(scenario())

@@ -79,6 +79,9 @@ def network_methods(recommender: Any) -> dict[str, Similar]:
     out_cos, in_cos = cosine(out_rows), cosine(in_rows)
     return {
         "CDDAE: cosine of output vectors (item_vectors)": out_cos,
+        "CDDAE: cosine of output vectors, centred on their mean": cosine(
+            out_rows - out_rows.mean(axis=0)
+        ),
         "CDDAE: cosine of input vectors (item_in)": in_cos,
         "CDDAE: answer to a one-item history": lambda a: answer([a]),
         "CDDAE: one-item answer / empty-history answer": lambda a: answer([a]) / empty,

@@ -1,0 +1,129 @@
+"""Impressions and online counts in the file store: exact through rotations, restarts and a
+crash in the middle of a rotation; attribution by id and by window; Wilson intervals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from service.state import online as online_module
+from service.state.online import FileOnline, Impression, UnknownList
+from service.state.stats import online_table, wilson
+
+
+def _impression(k: int, user: str | None = "u1", version: str = "v1") -> Impression:
+    return Impression(f"{k:032x}", user, version, None, (str(k), str(k + 1)), 1_764_000_000 + k)
+
+
+def _totals(store: FileOnline) -> tuple[int, int]:
+    counts = asyncio.run(store.counts())
+    cells = [c for hours in counts.by_version.values() for c in hours.values()]
+    return sum(c[0] for c in cells), sum(c[1] for c in cells)
+
+
+def _reopened_totals(path: Path, retain_bytes: int) -> tuple[int, int]:
+    store = FileOnline(path, window=10**9, retain_bytes=retain_bytes)
+    try:
+        return _totals(store)
+    finally:
+        store.close()
+
+
+def test_counts_are_exact_through_rotations_and_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "log.impressions"
+    store = FileOnline(path, window=10**9, retain_bytes=2_000)  # rotates every ~10 lists
+
+    async def scenario() -> None:
+        for k in range(0, 120, 3):
+            await store.record([_impression(k), _impression(k + 1), _impression(k + 2, None)])
+        await store.attribute("u1", [], f"{118:032x}", 1_764_000_200)
+        await store.attribute("u1", ["100"], None, 1_764_000_200)  # the list of 100 (and 99)
+        await store.attribute("u1", ["100"], None, 1_764_000_200)  # clicked already
+
+    asyncio.run(scenario())
+    assert (tmp_path / "log.impressions.1").exists() and store.snapshot.exists()
+    assert _totals(store) == (120, 2)
+    store.close()
+    again = FileOnline(path, window=10**9, retain_bytes=2_000)
+    assert _totals(again) == (120, 2)
+    again.close()
+
+
+class Killed(BaseException):
+    """The process dies here."""
+
+
+def test_a_crash_between_the_steps_of_a_rotation_counts_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.impressions"
+    store = FileOnline(path, window=10**9, retain_bytes=1_500)
+    replace, moves = os.replace, []
+
+    def dies_before_the_log_moves(src, dst) -> None:
+        if str(dst).endswith(".impressions.1"):
+            moves.append(dst)
+            if len(moves) == 3:  # the third rotation: its snapshot written, `.1` covered
+                raise Killed
+        replace(src, dst)
+
+    monkeypatch.setattr(online_module.os, "replace", dies_before_the_log_moves)
+    recorded = 0
+    with pytest.raises(Killed):  # rotations go through until one dies after its snapshot
+        for k in range(200):
+            recorded = k + 1  # written before the rotation that follows it
+            asyncio.run(store.record([_impression(k)]))
+    monkeypatch.setattr(online_module.os, "replace", replace)
+    store._handle.close()  # what the kernel does for a dead process
+    store._writer.shutdown(wait=False)
+    reopened = FileOnline(path, window=10**9, retain_bytes=1_500)
+    assert _totals(reopened)[0] == recorded > 20 and len(moves) == 3
+    asyncio.run(reopened.record([_impression(1000)]))  # and it goes on from there
+    reopened.close()
+    assert _reopened_totals(path, 1_500)[0] == recorded + 1
+
+
+def test_a_rotation_that_fails_keeps_the_write_and_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.impressions"
+    store = FileOnline(path, window=10**9, retain_bytes=1_000)
+
+    def refused(src, dst) -> None:
+        raise OSError("read-only")
+
+    monkeypatch.setattr(online_module.os, "replace", refused)
+    for k in range(30):  # no StoreUnavailable: the records are written
+        asyncio.run(store.record([_impression(k)]))
+    store.close()
+    monkeypatch.undo()
+    assert _reopened_totals(path, 1_000)[0] == 30
+
+
+def test_attribution_refuses_other_users_lists_and_respects_the_window(tmp_path: Path) -> None:
+    store = FileOnline(tmp_path / "log.impressions", window=100, retain_bytes=10**6)
+
+    async def scenario() -> None:
+        await store.record([_impression(1, "u1"), _impression(2, "u2"), _impression(3, None)])
+        with pytest.raises(UnknownList):
+            await store.attribute("u1", ["2"], f"{2:032x}", 1_764_000_010)  # u2's list
+        with pytest.raises(UnknownList):
+            await store.attribute("u1", ["1"], f"{1:032x}", 1_764_000_500)  # past the window
+        assert await store.attribute("u1", ["3"], f"{3:032x}", 1_764_000_010) == [f"{3:032x}"]
+        assert await store.attribute("u1", ["2"], None, 1_764_000_010) == [f"{1:032x}"]
+        assert await store.attribute("u1", ["1"], None, 1_764_000_500) == []  # too late
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_wilson_intervals_stay_in_bounds_and_narrow_with_counts() -> None:
+    assert wilson(0, 10)[0] == 0.0 and 0 < wilson(0, 10)[1] < 0.35
+    low, high = wilson(50, 100)
+    assert abs((low + high) / 2 - 0.5) < 1e-9 and 0.39 < low < 0.41
+    assert wilson(500, 1000)[1] - wilson(500, 1000)[0] < high - low
+    table = online_table(None)
+    assert table == {}
