@@ -6,7 +6,7 @@ MODELS_DIR ?= models
 RUN_DIR ?= runs/cddae
 PORT ?= 8000
 
-.PHONY: run test install faults compose-test
+.PHONY: run test install contract faults compose-test
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,7 +24,11 @@ run: install
 
 test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not contract"
+
+# The OpenAPI contract attacked by schemathesis against a real server (about a minute)
+contract: install
+	$(BIN)/python -m pytest -m contract
 
 # Faults under load on loopback (own redis-server per scenario; about two minutes): docs/RELIABILITY.md
 faults: install

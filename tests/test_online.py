@@ -120,6 +120,16 @@ def test_attribution_refuses_other_users_lists_and_respects_the_window(tmp_path:
     store.close()
 
 
+def test_the_window_in_memory_is_bounded_by_lists_not_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(online_module, "MAX_WINDOW_LISTS", 10)
+    store = FileOnline(tmp_path / "log.impressions", window=10**9, retain_bytes=10**6)
+    asyncio.run(store.record([_impression(k, f"user-{k}") for k in range(100)]))
+    assert len(store._lists) == 10 and len(store._by_user) == 10
+    store.close()
+
+
 def test_wilson_intervals_stay_in_bounds_and_narrow_with_counts() -> None:
     assert wilson(0, 10)[0] == 0.0 and 0 < wilson(0, 10)[1] < 0.35
     low, high = wilson(50, 100)

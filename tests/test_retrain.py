@@ -17,7 +17,11 @@ from service.state.store import STREAM
 from training.cli import main
 from training.jobs.retrain import Outcome, read_segment
 
-FAST = {"model": {"hidden": [16]}, "train": {"epochs": 8, "lr": 0.01, "batch_size": 16}}
+FAST = {
+    "model": {"hidden": [16]},
+    "train": {"epochs": 8, "lr": 0.01, "batch_size": 16},
+    "cold_items": {"epochs": 2},
+}  # the job is under test here, not the head's quality
 REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, flushed by the tests
 
 

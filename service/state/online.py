@@ -282,8 +282,13 @@ class FileOnline:
             recent = self._by_user.setdefault(imp.user, [])
             recent.append(imp.id)
             del recent[:-USER_LISTS]
-        while len(self._lists) > MAX_WINDOW_LISTS:
-            self._lists.popitem(last=False)
+        while len(self._lists) > MAX_WINDOW_LISTS:  # the oldest list, and its user's entry
+            old_id, old = self._lists.popitem(last=False)
+            recent = self._by_user.get(old.user) if old.user is not None else None
+            if recent and recent[0] == old_id:
+                recent.pop(0)
+                if not recent:
+                    del self._by_user[old.user]  # type: ignore[arg-type]
 
     def _append(self, records: list[dict]) -> None:
         payload = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)

@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import ADMIN_TOKEN, REDIS_URL, running
+
+pytestmark = pytest.mark.contract  # its own target (make contract), which .ci/run runs too
 
 EXAMPLES_PER_OPERATION = 200  # about 1,400 cases over the phases; a fixed seed, so repeatable
 # CPython gh-106905 (fixed after 3.11.7, the interpreter here): `ast.parse` in two threads at

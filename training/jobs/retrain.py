@@ -346,8 +346,9 @@ def _run(
     user_fields = config.get("features", {}).get("user")
     prepared = prepare(raw, ProtocolConfig(seed=seed), user_fields=user_fields)
     _, checkpoint = train_and_evaluate(
-        kind, prepared, seed, model=config.get("model"), train=config.get("train"), progress=False
-    )
+        kind, prepared, seed, model=config.get("model"), train=config.get("train"),
+        progress=False, cold=config.get("cold_items"),
+    )  # fmt: skip
     # A version that folded nothing binds to no store: a later store is read from its start.
     bound = source.name if chain or mark is not None else None
     extra = {
