@@ -164,6 +164,32 @@ def measure_filters(
         time.sleep(1)
 
 
+def measure_online(
+    models: Path, redis_url: str, work: Workload, rates: list[float], seconds: float,
+    results: dict,
+) -> None:  # fmt: skip
+    """What recording impressions costs: the Redis service with and without them, twice each
+    in turn (so that drift of the machine shows as the difference between repeats)."""
+    import redis
+
+    for repeat in (1, 2):
+        for label, flag in (("impressions on", "true"), ("impressions off", "false")):
+            redis.Redis.from_url(redis_url).flushdb()
+            port = free_port()
+            env = {"CDDAE_REDIS_URL": redis_url, "CDDAE_RECORD_IMPRESSIONS": flag}
+            with started(service_command(models, port), env, port):
+                name = f"service redis uncached GET, {label} #{repeat}"
+                measure(name, port, work.uncached_get, rates, seconds, results)
+    for rate in (str(int(r)) for r in rates):
+        on = [results[f"service redis uncached GET, impressions on #{k}"][rate]["p99"]
+              for k in (1, 2)]  # fmt: skip
+        off = [results[f"service redis uncached GET, impressions off #{k}"][rate]["p99"]
+               for k in (1, 2)]  # fmt: skip
+        ratio = round(sum(on) / sum(off), 2)
+        results.setdefault("impressions_on_over_off_p99", {})[rate] = ratio
+        print(f"at {rate}/s: p99 with impressions / without = {ratio} (on {on}, off {off})")
+
+
 def saturate(name: str, port: int, make: Callable[[int], Request], results: dict) -> None:
     result = asyncio.run(closed_loop("127.0.0.1", port, make, clients=32, seconds=5))
     results.setdefault("max_throughput", {})[name] = round(result.achieved, 1)
@@ -238,6 +264,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated servers to run")
     parser.add_argument("--filters", action="store_true", help="also uncached GET with filters")
     parser.add_argument(
+        "--online", action="store_true",
+        help="only: the Redis service's uncached GET with impressions recorded and without, "
+        "alternating servers (on, off, on, off), each at every rate",
+    )  # fmt: skip
+    parser.add_argument(
         "--workers", type=int, default=1, help="processes for the reference and Redis service"
     )
     args = parser.parse_args()
@@ -282,6 +313,9 @@ def main() -> None:
             measure(label, port, make, rates, args.seconds, results)
             saturate(label, port, make, results)
 
+    if args.online:
+        measure_online(args.models_dir, args.redis_url, work, rates, args.seconds, results)
+        only = {"none"}
     if not only or "reference" in only:
         run_yardstick("reference", ["reference", "--workers", str(args.workers)], work.hot_get)
     if not only or "torch" in only:

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         description="recorded items kept per user for serving (the most recent); the log "
         "keeps them all for training",
     )
+    record_impressions: bool = Field(
+        default=True,
+        description="give every answer a recommendation_id and record it for online figures "
+        "(docs/ONLINE.md); false: neither",
+    )
     attribution_window_seconds: int = Field(
         default=86_400,
         ge=60,

@@ -44,7 +44,7 @@ def build_state(settings: Settings) -> AppState:
             settings.redis_retry_seconds,
         )
         store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds)
-        online: Online = RedisOnline(
+        online: Online | None = RedisOnline(
             client, settings.attribution_window_seconds, settings.impressions_retain
         )
         backend = "redis"
@@ -64,6 +64,9 @@ def build_state(settings: Settings) -> AppState:
         if settings.micro_batch_ms
         else None
     )
+    if not settings.record_impressions:
+        online.close()
+        online = None
     recommendations = Recommendations(
         holder, cache, store, metrics, settings.max_n, batcher, settings.max_api_items, online
     )
