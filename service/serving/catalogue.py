@@ -298,9 +298,7 @@ def _unit_vectors(model: Model) -> np.ndarray | None:
     """The model's item vectors scaled to unit length, once per model; None without them."""
     if model not in _UNITS:
         vectors = model.bundle.item_vectors
-        if vectors is None or model.bundle.manifest.get("similar_items", {}).get("method") == (
-            "history"
-        ):
+        if vectors is None:
             _UNITS[model] = None
         else:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)

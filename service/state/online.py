@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -187,8 +186,7 @@ class RedisOnline:
         for table, column in ((lists, 0), (clicked, 1)):
             for cell, value in table.items():
                 version, _, hour = cell.decode().rpartition("|")
-                counts.add(version, int(hour), *((int(value), 0) if column == 0
-                                                 else (0, int(value))))  # fmt: skip
+                counts.add(version, int(hour), **{("lists", "clicked")[column]: int(value)})
         return counts
 
     def close(self) -> None:
@@ -310,15 +308,11 @@ class FileOnline:
     def _rotate(self) -> None:
         """Snapshot (every segment up to `.1`'s, atomically), then the log becomes `.1` and a
         new segment starts."""
-        covered = Counts()
-        for counts in (self._counts,):
-            for version, hours in counts.by_version.items():
-                for hour, (lists, clicked) in hours.items():
-                    covered.add(version, hour, lists, clicked)
-        for source in (self._current_counts,):  # the total minus the live segment's counts
+        covered = Counts()  # the total, less the live segment (which becomes `.1`)
+        for source, sign in ((self._counts, 1), (self._current_counts, -1)):
             for version, hours in source.by_version.items():
                 for hour, (lists, clicked) in hours.items():
-                    covered.add(version, hour, -lists, -clicked)
+                    covered.add(version, hour, sign * lists, sign * clicked)
         data = {"covers": self._segment - 1,
                 "counts": {v: {str(h): c for h, c in hours.items()}
                            for v, hours in covered.by_version.items()}}  # fmt: skip
@@ -375,7 +369,3 @@ class FileOnline:
         self._writer.shutdown(wait=True)
         with contextlib.suppress(OSError):
             self._handle.close()
-
-
-def now() -> float:
-    return time.time()
