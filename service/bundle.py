@@ -143,7 +143,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _replace_text(path: Path, text: str) -> None:
+def replace_text(path: Path, text: str) -> None:
     """Atomically replace a small text file (pointer, history)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     _write_synced(tmp, text.encode())
@@ -213,7 +213,7 @@ def list_versions(models_dir: Path) -> list[str]:
 
 
 _SEGMENT = re.compile(r"[0-9a-f]{8}-[0-9-]+\.jsonl")  # <store tag>-<mark>-<mark>.jsonl
-_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def current_version(models_dir: Path) -> str | None:
@@ -226,7 +226,7 @@ def current_version(models_dir: Path) -> str | None:
         return None
     if not text:
         raise BundleError(f"{CURRENT} is blank: name the version in service, or remove it")
-    if not _VERSION_NAME.fullmatch(text) or ".." in text:
+    if not VERSION_NAME.fullmatch(text) or ".." in text:
         raise BundleError(f"{CURRENT} holds {text[:80]!r}, which is not a version name")
     return text
 
@@ -241,13 +241,13 @@ def promotion_history(models_dir: Path) -> list[str]:
 def promote(models_dir: Path, version: str) -> None:
     """Point CURRENT at `version` (checked first), then record the promotion in HISTORY: the
     pointer is what serves, so it is never behind the record."""
-    if not _VERSION_NAME.fullmatch(version) or ".." in version:
+    if not VERSION_NAME.fullmatch(version) or ".." in version:
         raise BundleError(f"{version[:80]!r} is not a version name")
     with models_lock(models_dir):
         verify_files(models_dir / version)
         history = promotion_history(models_dir)
-        _replace_text(models_dir / CURRENT, version + "\n")
-        _replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
+        replace_text(models_dir / CURRENT, version + "\n")
+        replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
 
 
 def rollback_target(models_dir: Path) -> tuple[str, list[str]]:
@@ -270,8 +270,8 @@ def rollback(models_dir: Path) -> str:
     with models_lock(models_dir):
         previous, history = rollback_target(models_dir)
         verify_files(models_dir / previous)
-        _replace_text(models_dir / CURRENT, previous + "\n")
-        _replace_text(models_dir / HISTORY, "\n".join(history) + "\n")
+        replace_text(models_dir / CURRENT, previous + "\n")
+        replace_text(models_dir / HISTORY, "\n".join(history) + "\n")
     return previous
 
 
@@ -282,6 +282,11 @@ def gc(models_dir: Path, keep: int) -> list[str]:
         versions = list_versions(models_dir)
         current = current_version(models_dir)
         keep_set = set(versions[-keep:] if keep > 0 else []) | {current}
+        from service.experiment import ExperimentError, read_experiment
+
+        with contextlib.suppress(ExperimentError):  # a running experiment's versions stay
+            if (experiment := read_experiment(models_dir)) is not None:
+                keep_set |= {experiment.candidate, experiment.control}
         removed = [v for v in versions if v not in keep_set]
         for version in removed:
             shutil.rmtree(models_dir / version)

@@ -24,9 +24,11 @@ class Metrics:
             "cddae_cache_total", "cache lookups", ["result"], registry=self.registry
         )
         self.model_version = Gauge(
-            "cddae_model_info", "the model version in service (value 1)", ["version"],
+            "cddae_model_info",
+            "the model versions served (value 1): the one in service, an experiment's candidate",
+            ["version"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.quarantined = Gauge(
             "cddae_store_quarantined_records",
             "records of the interaction store's log that could not be read (set aside, skipped)",
@@ -43,18 +45,24 @@ class Metrics:
             "impressions the store could not record (it was down): online counts miss them",
             registry=self.registry,
         )
-        self._version: str | None = None
+        self.shadow_skipped = Counter(
+            "cddae_shadow_skipped_total",
+            "users a shadow experiment's candidate did not score (too many at once, or failed)",
+            registry=self.registry,
+        )
+        self._versions: set[str] = set()
 
-    def set_version(self, version: str | None) -> None:
-        if version == self._version:
-            return
-        if self._version is not None:
-            self.model_version.remove(self._version)
+    def set_versions(self, versions: set[str]) -> None:
+        """The versions served (the one in service, an experiment's candidate): only these
+        keep labels."""
+        for gone in self._versions - versions:
             with contextlib.suppress(KeyError):
-                self.lists.remove(self._version)
-        if version is not None:
+                self.model_version.remove(gone)
+            with contextlib.suppress(KeyError):
+                self.lists.remove(gone)
+        for version in versions - self._versions:
             self.model_version.labels(version).set(1)
-        self._version = version
+        self._versions = set(versions)
 
     @staticmethod
     def batch_label(size: int) -> str:

@@ -258,13 +258,72 @@ def cmd_models(args: argparse.Namespace) -> None:
                 f"{metrics.get('R@10', float('nan')):>8.4f}"
             )
     elif args.action == "promote":
-        _promote(models_dir, args.version, args.force)
+        if len(args.words) != 1:
+            raise ValueError("usage: cddae models promote VERSION")
+        _promote(models_dir, args.words[0], args.force)
+    elif args.action == "experiment":
+        _experiment(args)
     elif args.action == "rollback":
         _refuse_if_before_trim(models_dir, bundle.rollback_target(models_dir)[0], args.force)
         print(f"rolled back to {bundle.rollback(models_dir)}")
     elif args.action == "gc":
         removed = bundle.gc(models_dir, args.keep)
         print(f"removed {len(removed)} version(s): {' '.join(removed) or '-'}")
+
+
+def _experiment(args: argparse.Namespace) -> None:
+    """`models experiment start VERSION | status | stop`: the file every replica follows."""
+    from service import experiment as ex
+    from service.config import Settings
+    from service.state.online import read_counts
+    from training.evaluation.online_report import experiment_status
+
+    words, models_dir = args.words, args.models_dir
+    if words[:1] == ["start"] and len(words) == 2:
+        started = ex.start_experiment(models_dir, words[1], args.share, args.shadow)
+        mode = "shadow, never served" if started.shadow else "served"
+        print(f"experiment {started.id} started: candidate {started.candidate} for "
+              f"{started.share:.0%} of users ({mode}); control {started.control}")  # fmt: skip
+    elif words == ["status"]:
+        running = ex.read_experiment(models_dir)
+        if running is None:
+            print("no experiment is running")
+            return
+        settings = Settings()  # where the service keeps its counts: CDDAE_REDIS_URL or the file
+        print(experiment_status(read_counts(settings.redis_url, settings.interactions_log),
+                                running))  # fmt: skip
+    elif words == ["stop"]:
+        running = ex.read_experiment(models_dir)
+        if running is None:
+            raise ex.ExperimentError("no experiment is running")
+        if args.promote:  # the candidate first in service, then the experiment gone
+            _promote(models_dir, running.candidate, args.force)
+        stopped = ex.stop_experiment(models_dir)
+        print(f"experiment {stopped.id} stopped")
+    else:
+        raise ValueError("usage: cddae models experiment start VERSION [--share S] [--shadow] "
+                         "| status | stop [--promote]")  # fmt: skip
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """`report online`: each version's online rate with its interval beside its offline
+    metrics, as a table (and JSON) and a plot of rates over time."""
+    import datetime as dt
+
+    from service.config import Settings
+    from service.state.online import read_counts
+    from training.evaluation.online_report import online_rows, online_text, plot_rates
+
+    settings = Settings()
+    counts = read_counts(settings.redis_url, settings.interactions_log)
+    since = dt.datetime.fromisoformat(args.since) if args.since else None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    rows = online_rows(args.models_dir, counts, since)
+    print(online_text(rows) if rows else "no lists recorded yet")
+    _write_json(args.json, {"versions": rows})
+    plot_rates(counts, since, args.plot, args.hours)
+    print(f"plot: {args.plot}")
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -393,9 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=cmd_export)
 
-    models = sub.add_parser("models", help="list, promote, roll back, clean up model versions")
-    models.add_argument("action", choices=["list", "promote", "rollback", "gc"])
-    models.add_argument("version", nargs="?", help="with promote: the version")
+    models = sub.add_parser(
+        "models",
+        help="list, promote, roll back, clean up model versions; experiments between two",
+        epilog="experiments: `models experiment start VERSION --share 0.2 [--shadow]`, "
+        "`models experiment status [--since T]`, `models experiment stop [--promote]`",
+    )
+    models.add_argument("action", choices=["list", "promote", "rollback", "gc", "experiment"])
+    models.add_argument(
+        "words", nargs="*", metavar="ARG",
+        help="promote: VERSION; experiment: start VERSION | status | stop",
+    )  # fmt: skip
+    models.add_argument("--share", type=float, default=0.2, help="experiment start: of users")
+    models.add_argument(
+        "--shadow", action="store_true",
+        help="experiment start: the candidate scores its share on the side, never served",
+    )  # fmt: skip
+    models.add_argument(
+        "--promote", action="store_true", help="experiment stop: put the candidate in service"
+    )
     models.add_argument(
         "--force",
         action="store_true",
@@ -404,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models-dir", type=Path, default=Path("models"))
     models.add_argument("--keep", type=int, default=3, help="with gc: newest versions to keep")
     models.set_defaults(func=cmd_models)
+
+    report = sub.add_parser("report", help="reports: online rates per version")
+    report.add_argument("kind", choices=["online"])
+    report.add_argument("--models-dir", type=Path, default=Path("models"))
+    report.add_argument("--since", help="ISO time (UTC unless given): lists from then on")
+    report.add_argument("--hours", type=int, default=1, help="the plot's time bucket, in hours")
+    report.add_argument("--plot", type=Path, default=Path("reports/online.png"))
+    report.add_argument("--json", type=Path, help="write the table as JSON here")
+    report.set_defaults(func=cmd_report)
 
     serve = sub.add_parser("serve", help="serve recommendations over HTTP (uvicorn)")
     serve.add_argument("--models-dir", type=Path, default=Path("models"))

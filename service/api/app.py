@@ -23,7 +23,7 @@ from service.serving.filters import filter_schema
 from service.serving.holder import ModelHolder
 from service.serving.recommendations import ITEM_TITLE_LIMIT, Recommendations
 from service.state.cache import Cache, LocalCache, RedisCache, redis_client
-from service.state.online import FileOnline, Online, RedisOnline
+from service.state.online import FileOnline, Online, RedisOnline, impressions_log
 from service.state.store import FileStore, RedisStore, Store
 from service.telemetry import Metrics
 
@@ -53,9 +53,8 @@ def build_state(settings: Settings) -> AppState:
             settings.local_cache_bytes, settings.cache_ttl_seconds, settings.cache_ttl_jitter
         )
         store, backend = FileStore(settings.interactions_log, settings.max_history), "file"
-        log_path = settings.interactions_log
         online = FileOnline(
-            log_path.with_name(log_path.name + ".impressions"),
+            impressions_log(settings.interactions_log),
             settings.attribution_window_seconds,
             settings.impressions_log_bytes,
         )

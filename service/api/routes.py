@@ -32,12 +32,13 @@ from service.api.schemas import (
     RecommendationsResponse,
     ScoreRequest,
 )
+from service.experiment import CANDIDATE, CONTROL
 from service.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
 from service.serving.filters import MAX_FILTERS
 from service.serving.onnx_model import InputError
 from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
 from service.state.online import UnknownList
-from service.state.stats import online_table
+from service.state.stats import experiment_summary, online_table
 from service.state.store import (
     CatalogueFull,
     IdempotencyConflict,
@@ -367,7 +368,15 @@ async def get_stats_online(
     except StoreUnavailable as error:
         raise _http_error(error) from None
     start = dt.datetime.fromtimestamp(since, dt.UTC) if since is not None else None
-    return {"versions": online_table(counts, start)}
+    experiment = state.holder.experiment
+    variants = {}
+    summary = None
+    if experiment is not None:
+        variants = {experiment.control: CONTROL, experiment.candidate: CANDIDATE}
+        if state.holder.model is not None:
+            variants.setdefault(state.holder.model.version, CONTROL)
+        summary = experiment_summary(counts, experiment)
+    return {"versions": online_table(counts, start, variants), "experiment": summary}
 
 
 @router.get("/healthz", response_model=Health)
@@ -393,6 +402,11 @@ async def get_readyz(state: AppStateDep, response: Response) -> dict:
                     **state.store.health()}  # fmt: skip
     if holder.pointer_error:
         detail["pointer_error"] = holder.pointer_error
+    if (experiment := holder.experiment) is not None:
+        detail["experiment"] = {"id": experiment.id, "candidate": experiment.candidate,
+                                "share": experiment.share, "shadow": experiment.shadow}  # fmt: skip
+    if holder.experiment_error:
+        detail["experiment_error"] = holder.experiment_error
     return {
         "status": status,
         "model_version": model.version if model else None,
@@ -431,7 +445,7 @@ async def get_model(state: AppStateDep) -> dict:
 async def get_metrics(state: AppStateDep) -> Response:
     """Prometheus metrics: request and inference latency, cache hits and misses, model version."""
     if state.holder.model is not None:
-        state.metrics.set_version(state.holder.model.version)
+        state.metrics.set_versions({m.version for m in state.recommendations.models()})
     state.metrics.quarantined.set(state.store.health().get("quarantined_records", 0))
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -117,6 +117,11 @@ class RecommendationsResponse(BaseModel):
     items: list[RecommendedItem]
     source: Literal["model", "profile", "popularity"]
     cached: bool
+    variant: Literal["control", "candidate"] | None = Field(
+        default=None,
+        description="while an experiment runs, the variant this user is in (always the same "
+        "for a user); null outside experiments and for ad-hoc lists",
+    )
     recommendation_id: str | None = Field(
         default=None,
         description="this answer's own id (cached or not): send it with the interactions the "
@@ -254,6 +259,34 @@ class VersionOnline(BaseModel):
     since: str
 
 
+class VariantOnline(BaseModel):
+    lists: int
+    clicked_lists: int
+    rate: float
+    ci95: tuple[float, float]
+    versions: list[str] = Field(description="the versions that served this variant")
+
+
+class Difference(BaseModel):
+    value: float
+    ci95: tuple[float, float]
+
+
+class ExperimentOnline(BaseModel):
+    id: str
+    candidate: str
+    control: str = Field(description="the version in service when the experiment started")
+    share: float
+    shadow: bool
+    started: str
+    variants: dict[Literal["control", "candidate"], VariantOnline]
+    difference: Difference = Field(description="candidate's rate less control's (Newcombe)")
+    shadow_lists: int = Field(description="shadow mode: users the candidate scored on the side")
+    shadow_overlap: float | None = Field(
+        description="shadow mode: the mean share of a served list the candidate's list held"
+    )
+
+
 class OnlineStats(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -264,6 +297,9 @@ class OnlineStats(BaseModel):
     )  # fmt: skip
 
     versions: dict[str, VersionOnline]
+    experiment: ExperimentOnline | None = Field(
+        None, description="the running experiment's variants, counted since it started"
+    )
 
 
 class ProfileResponse(BaseModel):

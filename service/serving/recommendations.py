@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from service.experiment import CANDIDATE, CONTROL
 from service.features import FeatureError
 from service.serving.batcher import MicroBatcher
 from service.serving.catalogue import NO_FILTERS, CatalogueView, ItemInfo, valued_fields
@@ -28,7 +29,7 @@ from service.serving.filters import Filters, parse_filters
 from service.serving.holder import ModelHolder
 from service.serving.onnx_model import InputError, Model, Query, Ranked, finish
 from service.state.cache import Cache, cache_key
-from service.state.online import Impression, Online, UnknownList
+from service.state.online import Impression, Online, Shadowed, UnknownList
 from service.state.store import (
     Catalogue,
     CatalogueFull,
@@ -43,6 +44,7 @@ MAX_NAMED = 20  # an answer names at most this many item ids the model does not 
 INLINE_ITEMS = 2_000  # work on at most this many items runs on the event loop (well under 1 ms)
 MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer is not cached
 MAX_PENDING_IMPRESSIONS = 5_000  # impressions waiting for the store; beyond, answers wait
+MAX_SHADOWS = 64  # shadow scorings at once (a shadow experiment); beyond, users are skipped
 _VERSION = re.compile(rb'^\{"model_version":("(?:[^"\\]|\\.)*")')
 _ITEM_ID = re.compile(rb'\{"item_id":("(?:[^"\\]|\\.)*"),"score":')
 log = logging.getLogger("cddae.service")
@@ -98,8 +100,10 @@ class Recommendations:
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
         self.max_n, self.batcher, self.max_api_items = max_n, batcher, max_api_items
-        self._view: CatalogueView | None = None
-        self._view_flight: tuple[int, asyncio.Future[CatalogueView]] | None = None
+        # One catalogue view per model served (the version in service, an experiment's
+        # candidate), each rebuilt on its own.
+        self._views: dict[str, CatalogueView] = {}
+        self._view_flights: dict[str, tuple[int, asyncio.Future[CatalogueView]]] = {}
         self._flights = 0  # view rebuilds started
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
         # CPU work too large for the event loop (batches, long inputs) has threads of its own,
@@ -111,7 +115,10 @@ class Recommendations:
         self._flusher: asyncio.Future[None] | None = None
         self.online = online
         self._impressions: list[Impression] = []  # not yet recorded
+        self._shadowed: list[Shadowed] = []  # shadow overlaps not yet recorded
         self._impressing: asyncio.Future[None] | None = None
+        self._shadows = 0  # shadow scorings in flight
+        self._background: set[asyncio.Future[None]] = set()
 
     def model(self) -> Model:
         model = self.holder.model
@@ -119,13 +126,34 @@ class Recommendations:
             raise NoModel("no model loaded yet")
         return model
 
+    def models(self) -> list[Model]:
+        """The models served: the version in service, and an experiment's candidate."""
+        trial = self.holder.trial
+        model = self.model()
+        return [model] if trial is None or trial[1] is model else [model, trial[1]]
+
+    def assigned(self, user_id: str) -> Assignment:
+        """Which model answers this user, under which variant: the version in service unless
+        an experiment (not a shadow) puts the user among the candidate's share."""
+        model = self.model()
+        trial = self.holder.trial
+        if trial is None:
+            return Assignment(model)
+        experiment, candidate = trial
+        variant = experiment.variant(user_id)
+        if experiment.shadow:
+            shadow = candidate if variant == CANDIDATE and candidate is not model else None
+            return Assignment(model, CONTROL, experiment.arm(CONTROL), shadow, experiment.id)
+        served = candidate if variant == CANDIDATE else model
+        return Assignment(served, variant, experiment.arm(variant))
+
     # --- the catalogue as served ---------------------------------------------------------------
 
     async def view(self, model: Model, generation: int | None = None) -> tuple[CatalogueView, bool]:
         """(the catalogue view of `model` at `generation` — read from the store when None —,
         whether it may be stale: the store could not be read, so the last view serves). One
         rebuild at a time: concurrent requests wait for the same one."""
-        view = self._view
+        view = self._views.get(model.version)
         try:
             if generation is None:
                 generation = await self.store.catalogue_generation()
@@ -150,13 +178,13 @@ class Recommendations:
         entered = self._flights
         view = None
         for _ in range(4):
-            seq, flight = self._view_flight or (0, None)
+            seq, flight = self._view_flights.get(model.version) or (0, None)
             if flight is None or flight.done() or (seq <= entered and view is not None):
                 self._flights += 1
                 seq = self._flights
                 bundle_only = generation is None
                 flight = asyncio.ensure_future(self._build_view(model, bundle_only))
-                self._view_flight = (seq, flight)
+                self._view_flights[model.version] = (seq, flight)
             view = await asyncio.shield(flight)
             fresh = seq > entered or generation is None or view.generation == generation
             if view.model is model and fresh:
@@ -169,9 +197,14 @@ class Recommendations:
     async def _build_view(self, model: Model, bundle_only: bool) -> CatalogueView:
         catalogue = Catalogue() if bundle_only else await self.store.catalogue()
         loop = asyncio.get_running_loop()
-        view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue, self._view)
+        previous = self._views.get(model.version)
+        view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue, previous)
         if not bundle_only:
-            self._view = view
+            served = {m.version for m in self.models()}
+            for version in [v for v in self._views if v not in served]:  # bounded: 2 at most
+                del self._views[version]
+                self._view_flights.pop(version, None)
+            self._views[model.version] = view
             learnt = view.pending_in_model()
             if learnt:  # created through the API, now in the model: no longer waiting
                 with contextlib.suppress(StoreUnavailable):
@@ -224,39 +257,83 @@ class Recommendations:
         """Wait for the pending cache writes and impressions (at shutdown; in tests)."""
         if self._flusher is not None:
             await self._flusher
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._impressing is not None:
             await self._impressing
 
     # --- impressions ---------------------------------------------------------------------------
 
-    async def _serve(self, answer: bytes, user: str | None) -> bytes:
-        """The answer with its own `recommendation_id` (cached or not), its impression queued:
-        recorded in the background, a moment's impressions in one round trip. Bounded: past
+    async def _serve(
+        self, answer: bytes, user: str | None, assigned: Assignment | None = None
+    ) -> bytes:
+        """The answer with its variant (null outside experiments) and its own
+        `recommendation_id` (cached or not), its impression queued: recorded in the
+        background, a moment's impressions in one round trip. Bounded: past
         `MAX_PENDING_IMPRESSIONS` waiting, answers wait for the store (never dropped)."""
+        variant = assigned.variant if assigned is not None else None
+        tail = b',"variant":"%s"' % variant.encode() if variant else b',"variant":null'
         if self.online is None:
-            return answer
+            return answer[:-1] + tail + b"}"
         list_id = uuid.uuid4().hex
         version = json.loads(_VERSION.match(answer).group(1))  # type: ignore[union-attr]
         items = tuple(json.loads(match) for match in _ITEM_ID.findall(answer))
-        impression = Impression(list_id, user, version, None, items, time.time())
+        arm = assigned.arm if assigned is not None else None
+        impression = Impression(list_id, user, version, variant, items, time.time(), arm)
         while len(self._impressions) >= MAX_PENDING_IMPRESSIONS and self._impressing:
             await asyncio.shield(self._impressing)
         self._impressions.append(impression)
+        self._flush_soon()
+        self.metrics.lists.labels(version).inc()
+        return answer[:-1] + tail + b',"recommendation_id":"%s"}' % list_id.encode()
+
+    def _flush_soon(self) -> None:
         if self._impressing is None or self._impressing.done():
             self._impressing = asyncio.ensure_future(self._flush_impressions())
-        self.metrics.lists.labels(version).inc()
-        return answer[:-1] + b',"recommendation_id":"%s"}' % list_id.encode()
 
     async def _flush_impressions(self) -> None:
         assert self.online is not None
-        while self._impressions:
+        while self._impressions or self._shadowed:
             await asyncio.sleep(0)  # let the answers of this moment join
             batch, self._impressions = self._impressions, []
+            shadowed, self._shadowed = self._shadowed, []
             try:
-                await self.online.record(batch)
+                await self.online.record(batch, shadowed)
             except StoreUnavailable:
                 self.metrics.impressions_lost.inc(len(batch))
                 log.warning("the store did not record %d impressions", len(batch))
+
+    def _shadow(self, answer: bytes, user_id: str, assigned: Assignment, ask: _Ask) -> None:
+        """In a shadow experiment: the candidate's list for the same request, computed in the
+        background (never served), and its overlap with the served list counted. Bounded:
+        past `MAX_SHADOWS` at once, a user is not shadowed (counted as skipped)."""
+        if assigned.shadow is None or assigned.experiment is None or self.online is None:
+            return
+        if self._shadows >= MAX_SHADOWS:
+            self.metrics.shadow_skipped.inc()
+            return
+        served = {json.loads(match) for match in _ITEM_ID.findall(answer)}
+        if not served:
+            return
+        self._shadows += 1
+        candidate, experiment = assigned.shadow, assigned.experiment
+
+        async def score() -> None:
+            try:
+                other = await self._user_answer(candidate, user_id, *ask)
+            except Exception as error:  # the candidate's failure never reaches the user
+                log.warning("shadow scoring of %s failed: %s", candidate.version, error)
+                self.metrics.shadow_skipped.inc()
+                return
+            finally:
+                self._shadows -= 1
+            theirs = {json.loads(match) for match in _ITEM_ID.findall(other)}
+            overlap = len(served & theirs) / len(served)
+            self._shadowed.append(Shadowed(experiment, candidate.version, overlap))
+            self._flush_soon()
+
+        self._background.add(task := asyncio.ensure_future(score()))
+        task.add_done_callback(self._background.discard)
 
     async def attribute(self, user_id: str, items: Sequence[str], list_id: str | None) -> list[str]:
         """The lists these interactions are attributed to (UnknownList → 422)."""
@@ -315,12 +392,19 @@ class Recommendations:
         exclude: Sequence[str] = (),
         filters: Sequence[str] = (),
     ) -> bytes:
-        """A known user's list (below), with its id, recorded as an impression."""
-        answer = await self._user_answer(user_id, n, exclude_seen, exclude, filters)
-        return await self._serve(answer, user_id)
+        """A known user's list (below) from the model the user is assigned to, with its variant
+        and id, recorded as an impression; in a shadow experiment, the candidate's too (never
+        served)."""
+        assigned = self.assigned(user_id)
+        ask = _Ask(n, exclude_seen, tuple(exclude), tuple(filters))
+        answer = await self._user_answer(assigned.model, user_id, *ask)
+        served = await self._serve(answer, user_id, assigned)
+        self._shadow(answer, user_id, assigned, ask)
+        return served
 
     async def _user_answer(
         self,
+        model: Model,
         user_id: str,
         n: int,
         exclude_seen: bool,
@@ -333,7 +417,6 @@ class Recommendations:
         When the store cannot be read, a user in the bundle still gets a list from the bundle
         alone, marked degraded and not cached; anyone else gets a 503, never a 404."""
         self._check_n(n)
-        model = self.model()
         conditions = self._filters(model, filters)
         field = self._field(n, exclude_seen, exclude, conditions)
         prefix = cache_key(model.version, f"user:{user_id}:")
@@ -567,6 +650,34 @@ class Recommendations:
     def _prepare_all(self, view: CatalogueView, requests: Sequence[AdHocUser]) -> list[_Prepared]:
         return [self._prepare(view, r, f"users[{i}]: ") for i, r in enumerate(requests)]
 
+    # --- for the admin page: what would be served, never recorded --------------------------------
+
+    async def preview(self, user_id: str, n: int = 10) -> tuple[dict[str, Any], Assignment]:
+        """A user's list as the user would be served it now, neither recorded nor given an id;
+        with the assignment (variant) it came from."""
+        assigned = self.assigned(user_id)
+        answer = await self._user_answer(assigned.model, user_id, n, True)
+        return json.loads(answer), assigned
+
+    async def history(self, user_id: str, limit: int = 100) -> list[ItemInfo]:
+        """A user's recorded history (the bundle's, then what the store added since), the most
+        recent `limit` items; NotFound for a user nobody knows."""
+        model = self.model()
+        state = await self.store.user_state(user_id)
+        index = model.user_index.get(user_id)
+        if index is None and state.profile is None and not state.added:
+            raise NotFound(f"unknown user {user_id!r}")
+        ids = []
+        if index is not None:
+            ids = [str(model.bundle.item_ids[i]) for i in model.known_user(index).weights]
+        ids = list(dict.fromkeys([*ids, *state.added]))[-limit:]
+        view, _ = await self.view(model)
+        return [info for i in ids if (info := view.info(i)) is not None]
+
+    async def preview_similar(self, item_id: str, n: int = 10) -> dict[str, Any]:
+        """Similar items as served, not recorded."""
+        return json.loads(await self._similar(item_id, n))
+
     # --- items ---------------------------------------------------------------------------------
 
     async def item(self, item_id: str) -> tuple[ItemInfo, str, bool]:
@@ -662,6 +773,27 @@ class Recommendations:
         key = cache_key(model.version, f"similar:{view.generation}:{item_id}")
         field = self._field(n, True, exclude, conditions)
         return await self._cached(key, field, compute, await self.cache.get(key, field))
+
+
+class _Ask(NamedTuple):
+    """What a known user's list was asked with (beside the user and the model)."""
+
+    n: int
+    exclude_seen: bool
+    exclude: tuple[str, ...]
+    filters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The model that answers a user; its variant and the counts' arm when an experiment runs;
+    in shadow mode, the candidate that scores the user on the side."""
+
+    model: Model
+    variant: str | None = None
+    arm: str | None = None
+    shadow: Model | None = None
+    experiment: str | None = None
 
 
 def _small(request: AdHocUser) -> bool:

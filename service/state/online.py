@@ -49,29 +49,94 @@ class Impression:
     id: str
     user: str | None  # None: an ad-hoc list (POST /score, similar items)
     version: str
-    variant: str | None
+    variant: str | None  # "control" | "candidate" while an experiment runs
     items: tuple[str, ...]
     time: float
+    arm: str | None = None  # the experiment's variant as counted: "<experiment id>:<variant>"
 
     @property
     def hour(self) -> int:
         return int(self.time // 3600)
 
+    @property
+    def cell(self) -> str:
+        """Where the counts add it up: `<version>|<hour>`, and `|<arm>` in an experiment."""
+        return f"{self.version}|{self.hour}" + (f"|{self.arm}" if self.arm else "")
+
+
+@dataclass(frozen=True)
+class Shadowed:
+    """A shadow experiment's candidate scored a user on the side: how much of the served list
+    its own list held (|served ∩ candidate's| / |served|)."""
+
+    experiment: str
+    version: str
+    overlap: float
+
 
 @dataclass
 class Counts:
-    """Per version and hour: [lists, clicked lists]."""
+    """Lists and clicked lists per cell (`<version>|<hour>[|<arm>]`); per shadow experiment
+    and candidate (`<experiment>|<version>`), lists scored and the sum of their overlaps."""
 
-    by_version: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    cells: dict[str, list[int]] = field(default_factory=dict)
+    shadow: dict[str, list[float]] = field(default_factory=dict)
 
-    def add(self, version: str, hour: int, lists: int = 0, clicked: int = 0) -> None:
-        cell = self.by_version.setdefault(version, {}).setdefault(hour, [0, 0])
-        cell[0] += lists
-        cell[1] += clicked
+    def add(self, cell: str, lists: int = 0, clicked: int = 0) -> None:
+        row = self.cells.setdefault(cell, [0, 0])
+        row[0] += lists
+        row[1] += clicked
+
+    def add_shadow(self, experiment: str, version: str, lists: int, overlap: float) -> None:
+        row = self.shadow.setdefault(f"{experiment}|{version}", [0, 0.0])
+        row[0] += lists
+        row[1] += overlap
+
+    def merge(self, other: Counts, sign: int = 1) -> None:
+        for cell, (lists, clicked) in other.cells.items():
+            self.add(cell, sign * lists, sign * clicked)
+        for key, (lists, overlap) in other.shadow.items():
+            experiment, version = key.split("|", 1)
+            self.add_shadow(experiment, version, sign * int(lists), sign * overlap)
+
+    def copy(self) -> Counts:
+        copy = Counts()
+        copy.merge(self)
+        return copy
+
+    @property
+    def by_version(self) -> dict[str, dict[int, list[int]]]:
+        """version → hour → [lists, clicked], every arm added up."""
+        table: dict[str, dict[int, list[int]]] = {}
+        for cell, (lists, clicked) in self.cells.items():
+            version, hour, _ = parse_cell(cell)
+            row = table.setdefault(version, {}).setdefault(hour, [0, 0])
+            row[0] += lists
+            row[1] += clicked
+        return table
+
+    def by_arm(self, arm: str) -> dict[str, list[int]]:
+        """version → [lists, clicked] of one experiment arm (`<experiment id>:<variant>`)."""
+        table: dict[str, list[int]] = {}
+        for cell, (lists, clicked) in self.cells.items():
+            version, _, at = parse_cell(cell)
+            if at == arm:
+                row = table.setdefault(version, [0, 0])
+                row[0] += lists
+                row[1] += clicked
+        return table
+
+
+def parse_cell(cell: str) -> tuple[str, int, str | None]:
+    """(version, hour, arm or None) from `<version>|<hour>[|<arm>]` (versions hold no `|`)."""
+    version, hour, *arm = cell.split("|", 2)
+    return version, int(hour), (arm[0] or None) if arm else None
 
 
 class Online(Protocol):
-    async def record(self, impressions: Sequence[Impression]) -> None: ...
+    async def record(
+        self, impressions: Sequence[Impression], shadowed: Sequence[Shadowed] = ()
+    ) -> None: ...
 
     async def attribute(
         self, user: str, items: Sequence[str], list_id: str | None, now: float
@@ -87,26 +152,29 @@ class Online(Protocol):
 
 # --- Redis -------------------------------------------------------------------------------------
 
-# One impression: its record (expiring with the window), its items, the user's recent lists,
-# the version's count for the hour, and the stream entry. KEYS: record, items, user's lists,
-# lists counts, stream. ARGV: id, user, version, variant, time, hour, window, user cap, stream
-# cap, items JSON, then the items.
+# A moment's impressions in one call. Each: its record (expiring with the window; the items as
+# JSON, read by attribution), the user's recent lists (capped), its count and a stream entry.
+# KEYS: lists counts, stream. ARGV: window, user cap, stream cap, record prefix, then seven per
+# impression: id, user, version, variant, time, cell, items JSON.
 _RECORD = """
-redis.call('hset', KEYS[1], 'user', ARGV[2], 'version', ARGV[3], 'variant', ARGV[4],
-           'hour', ARGV[6], 'clicked', '0')
-redis.call('expire', KEYS[1], ARGV[7])
-if #ARGV > 10 then
-  redis.call('sadd', KEYS[2], unpack(ARGV, 11))
-  redis.call('expire', KEYS[2], ARGV[7])
+local window, cap, retain, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+for k = 5, #ARGV, 7 do
+  local id, user, version, variant = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3]
+  local at, cell, items = ARGV[k + 4], ARGV[k + 5], ARGV[k + 6]
+  local key = prefix .. id
+  redis.call('hset', key, 'user', user, 'version', version, 'variant', variant, 'cell', cell,
+             'clicked', '0', 'items', items)
+  redis.call('expire', key, window)
+  if user ~= '' then
+    local lists = 'cddae:user:' .. user .. ':lists'
+    redis.call('zadd', lists, at, id)
+    if redis.call('zcard', lists) > cap then redis.call('zremrangebyrank', lists, 0, -cap - 1) end
+    redis.call('expire', lists, window)
+  end
+  redis.call('hincrby', KEYS[1], cell, 1)
+  redis.call('xadd', KEYS[2], 'MAXLEN', '~', retain, '*', 'id', id, 'user', user,
+             'version', version, 'variant', variant, 'time', at, 'items', items)
 end
-if ARGV[2] ~= '' then
-  redis.call('zadd', KEYS[3], ARGV[5], ARGV[1])
-  redis.call('zremrangebyrank', KEYS[3], 0, -(tonumber(ARGV[8]) + 1))
-  redis.call('expire', KEYS[3], ARGV[7])
-end
-redis.call('hincrby', KEYS[4], ARGV[3] .. '|' .. ARGV[6], 1)
-redis.call('xadd', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'id', ARGV[1], 'user', ARGV[2],
-           'version', ARGV[3], 'variant', ARGV[4], 'time', ARGV[5], 'items', ARGV[10])
 return 1
 """
 
@@ -118,7 +186,10 @@ local function mark(id)
   local key = ARGV[5] .. id
   if redis.call('hget', key, 'clicked') == '0' then
     redis.call('hset', key, 'clicked', '1')
-    local cell = redis.call('hget', key, 'version') .. '|' .. redis.call('hget', key, 'hour')
+    local cell = redis.call('hget', key, 'cell')
+    if not cell then  -- a record from before cells: version|hour
+      cell = redis.call('hget', key, 'version') .. '|' .. redis.call('hget', key, 'hour')
+    end
     redis.call('hincrby', KEYS[2], cell, 1)
   end
 end
@@ -129,10 +200,18 @@ if ARGV[4] ~= '' then
   return {ARGV[4]}
 end
 local ids = redis.call('zrevrangebyscore', KEYS[1], '+inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+local held = {}  -- list id → the set of its items, decoded once
 local out, seen = {}, {}
 for k = 6, #ARGV do
   for _, id in ipairs(ids) do
-    if redis.call('sismember', ARGV[5] .. id .. ':items', ARGV[k]) == 1 then
+    if held[id] == nil then
+      held[id] = {}
+      local items = redis.call('hget', ARGV[5] .. id, 'items')
+      if items then
+        for _, item in ipairs(cjson.decode(items)) do held[id][item] = true end
+      end
+    end
+    if held[id][ARGV[k]] then
       mark(id)
       if not seen[id] then seen[id] = true; out[#out + 1] = id end
       break
@@ -143,6 +222,7 @@ return out
 """
 
 RECORD_PREFIX = "cddae:list:"
+SHADOW = "cddae:online:shadow"  # hash: "<experiment>|<version>|lists" and "…|overlap"
 
 
 class RedisOnline:
@@ -151,17 +231,25 @@ class RedisOnline:
         self._record = client.register_script(_RECORD)
         self._attribute = client.register_script(_ATTRIBUTE)
 
-    async def record(self, impressions: Sequence[Impression]) -> None:
+    async def record(
+        self, impressions: Sequence[Impression], shadowed: Sequence[Shadowed] = ()
+    ) -> None:
+        args: list = [int(self.window), USER_LISTS, self.retain, RECORD_PREFIX]
+        for imp in impressions:
+            args += [imp.id, imp.user or "", imp.version, imp.variant or "", imp.time,
+                     imp.cell, json.dumps(imp.items)]  # fmt: skip
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for imp in impressions:
-                    keys = [RECORD_PREFIX + imp.id, f"{RECORD_PREFIX}{imp.id}:items",
-                            f"cddae:user:{imp.user}:lists", COUNTS[0], IMPRESSIONS]  # fmt: skip
-                    args = [imp.id, imp.user or "", imp.version, imp.variant or "", imp.time,
-                            imp.hour, int(self.window), USER_LISTS, self.retain,
-                            json.dumps(imp.items), *imp.items]  # fmt: skip
-                    await self._record(keys=keys, args=args, client=pipe)
-                await pipe.execute()
+            if impressions:
+                await self._record(keys=[COUNTS[0], IMPRESSIONS], args=args)
+            if shadowed:
+                totals = Counts()
+                for seen in shadowed:
+                    totals.add_shadow(seen.experiment, seen.version, 1, seen.overlap)
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for key, (lists, overlap) in totals.shadow.items():
+                        pipe.hincrby(SHADOW, f"{key}|lists", int(lists))
+                        pipe.hincrbyfloat(SHADOW, f"{key}|overlap", overlap)
+                    await pipe.execute()
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the store (Redis) did not record impressions") from error
 
@@ -179,14 +267,22 @@ class RedisOnline:
 
     async def counts(self) -> Counts:
         try:
-            lists, clicked = await asyncio.gather(*(self._client.hgetall(k) for k in COUNTS))
+            lists, clicked, shadow = await asyncio.gather(
+                *(self._client.hgetall(k) for k in (*COUNTS, SHADOW))
+            )
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the store (Redis) did not answer") from error
         counts = Counts()
-        for table, column in ((lists, 0), (clicked, 1)):
-            for cell, value in table.items():
-                version, _, hour = cell.decode().rpartition("|")
-                counts.add(version, int(hour), **{("lists", "clicked")[column]: int(value)})
+        for cell, value in lists.items():
+            counts.add(cell.decode(), lists=int(value))
+        for cell, value in clicked.items():
+            counts.add(cell.decode(), clicked=int(value))
+        for name, value in shadow.items():
+            experiment, version, what = name.decode().split("|", 2)
+            if what == "lists":
+                counts.add_shadow(experiment, version, int(value), 0.0)
+            else:
+                counts.add_shadow(experiment, version, 0, float(value))
         return counts
 
     def close(self) -> None:
@@ -199,8 +295,7 @@ class RedisOnline:
 @dataclass
 class _Listed:
     user: str | None
-    version: str
-    hour: int
+    cell: str
     time: float
     items: frozenset[str]
     clicked: bool = False
@@ -215,7 +310,8 @@ class FileOnline:
     segment before `.1` and names the last one it covers, so a crash between its steps never
     counts a segment twice or loses one."""
 
-    def __init__(self, path: Path, window: float, retain_bytes: int):
+    def __init__(self, path: Path, window: float, retain_bytes: int, read_only: bool = False):
+        """`read_only`: read the counts (a report beside a running service), write nothing."""
         self.path, self.window, self.retain_bytes = path, window, retain_bytes
         self.older = path.with_name(path.name + ".1")
         self.snapshot = path.with_name(path.name + ".counts.json")
@@ -225,8 +321,10 @@ class FileOnline:
         self._lists: OrderedDict[str, _Listed] = OrderedDict()
         self._by_user: dict[str, list[str]] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-write")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._load()
+        if read_only:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = path.open("ab", buffering=0)
         if self._handle.tell() == 0:  # a new log: after `.1`'s segment, never the same number
             self._segment += 1 if self.older.exists() else 0
@@ -236,9 +334,14 @@ class FileOnline:
         with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
             data = json.loads(self.snapshot.read_text())
             self._covered = int(data["covers"])
-            for version, hours in data["counts"].items():
+            for cell, (lists, clicked) in data.get("cells", {}).items():
+                self._counts.add(cell, lists, clicked)
+            for version, hours in data.get("counts", {}).items():  # before cells
                 for hour, (lists, clicked) in hours.items():
-                    self._counts.add(version, int(hour), lists, clicked)
+                    self._counts.add(f"{version}|{hour}", lists, clicked)
+            for key, (lists, overlap) in data.get("shadow", {}).items():
+                experiment, version = key.split("|", 1)
+                self._counts.add_shadow(experiment, version, lists, overlap)
         for path, segment_counts in ((self.older, self._older_counts),
                                      (self.path, self._current_counts)):  # fmt: skip
             with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
@@ -262,20 +365,25 @@ class FileOnline:
     def _apply(self, record: dict, segment: Counts) -> None:
         if record["t"] == "list":
             imp = Impression(record["id"], record["user"], record["version"],
-                             record["variant"], tuple(record["items"]), record["time"])  # fmt: skip
+                             record["variant"], tuple(record["items"]), record["time"],
+                             record.get("arm"))  # fmt: skip
             for counts in (self._counts, segment):
-                counts.add(imp.version, imp.hour, lists=1)
+                counts.add(imp.cell, lists=1)
             self._remember(imp)
         elif record["t"] == "click":
+            cell = record.get("cell") or f"{record['version']}|{record['hour']}"
             for counts in (self._counts, segment):
-                counts.add(record["version"], record["hour"], clicked=1)
+                counts.add(cell, clicked=1)
             listed = self._lists.get(record["id"])
             if listed is not None:
                 listed.clicked = True
+        elif record["t"] == "shadow":
+            for counts in (self._counts, segment):
+                counts.add_shadow(record["experiment"], record["version"], int(record["lists"]),
+                                  float(record["overlap"]))  # fmt: skip
 
     def _remember(self, imp: Impression) -> None:
-        self._lists[imp.id] = _Listed(imp.user, imp.version, imp.hour, imp.time,
-                                      frozenset(imp.items))  # fmt: skip
+        self._lists[imp.id] = _Listed(imp.user, imp.cell, imp.time, frozenset(imp.items))
         if imp.user is not None:
             recent = self._by_user.setdefault(imp.user, [])
             recent.append(imp.id)
@@ -308,14 +416,9 @@ class FileOnline:
     def _rotate(self) -> None:
         """Snapshot (every segment up to `.1`'s, atomically), then the log becomes `.1` and a
         new segment starts."""
-        covered = Counts()  # the total, less the live segment (which becomes `.1`)
-        for source, sign in ((self._counts, 1), (self._current_counts, -1)):
-            for version, hours in source.by_version.items():
-                for hour, (lists, clicked) in hours.items():
-                    covered.add(version, hour, sign * lists, sign * clicked)
-        data = {"covers": self._segment - 1,
-                "counts": {v: {str(h): c for h, c in hours.items()}
-                           for v, hours in covered.by_version.items()}}  # fmt: skip
+        covered = self._counts.copy()  # the total, less the live segment (which becomes `.1`)
+        covered.merge(self._current_counts, -1)
+        data = {"covers": self._segment - 1, "cells": covered.cells, "shadow": covered.shadow}
         tmp = self.snapshot.with_name(self.snapshot.name + ".tmp")
         tmp.write_text(json.dumps(data))
         with tmp.open("rb") as handle:
@@ -331,8 +434,19 @@ class FileOnline:
     async def _write(self, records: list[dict]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._append, records)
 
-    async def record(self, impressions: Sequence[Impression]) -> None:
-        await self._write([{"t": "list", **asdict(imp)} for imp in impressions])
+    async def record(
+        self, impressions: Sequence[Impression], shadowed: Sequence[Shadowed] = ()
+    ) -> None:
+        records = [{"t": "list", **asdict(imp)} for imp in impressions]
+        totals = Counts()
+        for seen in shadowed:
+            totals.add_shadow(seen.experiment, seen.version, 1, seen.overlap)
+        for key, (lists, overlap) in totals.shadow.items():
+            experiment, version = key.split("|", 1)
+            records.append({"t": "shadow", "experiment": experiment, "version": version,
+                            "lists": int(lists), "overlap": overlap})  # fmt: skip
+        if records:
+            await self._write(records)
 
     async def attribute(self, user, items, list_id, now) -> list[str]:
         if list_id is not None:
@@ -355,17 +469,40 @@ class FileOnline:
             listed = self._lists[rid]
             if not listed.clicked:
                 listed.clicked = True
-                clicks.append({"t": "click", "id": rid, "version": listed.version,
-                               "hour": listed.hour})  # fmt: skip
+                clicks.append({"t": "click", "id": rid, "cell": listed.cell})
         if clicks:
             await self._write(clicks)
         return ids
 
     async def counts(self) -> Counts:
-        return Counts({v: {h: list(c) for h, c in hours.items()}
-                       for v, hours in self._counts.by_version.items()})  # fmt: skip
+        return self._counts.copy()
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):  # AttributeError: read-only
             self._handle.close()
+
+
+def impressions_log(interactions_log: Path) -> Path:
+    """Where the file store keeps impressions: beside its interaction log."""
+    return interactions_log.with_name(interactions_log.name + ".impressions")
+
+
+def read_counts(redis_url: str | None, interactions_log: Path, timeout: float = 5.0) -> Counts:
+    """The online counts as the service keeps them (Redis, else the file store's log, read
+    only): for reports and the experiment commands, outside the service."""
+    if redis_url:
+
+        async def fetch() -> Counts:
+            client = aioredis.Redis.from_url(redis_url, socket_timeout=timeout)
+            try:
+                return await RedisOnline(client, 0, 0).counts()
+            finally:
+                await client.aclose()
+
+        return asyncio.run(fetch())
+    reader = FileOnline(impressions_log(interactions_log), 0, 0, read_only=True)
+    try:
+        return asyncio.run(reader.counts())
+    finally:
+        reader.close()

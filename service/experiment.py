@@ -1,0 +1,135 @@
+"""An experiment between two versions: the file every replica follows, and who sees what.
+
+`EXPERIMENT` in the models folder (beside CURRENT, written atomically like it) names a
+*candidate* version, the *share* of users it is for and whether it is only a *shadow*. The
+version CURRENT names is the *control*. A user's variant is a stable hash of the experiment's
+id and the user's id: the same user sees the same variant in every replica and across
+restarts, and the next experiment (a new id) draws its users afresh. In shadow mode nobody is
+served the candidate: it scores the share's users on the side, and how far its lists overlap
+the served ones is counted. Shared by the service and the `cddae models experiment` commands
+(stdlib only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from service.bundle import (
+    VERSION_NAME,
+    BundleError,
+    current_version,
+    models_lock,
+    replace_text,
+    verify_files,
+)
+
+EXPERIMENT = "EXPERIMENT"
+MAX_FILE_BYTES = 4096  # the file is a few lines; anything larger is not ours
+CONTROL, CANDIDATE = "control", "candidate"
+
+
+class ExperimentError(BundleError):
+    """The experiment file cannot be read, or the experiment cannot start or stop."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str  # drawn at start: the salt of the assignment
+    candidate: str
+    share: float  # of users, in (0, 1)
+    shadow: bool
+    started: str  # ISO time, UTC
+    control: str  # the version CURRENT named at the start (CURRENT may move on since)
+
+    def variant(self, unit: str) -> str:
+        """CANDIDATE for about `share` of units (users), CONTROL for the others; stable."""
+        return CANDIDATE if bucket(self.id, unit) < self.share else CONTROL
+
+    def arm(self, variant: str) -> str:
+        """How the counts name this experiment's variant: `<id>:<variant>`."""
+        return f"{self.id}:{variant}"
+
+    @property
+    def started_at(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.started)
+
+
+def bucket(salt: str, unit: str) -> float:
+    """A uniform number in [0, 1) from the salt and the unit, the same on every machine."""
+    digest = hashlib.sha256(f"{salt}\x00{unit}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def read_experiment(models_dir: Path) -> Experiment | None:
+    """The running experiment; None when there is none. A file that is not one (torn,
+    hand-edited, names no version) is an ExperimentError: the caller keeps what it had."""
+    path = models_dir / EXPERIMENT
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ExperimentError(f"cannot read {EXPERIMENT}: {error.strerror or error}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ExperimentError(f"{EXPERIMENT} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+        experiment = Experiment(
+            id=str(data["id"]),
+            candidate=str(data["candidate"]),
+            share=float(data["share"]),
+            shadow=bool(data["shadow"]),
+            started=str(data["started"]),
+            control=str(data["control"]),
+        )
+        experiment.started_at  # noqa: B018 — a time it can parse
+    except (ValueError, KeyError, TypeError) as error:
+        raise ExperimentError(f"{EXPERIMENT} is not an experiment: {error}") from None
+    _check(experiment.candidate, experiment.share)
+    return experiment
+
+
+def _check(candidate: str, share: float) -> None:
+    if not VERSION_NAME.fullmatch(candidate) or ".." in candidate:
+        raise ExperimentError(f"{candidate[:80]!r} is not a version name")
+    if not 0.0 < share < 1.0:
+        raise ExperimentError(f"share must be between 0 and 1 (exclusive), got {share}")
+
+
+def start_experiment(
+    models_dir: Path, candidate: str, share: float, shadow: bool = False
+) -> Experiment:
+    """Write the experiment file: the candidate's files are checked, it must not be the
+    version in service, and only one experiment runs at a time."""
+    _check(candidate, share)
+    with models_lock(models_dir):
+        if (running := read_experiment(models_dir)) is not None:
+            raise ExperimentError(
+                f"an experiment is running (candidate {running.candidate}); stop it first"
+            )
+        control = current_version(models_dir)
+        if control is None:
+            raise ExperimentError("no version in service (CURRENT) to compare the candidate with")
+        if candidate == control:
+            raise ExperimentError(f"{candidate} is the version in service already")
+        verify_files(models_dir / candidate)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        experiment = Experiment(secrets.token_hex(4), candidate, share, shadow, now, control)
+        replace_text(models_dir / EXPERIMENT, json.dumps(asdict(experiment), indent=2) + "\n")
+    return experiment
+
+
+def stop_experiment(models_dir: Path) -> Experiment:
+    """Remove the experiment file; the experiment it held (ExperimentError when none)."""
+    with models_lock(models_dir):
+        experiment = read_experiment(models_dir)
+        if experiment is None:
+            raise ExperimentError("no experiment is running")
+        (models_dir / EXPERIMENT).unlink()
+    return experiment
