@@ -71,8 +71,8 @@ class ModelHolder:
         if experiment.id != self._experiment_seen:
             self.refused.pop(experiment.candidate, None)
             self._experiment_seen = experiment.id
-        if experiment.candidate == self.model.version:  # promoted: both variants alike
-            self.trial = (experiment, self.model)
+        if experiment.candidate == self.model.version:  # promoted: nothing left to compare
+            self.trial = None
             return
         loaded = self.trial[1] if self.trial is not None else None
         if loaded is None or loaded.version != experiment.candidate or force:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from service import bundle
 from service.bundle import promote
 from training.data.prepared import ProtocolConfig, prepare
 from training.jobs.export import export_checkpoint
@@ -109,3 +110,19 @@ def server(request, base_models: Path, tmp_path_factory) -> Iterator[Server]:
     extra = {"CDDAE_MICRO_BATCH_MS": "2"} if request.param.endswith("microbatch") else {}
     with running(base_models, tmp_path_factory.mktemp(request.param), url, **extra) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def candidate_bundle(
+    base_models: Path, synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A second, different model's bundle folder (in a folder of its own: copy it beside the
+    base models' to run an experiment)."""
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    _, checkpoint = train_and_evaluate(
+        "cddae", prepared, model={"hidden": [8]}, train={"epochs": 2}, progress=False
+    )
+    folder = tmp_path_factory.mktemp("candidate")
+    candidate, _ = export_checkpoint(checkpoint, folder)
+    assert candidate != bundle.current_version(base_models)
+    return folder / candidate
