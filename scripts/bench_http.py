@@ -164,30 +164,58 @@ def measure_filters(
         time.sleep(1)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(client) -> float:
+    """Redis's own CPU time so far (INFO cpu): the share of the cores the service does not see."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def measure_online(
     models: Path, redis_url: str, work: Workload, rates: list[float], seconds: float,
-    results: dict,
+    results: dict, repeats: int = 3,
 ) -> None:  # fmt: skip
-    """What recording impressions costs: the Redis service with and without them, twice each
-    in turn (so that drift of the machine shows as the difference between repeats)."""
+    """What recording impressions costs: the Redis service with and without them, alternating
+    servers `repeats` times (so that drift of the machine shows between repeats); per run the
+    latency and the CPU per request of the service and of Redis; medians over the repeats."""
+    import statistics
+
     import redis
 
-    for repeat in (1, 2):
-        for label, flag in (("impressions on", "true"), ("impressions off", "false")):
-            redis.Redis.from_url(redis_url).flushdb()
+    client = redis.Redis.from_url(redis_url)
+    runs: dict[str, dict[str, list[dict]]] = {"on": {}, "off": {}}
+    for repeat in range(1, repeats + 1):
+        for label, flag in (("on", "true"), ("off", "false")):
+            client.flushdb()
             port = free_port()
             env = {"CDDAE_REDIS_URL": redis_url, "CDDAE_RECORD_IMPRESSIONS": flag}
-            with started(service_command(models, port), env, port):
-                name = f"service redis uncached GET, {label} #{repeat}"
-                measure(name, port, work.uncached_get, rates, seconds, results)
+            with started(service_command(models, port), env, port) as process:
+                name = f"service redis uncached GET, impressions {label} #{repeat}"
+                for rate in rates:
+                    cpu, redis_cpu = process_cpu_seconds(process.pid), redis_cpu_seconds(client)
+                    measure(name, port, work.uncached_get, [rate], seconds, results)
+                    summary = results[name][str(int(rate))]
+                    done = max(summary["requests"], 1)
+                    summary["service_cpu_ms_per_request"] = round(
+                        1000 * (process_cpu_seconds(process.pid) - cpu) / done, 3
+                    )
+                    summary["redis_cpu_ms_per_request"] = round(
+                        1000 * (redis_cpu_seconds(client) - redis_cpu) / done, 3)  # fmt: skip
+                    runs[label].setdefault(str(int(rate)), []).append(summary)
+    figures = ("p50", "p90", "p99", "service_cpu_ms_per_request", "redis_cpu_ms_per_request")
     for rate in (str(int(r)) for r in rates):
-        on = [results[f"service redis uncached GET, impressions on #{k}"][rate]["p99"]
-              for k in (1, 2)]  # fmt: skip
-        off = [results[f"service redis uncached GET, impressions off #{k}"][rate]["p99"]
-               for k in (1, 2)]  # fmt: skip
-        ratio = round(sum(on) / sum(off), 2)
-        results.setdefault("impressions_on_over_off_p99", {})[rate] = ratio
-        print(f"at {rate}/s: p99 with impressions / without = {ratio} (on {on}, off {off})")
+        medians = {label: {q: statistics.median(run[q] for run in runs[label][rate])
+                           for q in figures} for label in ("on", "off")}  # fmt: skip
+        ratios = {q: round(medians["on"][q] / medians["off"][q], 3) for q in ("p50", "p90", "p99")}
+        results.setdefault("impressions_medians", {})[rate] = medians
+        results.setdefault("impressions_on_over_off", {})[rate] = ratios
+        print(f"at {rate}/s, medians of {repeats}: on {medians['on']}\n  off {medians['off']}\n"
+              f"  on / off: {ratios}", flush=True)  # fmt: skip
 
 
 def saturate(name: str, port: int, make: Callable[[int], Request], results: dict) -> None:
@@ -268,6 +296,7 @@ def main() -> None:
         help="only: the Redis service's uncached GET with impressions recorded and without, "
         "alternating servers (on, off, on, off), each at every rate",
     )  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3, help="with --online: on/off pairs")
     parser.add_argument(
         "--workers", type=int, default=1, help="processes for the reference and Redis service"
     )
@@ -314,7 +343,8 @@ def main() -> None:
             saturate(label, port, make, results)
 
     if args.online:
-        measure_online(args.models_dir, args.redis_url, work, rates, args.seconds, results)
+        measure_online(args.models_dir, args.redis_url, work, rates, args.seconds, results,
+                       args.repeats)  # fmt: skip
         only = {"none"}
     if not only or "reference" in only:
         run_yardstick("reference", ["reference", "--workers", str(args.workers)], work.hot_get)

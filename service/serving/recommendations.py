@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -114,7 +115,7 @@ class Recommendations:
         self._pending: list[tuple[str, str, bytes]] = []  # cache writes not yet sent
         self._flusher: asyncio.Future[None] | None = None
         self.online = online
-        self._impressions: list[Impression] = []  # not yet recorded
+        self._impressions: list[_Served] = []  # answered, not yet recorded
         self._shadowed: list[Shadowed] = []  # shadow overlaps not yet recorded
         self._impressing: asyncio.Future[None] | None = None
         self._shadows = 0  # shadow scorings in flight
@@ -268,35 +269,41 @@ class Recommendations:
         self, answer: bytes, user: str | None, assigned: Assignment | None = None
     ) -> bytes:
         """The answer with its variant (null outside experiments) and its own
-        `recommendation_id` (cached or not), its impression queued: recorded in the
-        background, a moment's impressions in one round trip. Bounded: past
-        `MAX_PENDING_IMPRESSIONS` waiting, answers wait for the store (never dropped)."""
+        `recommendation_id` (cached or not), its impression queued: made and recorded in the
+        background, a moment's impressions in one round trip — the answer waits for neither.
+        Bounded: past `MAX_PENDING_IMPRESSIONS` waiting, answers wait for the store (never
+        dropped)."""
         variant = assigned.variant if assigned is not None else None
         tail = b',"variant":"%s"' % variant.encode() if variant else b',"variant":null'
         if self.online is None:
             return answer[:-1] + tail + b"}"
         list_id = uuid.uuid4().hex
-        version = json.loads(_VERSION.match(answer).group(1))  # type: ignore[union-attr]
-        items = tuple(json.loads(match) for match in _ITEM_ID.findall(answer))
-        arm = assigned.arm if assigned is not None else None
-        impression = Impression(list_id, user, version, variant, items, time.time(), arm)
         while len(self._impressions) >= MAX_PENDING_IMPRESSIONS and self._impressing:
             await asyncio.shield(self._impressing)
-        self._impressions.append(impression)
+        arm = assigned.arm if assigned is not None else None
+        self._impressions.append((list_id, user, variant, arm, time.time(), answer))
         self._flush_soon()
-        self.metrics.lists.labels(version).inc()
         return answer[:-1] + tail + b',"recommendation_id":"%s"}' % list_id.encode()
 
     def _flush_soon(self) -> None:
         if self._impressing is None or self._impressing.done():
             self._impressing = asyncio.ensure_future(self._flush_impressions())
 
+    def _impression(self, served: _Served) -> Impression:
+        list_id, user, variant, arm, at, answer = served
+        version = json.loads(_VERSION.match(answer).group(1))  # type: ignore[union-attr]
+        items = tuple(json.loads(match) for match in _ITEM_ID.findall(answer))
+        return Impression(list_id, user, version, variant, items, at, arm)
+
     async def _flush_impressions(self) -> None:
         assert self.online is not None
         while self._impressions or self._shadowed:
             await asyncio.sleep(0)  # let the answers of this moment join
-            batch, self._impressions = self._impressions, []
+            served, self._impressions = self._impressions, []
             shadowed, self._shadowed = self._shadowed, []
+            batch = [self._impression(s) for s in served]
+            for version, count in Counter(imp.version for imp in batch).items():
+                self.metrics.lists.labels(version).inc(count)
             try:
                 await self.online.record(batch, shadowed)
             except StoreUnavailable:
@@ -773,6 +780,10 @@ class Recommendations:
         key = cache_key(model.version, f"similar:{view.generation}:{item_id}")
         field = self._field(n, True, exclude, conditions)
         return await self._cached(key, field, compute, await self.cache.get(key, field))
+
+
+# An answer served, as its impression waits to be made: (id, user, variant, arm, time, answer)
+_Served = tuple[str, str | None, str | None, str | None, float, bytes]
 
 
 class _Ask(NamedTuple):
