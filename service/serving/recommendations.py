@@ -17,12 +17,12 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from service.experiment import CANDIDATE, CONTROL
+from service.experiment import CANDIDATE, CONTROL, Experiment
 from service.features import FeatureError
 from service.serving.batcher import MicroBatcher
 from service.serving.catalogue import NO_FILTERS, CatalogueView, ItemInfo, valued_fields
@@ -144,9 +144,9 @@ class Recommendations:
         variant = experiment.variant(user_id)
         if experiment.shadow:
             shadow = candidate if variant == CANDIDATE and candidate is not model else None
-            return Assignment(model, CONTROL, experiment.arm(CONTROL), shadow, experiment.id)
+            return Assignment(model, experiment, CONTROL, shadow)
         served = candidate if variant == CANDIDATE else model
-        return Assignment(served, variant, experiment.arm(variant))
+        return Assignment(served, experiment, variant)
 
     # --- the catalogue as served ---------------------------------------------------------------
 
@@ -323,7 +323,7 @@ class Recommendations:
         if not served:
             return
         self._shadows += 1
-        candidate, experiment = assigned.shadow, assigned.experiment
+        candidate, experiment = assigned.shadow, assigned.experiment.id
 
         async def score() -> None:
             try:
@@ -404,7 +404,13 @@ class Recommendations:
         served)."""
         assigned = self.assigned(user_id)
         ask = _Ask(n, exclude_seen, tuple(exclude), tuple(filters))
-        answer = await self._user_answer(assigned.model, user_id, *ask)
+        try:
+            answer = await self._user_answer(assigned.model, user_id, *ask)
+        except NotFound:  # a candidate that does not know a user the version in service knows
+            if assigned.model is self.model():
+                raise
+            assigned = replace(assigned, model=self.model(), variant=CONTROL)
+            answer = await self._user_answer(assigned.model, user_id, *ask)
         served = await self._serve(answer, user_id, assigned)
         self._shadow(answer, user_id, assigned, ask)
         return served
@@ -541,7 +547,7 @@ class Recommendations:
             view, _ = await self.view(model)
             found = view.lookup(unknown)
             unknown = [item for item, at in zip(unknown, found, strict=True) if at < 0]
-        if user_id not in model.user_index:
+        if all(user_id not in m.user_index for m in self.models()):  # an experiment's too
             state = await self.store.user_state(user_id)  # unreadable: 503, not "unknown"
             if state.profile is None and not state.added:
                 raise NotFound(
@@ -801,10 +807,15 @@ class Assignment:
     in shadow mode, the candidate that scores the user on the side."""
 
     model: Model
+    experiment: Experiment | None = None
     variant: str | None = None
-    arm: str | None = None
     shadow: Model | None = None
-    experiment: str | None = None
+
+    @property
+    def arm(self) -> str | None:
+        if self.experiment is None or self.variant is None:
+            return None
+        return self.experiment.arm(self.variant)
 
 
 def _small(request: AdHocUser) -> bool:
