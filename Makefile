@@ -6,7 +6,7 @@ MODELS_DIR ?= models
 RUN_DIR ?= runs/cddae
 PORT ?= 8000
 
-.PHONY: run test install contract faults compose-test
+.PHONY: run test install contract faults compose-test ui-test
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,3 +37,8 @@ faults: install
 # The deployment for real (docker.io, debootstrap, docker-compose; first run ~15 min): scripts/compose_test.py
 compose-test: install
 	$(BIN)/python scripts/compose_test.py
+
+# The admin page (/ui/) in headless chromium: screenshots into docs/ui/, checked for errors and
+# layout (about a minute; needs `chromium`): scripts/ui_screenshots.py
+ui-test: install
+	$(BIN)/python scripts/ui_screenshots.py

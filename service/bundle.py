@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -275,18 +275,14 @@ def rollback(models_dir: Path) -> str:
     return previous
 
 
-def gc(models_dir: Path, keep: int) -> list[str]:
-    """Remove all versions but the newest `keep` and the current one, staging folders of dead
-    writers, and event segments no remaining version uses; return the removed versions."""
+def gc(models_dir: Path, keep: int, pinned: Collection[str] = ()) -> list[str]:
+    """Remove all versions but the newest `keep`, the current one and the `pinned` ones (a
+    running experiment's: service.experiment.collect), staging folders of dead writers, and
+    event segments no remaining version uses; return the removed versions."""
     with models_lock(models_dir):
         versions = list_versions(models_dir)
         current = current_version(models_dir)
-        keep_set = set(versions[-keep:] if keep > 0 else []) | {current}
-        from service.experiment import ExperimentError, read_experiment
-
-        with contextlib.suppress(ExperimentError):  # a running experiment's versions stay
-            if (experiment := read_experiment(models_dir)) is not None:
-                keep_set |= {experiment.candidate, experiment.control}
+        keep_set = set(versions[-keep:] if keep > 0 else []) | {current} | set(pinned)
         removed = [v for v in versions if v not in keep_set]
         for version in removed:
             shutil.rmtree(models_dir / version)

@@ -23,6 +23,7 @@ from service.bundle import (
     VERSION_NAME,
     BundleError,
     current_version,
+    gc,
     models_lock,
     replace_text,
     verify_files,
@@ -133,3 +134,11 @@ def stop_experiment(models_dir: Path) -> Experiment:
             raise ExperimentError("no experiment is running")
         (models_dir / EXPERIMENT).unlink()
     return experiment
+
+
+def collect(models_dir: Path, keep: int) -> list[str]:
+    """`bundle.gc`, keeping both versions of a running experiment (of an unreadable experiment
+    file, nothing is removed: it may name any version)."""
+    experiment = read_experiment(models_dir)
+    pinned = {experiment.candidate, experiment.control} if experiment is not None else set()
+    return gc(models_dir, keep, pinned)

@@ -17,6 +17,7 @@ from service.experiment import (
     Experiment,
     ExperimentError,
     bucket,
+    collect,
     read_experiment,
     start_experiment,
     stop_experiment,
@@ -65,7 +66,7 @@ def test_start_status_stop_and_their_refusals(tmp_path: Path) -> None:
     assert (started.control, started.candidate, started.shadow) == (control, candidate, True)
     with pytest.raises(ExperimentError, match="an experiment is running"):
         start_experiment(tmp_path, candidate, 0.3)
-    assert bundle.gc(tmp_path, keep=0) == []  # both versions of a running experiment stay
+    assert collect(tmp_path, keep=0) == []  # both versions of a running experiment stay
     assert stop_experiment(tmp_path) == started
     with pytest.raises(ExperimentError, match="no experiment"):
         stop_experiment(tmp_path)
@@ -99,7 +100,7 @@ def test_the_difference_interval_is_newcombes() -> None:
 
 
 def _impression(k: int, arm: str | None, version: str, variant: str | None) -> Impression:
-    return Impression(f"{k:032x}", f"u{k}", version, variant, (str(k),), 1_764_000_000 + k, arm)
+    return Impression(f"{k:032x}", f"u{k}", version, variant, f'["{k}"]', 1_764_000_000 + k, arm)
 
 
 def test_arms_and_shadow_counts_survive_restarts_and_rotations(tmp_path: Path) -> None:
@@ -132,3 +133,35 @@ def test_arms_and_shadow_counts_survive_restarts_and_rotations(tmp_path: Path) -
     by_version = counts.by_version
     assert sum(c[0] for c in by_version["v1"].values()) == 41  # every arm, and none
     assert path.stat().st_size > 0 and not any(tmp_path.glob("*.tmp"))
+
+
+def test_the_online_report_names_variants_and_plots_one_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main
+
+    models = tmp_path / "models"
+    control, candidate = _versions(models)
+    experiment = start_experiment(models, candidate, 0.5)
+    log = tmp_path / "interactions.jsonl"
+    store = FileOnline(log.with_name(log.name + ".impressions"), window=10**9, retain_bytes=10**9)
+
+    async def served() -> None:
+        for k in range(10):
+            variant = "candidate" if k % 2 else "control"
+            version = candidate if k % 2 else control
+            await store.record([_impression(k, experiment.arm(variant), version, variant)])
+        await store.attribute("u1", ["1"], None, 1_764_000_100)
+
+    asyncio.run(served())
+    store.close()
+    monkeypatch.setenv("CDDAE_REDIS_URL", "")
+    monkeypatch.setenv("CDDAE_INTERACTIONS_LOG", str(log))
+    plot, table = tmp_path / "online.png", tmp_path / "online.json"
+    assert main(["report", "online", "--models-dir", str(models), "--plot", str(plot),
+                 "--json", str(table)]) == 0  # fmt: skip
+    rows = {r["version"]: r for r in json.loads(table.read_text())["versions"]}
+    assert rows[candidate]["variant"] == "candidate" and rows[control]["variant"] == "control"
+    assert (rows[candidate]["lists"], rows[candidate]["clicked_lists"]) == (5, 1)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert candidate in capsys.readouterr().out

@@ -4,6 +4,7 @@ crash in the middle of a rotation; attribution by id and by window; Wilson inter
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from service.state.stats import online_table, wilson
 
 
 def _impression(k: int, user: str | None = "u1", version: str = "v1") -> Impression:
-    return Impression(f"{k:032x}", user, version, None, (str(k), str(k + 1)), 1_764_000_000 + k)
+    return Impression(
+        f"{k:032x}", user, version, None, json.dumps([str(k), str(k + 1)]), 1_764_000_000 + k
+    )
 
 
 def _totals(store: FileOnline) -> tuple[int, int]:
@@ -137,3 +140,40 @@ def test_wilson_intervals_stay_in_bounds_and_narrow_with_counts() -> None:
     assert wilson(500, 1000)[1] - wilson(500, 1000)[0] < high - low
     table = online_table(None)
     assert table == {}
+
+
+def test_redis_attribution_reads_records_and_the_earlier_layout() -> None:
+    """Records are JSON strings; a list recorded by the earlier layout (a hash, its items in a
+    set) is still attributed within its window, and a list is clicked once."""
+    import redis
+
+    from service.state.cache import redis_client
+    from service.state.online import COUNTS, RedisOnline
+
+    url = "redis://127.0.0.1:6379/11"
+    sync = redis.Redis.from_url(url)
+    sync.flushdb()
+    sync.hset("cddae:list:" + "f" * 32, mapping={"user": "u1", "version": "v0", "variant": "",
+                                                 "hour": "490000", "clicked": "0"})  # fmt: skip
+    sync.sadd("cddae:list:" + "f" * 32 + ":items", "old-item")
+    sync.zadd("cddae:user:u1:lists", {"f" * 32: 1_764_000_000})
+
+    async def scenario() -> tuple[list[str], ...]:
+        client = redis_client(url, 2.0)
+        store = RedisOnline(client, window=10**9, retain=1000)
+        await store.record([_impression(k) for k in range(3)])
+        by_id = await store.attribute("u1", ["1"], f"{1:032x}", 1_764_000_100)
+        again = await store.attribute("u1", ["1"], f"{1:032x}", 1_764_000_100)
+        by_window = await store.attribute("u1", ["3", "old-item", "nowhere"], None, 1_764_000_100)
+        with pytest.raises(UnknownList):
+            await store.attribute("u2", ["1"], f"{1:032x}", 1_764_000_100)
+        counts = await store.counts()
+        await client.aclose()
+        return by_id, again, by_window, [counts.by_version]
+
+    by_id, again, by_window, (by_version,) = asyncio.run(scenario())
+    assert by_id == again == [f"{1:032x}"]
+    assert by_window == [f"{2:032x}", "f" * 32]  # the newest list holding "3"; the old one
+    assert by_version["v1"] == {490000: [3, 2]} and by_version["v0"] == {490000: [0, 1]}
+    assert sync.xlen("cddae:impressions") == 3 and sync.hlen(COUNTS[0]) == 1
+    sync.flushdb()

@@ -17,7 +17,7 @@ MAX_MODULES_PER_FOLDER = 12
 # Rank of each room: a module may import its own room and rooms of a lower rank only.
 RANKS = {
     "service.bundle": 0, "service.features": 0, "service.item_path": 0, "service.ids": 0,
-    "service.config": 0, "service.telemetry": 0,
+    "service.config": 0, "service.telemetry": 0, "service.experiment": 0,
     "service.state": 1,
     "service.serving": 2,
     "service.api": 3,

@@ -267,7 +267,9 @@ def cmd_models(args: argparse.Namespace) -> None:
         _refuse_if_before_trim(models_dir, bundle.rollback_target(models_dir)[0], args.force)
         print(f"rolled back to {bundle.rollback(models_dir)}")
     elif args.action == "gc":
-        removed = bundle.gc(models_dir, args.keep)
+        from service.experiment import collect
+
+        removed = collect(models_dir, args.keep)  # a running experiment's versions stay
         print(f"removed {len(removed)} version(s): {' '.join(removed) or '-'}")
 
 

@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from service.api.app_state import AppState
 from service.api.log_filters import quiet_invalid_requests
 from service.api.middleware import BodyLimit, RequestMetrics
 from service.api.routes import router
+from service.api.ui import STATIC as UI_STATIC
+from service.api.ui import router as ui_router
 from service.config import Settings
 from service.serving.batcher import MicroBatcher
 from service.serving.catalogue import valued_fields
@@ -106,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(405, method_not_allowed)
     app.include_router(router)
+    app.include_router(ui_router)  # the admin page, /ui/
+    app.mount("/ui/static", StaticFiles(directory=UI_STATIC), name="ui-static")
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -364,6 +364,7 @@ async def get_stats_online(
     _admin(state, authorization)
     online = state.recommendations.online
     try:
+        await state.recommendations.recorded()  # this replica's queue first
         counts = await online.counts() if online is not None else None
     except StoreUnavailable as error:
         raise _http_error(error) from None

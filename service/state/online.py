@@ -24,7 +24,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -50,9 +50,26 @@ class Impression:
     user: str | None  # None: an ad-hoc list (POST /score, similar items)
     version: str
     variant: str | None  # "control" | "candidate" while an experiment runs
-    items: tuple[str, ...]
+    items_json: str  # the items listed, a JSON array (as the answer held them: never re-encoded)
     time: float
     arm: str | None = None  # the experiment's variant as counted: "<experiment id>:<variant>"
+
+    @property
+    def items(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.items_json))
+
+    def json(self) -> str:
+        """The impression as one JSON object (the Redis record and stream entry)."""
+        head = json.dumps({"id": self.id, "user": self.user, "version": self.version,
+                           "variant": self.variant, "arm": self.arm, "cell": self.cell,
+                           "time": self.time}, separators=(",", ":"))  # fmt: skip
+        return f'{head[:-1]},"items":{self.items_json}}}'
+
+    def record(self) -> dict:
+        """As the file store writes it."""
+        return {"id": self.id, "user": self.user, "version": self.version,
+                "variant": self.variant, "items": list(self.items), "time": self.time,
+                "arm": self.arm}  # fmt: skip
 
     @property
     def hour(self) -> int:
@@ -152,67 +169,71 @@ class Online(Protocol):
 
 # --- Redis -------------------------------------------------------------------------------------
 
-# A moment's impressions in one call. Each: its record (expiring with the window; the items as
-# JSON, read by attribution), the user's recent lists (capped), its count and a stream entry.
-# KEYS: lists counts, stream. ARGV: window, user cap, stream cap, record prefix, then seven per
-# impression: id, user, version, variant, time, cell, items JSON.
+# A moment's impressions in one call. Each: its record (a JSON string expiring with the
+# window: user, version, variant, cell, items…), the user's recent lists (capped), a stream
+# entry; then the counts, one HINCRBY per cell. KEYS: lists counts, stream. ARGV: window, user
+# cap, stream cap, record prefix, then five per impression: id, user, time, cell, record.
 _RECORD = """
 local window, cap, retain, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-for k = 5, #ARGV, 7 do
-  local id, user, version, variant = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3]
-  local at, cell, items = ARGV[k + 4], ARGV[k + 5], ARGV[k + 6]
-  local key = prefix .. id
-  redis.call('hset', key, 'user', user, 'version', version, 'variant', variant, 'cell', cell,
-             'clicked', '0', 'items', items)
-  redis.call('expire', key, window)
+local cells = {}
+for k = 5, #ARGV, 5 do
+  local id, user, at, cell, record = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
+  redis.call('set', prefix .. id, record, 'EX', window)
   if user ~= '' then
     local lists = 'cddae:user:' .. user .. ':lists'
     redis.call('zadd', lists, at, id)
     if redis.call('zcard', lists) > cap then redis.call('zremrangebyrank', lists, 0, -cap - 1) end
     redis.call('expire', lists, window)
   end
-  redis.call('hincrby', KEYS[1], cell, 1)
-  redis.call('xadd', KEYS[2], 'MAXLEN', '~', retain, '*', 'id', id, 'user', user,
-             'version', version, 'variant', variant, 'time', at, 'items', items)
+  cells[cell] = (cells[cell] or 0) + 1
+  redis.call('xadd', KEYS[2], 'MAXLEN', '~', retain, '*', 'impression', record)
 end
+for cell, n in pairs(cells) do redis.call('hincrby', KEYS[1], cell, n) end
 return 1
 """
 
 # Attribution, all in one step. KEYS: the user's lists, clicked counts. ARGV: user, now,
 # window, list id or '', record key prefix, then the items. Returns the attributed ids, or
-# {'!unknown'} when the named list is not this user's (nor a list served to nobody).
+# {'!unknown'} when the named list is not this user's (nor a list served to nobody). A list is
+# clicked once: its `:clicked` key (SET NX) decides.
 _ATTRIBUTE = """
-local function mark(id)
-  local key = ARGV[5] .. id
-  if redis.call('hget', key, 'clicked') == '0' then
-    redis.call('hset', key, 'clicked', '1')
-    local cell = redis.call('hget', key, 'cell')
-    if not cell then  -- a record from before cells: version|hour
-      cell = redis.call('hget', key, 'version') .. '|' .. redis.call('hget', key, 'hour')
-    end
-    redis.call('hincrby', KEYS[2], cell, 1)
+local prefix, window = ARGV[5], ARGV[3]
+local function load(id)  -- {user, cell, items}, or nil when the list is gone
+  local key = prefix .. id
+  local kind = redis.call('type', key).ok
+  if kind == 'string' then
+    local r = cjson.decode(redis.call('get', key))
+    return {r.user or '', r.cell, r.items}
+  elseif kind == 'hash' then  -- a record of the earlier layout (fields, items in a set)
+    local f = redis.call('hmget', key, 'user', 'cell', 'version', 'hour')
+    return {f[1], f[2] or (f[3] .. '|' .. f[4]), redis.call('smembers', key .. ':items')}
+  end
+  return nil
+end
+local function mark(id, list)
+  if redis.call('set', prefix .. id .. ':clicked', '1', 'NX', 'EX', window) then
+    redis.call('hincrby', KEYS[2], list[2], 1)
   end
 end
 if ARGV[4] ~= '' then
-  local owner = redis.call('hget', ARGV[5] .. ARGV[4], 'user')
-  if not owner or (owner ~= '' and owner ~= ARGV[1]) then return {'!unknown'} end
-  mark(ARGV[4])
+  local list = load(ARGV[4])
+  if not list or (list[1] ~= '' and list[1] ~= ARGV[1]) then return {'!unknown'} end
+  mark(ARGV[4], list)
   return {ARGV[4]}
 end
-local ids = redis.call('zrevrangebyscore', KEYS[1], '+inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
-local held = {}  -- list id → the set of its items, decoded once
+local ids = redis.call('zrevrangebyscore', KEYS[1], '+inf', tonumber(ARGV[2]) - tonumber(window))
+local lists, held = {}, {}  -- list id → its record; → the set of its items
 local out, seen = {}, {}
 for k = 6, #ARGV do
   for _, id in ipairs(ids) do
-    if held[id] == nil then
-      held[id] = {}
-      local items = redis.call('hget', ARGV[5] .. id, 'items')
-      if items then
-        for _, item in ipairs(cjson.decode(items)) do held[id][item] = true end
+    if lists[id] == nil then
+      lists[id], held[id] = load(id) or false, {}
+      if lists[id] then
+        for _, item in ipairs(lists[id][3]) do held[id][item] = true end
       end
     end
     if held[id][ARGV[k]] then
-      mark(id)
+      mark(id, lists[id])
       if not seen[id] then seen[id] = true; out[#out + 1] = id end
       break
     end
@@ -236,8 +257,7 @@ class RedisOnline:
     ) -> None:
         args: list = [int(self.window), USER_LISTS, self.retain, RECORD_PREFIX]
         for imp in impressions:
-            args += [imp.id, imp.user or "", imp.version, imp.variant or "", imp.time,
-                     imp.cell, json.dumps(imp.items)]  # fmt: skip
+            args += [imp.id, imp.user or "", imp.time, imp.cell, imp.json()]
         try:
             if impressions:
                 await self._record(keys=[COUNTS[0], IMPRESSIONS], args=args)
@@ -365,7 +385,7 @@ class FileOnline:
     def _apply(self, record: dict, segment: Counts) -> None:
         if record["t"] == "list":
             imp = Impression(record["id"], record["user"], record["version"],
-                             record["variant"], tuple(record["items"]), record["time"],
+                             record["variant"], json.dumps(record["items"]), record["time"],
                              record.get("arm"))  # fmt: skip
             for counts in (self._counts, segment):
                 counts.add(imp.cell, lists=1)
@@ -437,7 +457,7 @@ class FileOnline:
     async def record(
         self, impressions: Sequence[Impression], shadowed: Sequence[Shadowed] = ()
     ) -> None:
-        records = [{"t": "list", **asdict(imp)} for imp in impressions]
+        records = [{"t": "list", **imp.record()} for imp in impressions]
         totals = Counts()
         for seen in shadowed:
             totals.add_shadow(seen.experiment, seen.version, 1, seen.overlap)

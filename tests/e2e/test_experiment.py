@@ -14,6 +14,7 @@ import redis
 
 from service import bundle
 from service.experiment import CANDIDATE, read_experiment
+from service.serving.recommendations import IMPRESSION_BATCH_SECONDS
 from tests.e2e.conftest import ADMIN_TOKEN, REDIS_URL, Server
 from training.cli import main
 
@@ -56,6 +57,7 @@ def _get(server: Server, user: str) -> dict:
 
 
 def _stats(server: Server) -> dict:
+    time.sleep(4 * IMPRESSION_BATCH_SECONDS)  # every replica's queued impressions recorded
     response = httpx.get(f"{server.url}/stats/online", headers=AUTH, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()

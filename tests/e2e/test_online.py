@@ -5,18 +5,23 @@ replicas and restarts — real uvicorn processes, both stores."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from service.serving.recommendations import IMPRESSION_BATCH_SECONDS
 from tests.e2e.conftest import ADMIN_TOKEN, REDIS_URL, Server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _stats(url: str) -> dict:
+    """The counts, once every replica's queued impressions have reached the store (each
+    replica records within IMPRESSION_BATCH_SECONDS)."""
+    time.sleep(4 * IMPRESSION_BATCH_SECONDS)
     response = httpx.get(f"{url}/stats/online", headers=AUTH, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()["versions"]

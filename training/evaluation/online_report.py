@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from service import bundle
-from service.experiment import Experiment
+from service.experiment import CANDIDATE, CONTROL, Experiment, ExperimentError, read_experiment
 from service.state.online import Counts
 from service.state.stats import experiment_summary, online_table, wilson
 
@@ -59,8 +59,14 @@ def experiment_status(counts: Counts, experiment: Experiment) -> str:
 def online_rows(models_dir: Path, counts: Counts, since: dt.datetime | None) -> list[dict]:
     """One row per version with online figures: its online rate and interval, and the offline
     P@10 / R@10 its manifest records."""
+    variants: dict[str, str] = {}
+    with contextlib.suppress(ExperimentError):
+        if (experiment := read_experiment(models_dir)) is not None:
+            current = bundle.current_version(models_dir)
+            variants = {experiment.control: CONTROL, **({current: CONTROL} if current else {}),
+                        experiment.candidate: CANDIDATE}  # fmt: skip
     rows = []
-    for version, row in online_table(counts, since).items():
+    for version, row in online_table(counts, since, variants).items():
         offline: dict[str, Any] = {}
         with contextlib.suppress(bundle.BundleError, OSError):  # a version since removed:
             offline = bundle.read_manifest(models_dir / version).get("metrics", {})  # counts
@@ -95,6 +101,7 @@ def plot_rates(counts: Counts, since: dt.datetime | None, path: Path, hours: int
 
     first = int(since.timestamp() // 3600) if since is not None else None
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    spans: list[dt.datetime] = []
     for version, by_hour in sorted(counts.by_version.items()):
         buckets: dict[int, list[int]] = {}
         for hour, (lists, clicked) in by_hour.items():
@@ -109,9 +116,14 @@ def plot_rates(counts: Counts, since: dt.datetime | None, path: Path, hours: int
         times = [dt.datetime.fromtimestamp(h * 3600, dt.UTC) for h in keys]
         rates = [buckets[h][1] / buckets[h][0] if buckets[h][0] else 0.0 for h in keys]
         bands = [wilson(buckets[h][1], buckets[h][0]) for h in keys]
-        line = ax.plot(times, rates, marker="o", label=version)[0]
-        ax.fill_between(times, [b[0] for b in bands], [b[1] for b in bands],
-                        color=line.get_color(), alpha=0.2)  # fmt: skip
+        below = [r - b[0] for r, b in zip(rates, bands, strict=True)]
+        above = [b[1] - r for r, b in zip(rates, bands, strict=True)]
+        ax.errorbar(times, rates, yerr=[below, above], marker="o", capsize=4, label=version)
+        spans.extend(times)
+    if spans:  # a day at least, or one hour's point fills the axis with years
+        low, high = min(spans), max(spans)
+        pad = max((high - low) * 0.05, dt.timedelta(hours=12))
+        ax.set_xlim(low - pad, high + pad)
     ax.set_ylabel("clicked lists / lists")
     ax.set_xlabel("time (UTC)")
     ax.set_title("Online rate per version (95% Wilson intervals)")
