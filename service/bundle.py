@@ -33,10 +33,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -216,14 +217,31 @@ _SEGMENT = re.compile(r"[0-9a-f]{8}-[0-9-]+\.jsonl")  # <store tag>-<mark>-<mark
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def read_small_file(path: Path, limit: int) -> bytes:
+    """A small file's bytes, refusing what is not a regular file (a FIFO would block the
+    reader for good, a device never ends) or is larger than `limit` (BundleError).
+    FileNotFoundError when there is none."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BundleError(f"{path.name} is not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise BundleError(f"{path.name} is larger than {limit} bytes")
+    return data
+
+
 def current_version(models_dir: Path) -> str | None:
     """The version CURRENT names; None when there is no CURRENT yet. A CURRENT that is blank
     or names no plain folder (`../x`, a path, garbage bytes) is a BundleError: bookkeeping
     must stop there, never read it as "nothing in service" and start from scratch."""
     try:
-        text = (models_dir / CURRENT).read_text(encoding="utf-8", errors="replace").strip()
+        raw = read_small_file(models_dir / CURRENT, 4096)
     except FileNotFoundError:
         return None
+    text = raw.decode("utf-8", errors="replace").strip()
     if not text:
         raise BundleError(f"{CURRENT} is blank: name the version in service, or remove it")
     if not VERSION_NAME.fullmatch(text) or ".." in text:
@@ -241,13 +259,18 @@ def promotion_history(models_dir: Path) -> list[str]:
 def promote(models_dir: Path, version: str) -> None:
     """Point CURRENT at `version` (checked first), then record the promotion in HISTORY: the
     pointer is what serves, so it is never behind the record."""
+    with models_lock(models_dir):
+        promote_locked(models_dir, version)
+
+
+def promote_locked(models_dir: Path, version: str) -> None:
+    """`promote`, for a caller that holds the folder's lock (and does more in the same step)."""
     if not VERSION_NAME.fullmatch(version) or ".." in version:
         raise BundleError(f"{version[:80]!r} is not a version name")
-    with models_lock(models_dir):
-        verify_files(models_dir / version)
-        history = promotion_history(models_dir)
-        replace_text(models_dir / CURRENT, version + "\n")
-        replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
+    verify_files(models_dir / version)
+    history = promotion_history(models_dir)
+    replace_text(models_dir / CURRENT, version + "\n")
+    replace_text(models_dir / HISTORY, "\n".join([*history, version]) + "\n")
 
 
 def rollback_target(models_dir: Path) -> tuple[str, list[str]]:
@@ -275,14 +298,17 @@ def rollback(models_dir: Path) -> str:
     return previous
 
 
-def gc(models_dir: Path, keep: int, pinned: Collection[str] = ()) -> list[str]:
-    """Remove all versions but the newest `keep`, the current one and the `pinned` ones (a
-    running experiment's: service.experiment.collect), staging folders of dead writers, and
-    event segments no remaining version uses; return the removed versions."""
+def gc(
+    models_dir: Path, keep: int, pinned: Callable[[], Collection[str]] = lambda: ()
+) -> list[str]:
+    """Remove all versions but the newest `keep`, the current one and those `pinned` names
+    (read under the lock: a running experiment's, service.experiment.collect), staging folders
+    of dead writers, and event segments no remaining version uses; return the removed
+    versions."""
     with models_lock(models_dir):
         versions = list_versions(models_dir)
         current = current_version(models_dir)
-        keep_set = set(versions[-keep:] if keep > 0 else []) | {current} | set(pinned)
+        keep_set = set(versions[-keep:] if keep > 0 else []) | {current} | set(pinned())
         removed = [v for v in versions if v not in keep_set]
         for version in removed:
             shutil.rmtree(models_dir / version)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from service.bundle import (
     current_version,
     gc,
     models_lock,
+    promote_locked,
+    read_small_file,
     replace_text,
     verify_files,
 )
@@ -68,30 +71,35 @@ def bucket(salt: str, unit: str) -> float:
 
 def read_experiment(models_dir: Path) -> Experiment | None:
     """The running experiment; None when there is none. A file that is not one (torn,
-    hand-edited, names no version) is an ExperimentError: the caller keeps what it had."""
-    path = models_dir / EXPERIMENT
+    hand-edited, names no version, a FIFO) is an ExperimentError: the caller keeps what it
+    had."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
+        raw = read_small_file(models_dir / EXPERIMENT, MAX_FILE_BYTES)
     except FileNotFoundError:
         return None
+    except BundleError as error:
+        raise ExperimentError(str(error)) from None
     except OSError as error:
         raise ExperimentError(f"cannot read {EXPERIMENT}: {error.strerror or error}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ExperimentError(f"{EXPERIMENT} is larger than {MAX_FILE_BYTES} bytes")
     try:
         data = json.loads(raw)
-        experiment = Experiment(
-            id=str(data["id"]),
-            candidate=str(data["candidate"]),
-            share=float(data["share"]),
-            shadow=bool(data["shadow"]),
-            started=str(data["started"]),
-            control=str(data["control"]),
-        )
-        experiment.started_at  # noqa: B018 — a time it can parse
+        fields = {name: data[name] for name in ("id", "candidate", "started", "control")}
+        share, shadow = data["share"], data["shadow"]
     except (ValueError, KeyError, TypeError) as error:
         raise ExperimentError(f"{EXPERIMENT} is not an experiment: {error}") from None
+    if not all(isinstance(v, str) for v in fields.values()):
+        raise ExperimentError(f"{EXPERIMENT}: id, candidate, started and control are text")
+    if isinstance(share, bool) or not isinstance(share, int | float):
+        raise ExperimentError(f"{EXPERIMENT}: share is a number, got {share!r}")
+    if not isinstance(shadow, bool):
+        raise ExperimentError(f"{EXPERIMENT}: shadow is true or false, got {shadow!r}")
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", fields["id"]):
+        raise ExperimentError(f"{EXPERIMENT}: id {fields['id'][:80]!r} is not an experiment id")
+    experiment = Experiment(share=float(share), shadow=shadow, **fields)
+    try:
+        experiment.started_at  # noqa: B018 — a time it can parse
+    except ValueError as error:
+        raise ExperimentError(f"{EXPERIMENT}: started is not a time: {error}") from None
     _check(experiment.candidate, experiment.share)
     return experiment
 
@@ -126,19 +134,35 @@ def start_experiment(
     return experiment
 
 
-def stop_experiment(models_dir: Path) -> Experiment:
-    """Remove the experiment file; the experiment it held (ExperimentError when none)."""
+def stop_experiment(models_dir: Path, promote: Experiment | None = None) -> Experiment | None:
+    """Remove the experiment file; the experiment it held (None when the file could not be
+    read: an unreadable file is removed all the same, so that a hand's mistake can be undone
+    with the command). `promote`: the experiment the caller read — its candidate is put in
+    service in the same locked step, refused if the file changed since."""
     with models_lock(models_dir):
-        experiment = read_experiment(models_dir)
-        if experiment is None:
-            raise ExperimentError("no experiment is running")
+        try:
+            experiment = read_experiment(models_dir)
+        except ExperimentError:
+            if promote is not None:
+                raise
+            experiment = None
+        else:
+            if experiment is None:
+                raise ExperimentError("no experiment is running")
+        if promote is not None:
+            if experiment != promote:
+                raise ExperimentError("the experiment changed meanwhile: nothing promoted")
+            promote_locked(models_dir, promote.candidate)
         (models_dir / EXPERIMENT).unlink()
     return experiment
 
 
 def collect(models_dir: Path, keep: int) -> list[str]:
-    """`bundle.gc`, keeping both versions of a running experiment (of an unreadable experiment
-    file, nothing is removed: it may name any version)."""
-    experiment = read_experiment(models_dir)
-    pinned = {experiment.candidate, experiment.control} if experiment is not None else set()
+    """`bundle.gc`, keeping both versions of a running experiment (read under the folder's
+    lock; of an unreadable experiment file, nothing is removed: it may name any version)."""
+
+    def pinned() -> set[str]:
+        experiment = read_experiment(models_dir)
+        return {experiment.candidate, experiment.control} if experiment is not None else set()
+
     return gc(models_dir, keep, pinned)

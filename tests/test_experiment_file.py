@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,14 @@ from service.experiment import (
     start_experiment,
     stop_experiment,
 )
-from service.state.online import FileOnline, Impression, Shadowed, read_counts
+from service.state.online import (
+    FileOnline,
+    Impression,
+    MissingList,
+    Shadowed,
+    UnknownList,
+    read_counts,
+)
 from service.state.stats import difference, experiment_summary
 from tests.test_bundle import _files
 
@@ -80,7 +88,15 @@ def test_start_status_stop_and_their_refusals(tmp_path: Path) -> None:
      json.dumps({"id": "x", "candidate": "v2", "share": "lots", "shadow": False,
                  "started": "2026-11-30T00:00:00+00:00", "control": "v"}).encode(),
      json.dumps({"id": "x", "candidate": "v2", "share": 0.2, "shadow": False,
-                 "started": "yesterday", "control": "v"}).encode()],
+                 "started": "yesterday", "control": "v"}).encode(),
+     json.dumps({"id": "x", "candidate": "v2", "share": 0.2, "shadow": "false",
+                 "started": "2026-11-30T00:00:00+00:00", "control": "v"}).encode(),
+     json.dumps({"id": "x", "candidate": "v2", "share": "0.5", "shadow": False,
+                 "started": "2026-11-30T00:00:00+00:00", "control": "v"}).encode(),
+     json.dumps({"id": "a|b", "candidate": "v2", "share": 0.5, "shadow": False,
+                 "started": "2026-11-30T00:00:00+00:00", "control": "v"}).encode(),
+     b'{"id": "x", "candidate": "v2", "share": NaN, "shadow": false, '
+     b'"started": "2026-11-30T00:00:00+00:00", "control": "v"}'],
 )  # fmt: skip
 def test_a_file_that_is_not_an_experiment_is_an_error_never_no_experiment(
     tmp_path: Path, text: bytes
@@ -165,3 +181,64 @@ def test_the_online_report_names_variants_and_plots_one_hour(
     assert (rows[candidate]["lists"], rows[candidate]["clicked_lists"]) == (5, 1)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert candidate in capsys.readouterr().out
+
+
+def test_a_fifo_is_refused_at_once_and_an_unreadable_file_can_be_stopped(tmp_path: Path) -> None:
+    """Neither the replicas' loader nor the commands block on a FIFO in the models folder;
+    `stop` removes a file that cannot be read (a hand's mistake undone with the command)."""
+    os.mkfifo(tmp_path / EXPERIMENT)
+    os.mkfifo(tmp_path / bundle.CURRENT)
+    with pytest.raises(ExperimentError, match="not a regular file"):
+        read_experiment(tmp_path)
+    with pytest.raises(bundle.BundleError, match="not a regular file"):
+        bundle.current_version(tmp_path)
+    (tmp_path / EXPERIMENT).unlink()
+    (tmp_path / EXPERIMENT).write_text("{ torn")
+    assert stop_experiment(tmp_path) is None and not (tmp_path / EXPERIMENT).exists()
+
+
+def test_stop_and_promote_is_one_step_refused_when_the_experiment_changed(tmp_path: Path) -> None:
+    control, candidate = _versions(tmp_path)
+    first = start_experiment(tmp_path, candidate, 0.5)
+    stop_experiment(tmp_path)
+    second = start_experiment(tmp_path, candidate, 0.5)  # another experiment since `first`
+    with pytest.raises(ExperimentError, match="changed meanwhile"):
+        stop_experiment(tmp_path, promote=first)
+    assert bundle.current_version(tmp_path) == control and read_experiment(tmp_path) == second
+    assert stop_experiment(tmp_path, promote=second) == second
+    assert bundle.current_version(tmp_path) == candidate and read_experiment(tmp_path) is None
+
+
+def test_a_torn_tail_of_the_impression_log_is_cut_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / "log.impressions"
+    store = FileOnline(path, window=10**9, retain_bytes=10**9)
+    asyncio.run(store.record([_impression(k, None, "v1", None) for k in range(3)]))
+    store.close()
+    with path.open("ab") as handle:
+        handle.write(b'{"t":"list","id":"torn')  # a crash mid-write
+    for restart in range(2):
+        store = FileOnline(path, window=10**9, retain_bytes=10**9)
+        asyncio.run(store.record([_impression(10 + restart, None, "v1", None)]))
+        counts = asyncio.run(store.counts())
+        store.close()
+        assert sum(c[0] for c in counts.by_version["v1"].values()) == 4 + restart
+
+
+def test_a_list_the_store_does_not_hold_is_missing_not_foreign(tmp_path: Path) -> None:
+    store = FileOnline(tmp_path / "log.impressions", window=100, retain_bytes=10**9)
+    asyncio.run(store.record([_impression(1, None, "v1", None)]))
+    with pytest.raises(MissingList):
+        asyncio.run(store.attribute("u1", ["1"], "0" * 32, 1_764_000_010))
+    with pytest.raises(MissingList):  # expired with the window
+        asyncio.run(store.attribute("u1", ["1"], f"{1:032x}", 1_764_000_500))
+    with pytest.raises(UnknownList):  # another user's
+        asyncio.run(store.attribute("u2", ["1"], f"{1:032x}", 1_764_000_010))
+    store.close()
+
+
+def test_report_hours_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["report", "online", "--hours", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.state import online as online_module
-from service.state.online import FileOnline, Impression, UnknownList
+from service.state.online import FileOnline, Impression, MissingList, UnknownList
 from service.state.stats import online_table, wilson
 
 
@@ -113,7 +113,7 @@ def test_attribution_refuses_other_users_lists_and_respects_the_window(tmp_path:
         await store.record([_impression(1, "u1"), _impression(2, "u2"), _impression(3, None)])
         with pytest.raises(UnknownList):
             await store.attribute("u1", ["2"], f"{2:032x}", 1_764_000_010)  # u2's list
-        with pytest.raises(UnknownList):
+        with pytest.raises(MissingList):
             await store.attribute("u1", ["1"], f"{1:032x}", 1_764_000_500)  # past the window
         assert await store.attribute("u1", ["3"], f"{3:032x}", 1_764_000_010) == [f"{3:032x}"]
         assert await store.attribute("u1", ["2"], None, 1_764_000_010) == [f"{1:032x}"]
@@ -165,6 +165,10 @@ def test_redis_attribution_reads_records_and_the_earlier_layout() -> None:
         by_id = await store.attribute("u1", ["1"], f"{1:032x}", 1_764_000_100)
         again = await store.attribute("u1", ["1"], f"{1:032x}", 1_764_000_100)
         by_window = await store.attribute("u1", ["3", "old-item", "nowhere"], None, 1_764_000_100)
+        await store.record([_impression(7, None)])  # an ad-hoc list: anyone's click counts
+        assert await store.attribute("u9", ["7"], f"{7:032x}", 1_764_000_100) == [f"{7:032x}"]
+        with pytest.raises(MissingList):
+            await store.attribute("u1", ["1"], "e" * 32, 1_764_000_100)
         with pytest.raises(UnknownList):
             await store.attribute("u2", ["1"], f"{1:032x}", 1_764_000_100)
         counts = await store.counts()
@@ -174,6 +178,6 @@ def test_redis_attribution_reads_records_and_the_earlier_layout() -> None:
     by_id, again, by_window, (by_version,) = asyncio.run(scenario())
     assert by_id == again == [f"{1:032x}"]
     assert by_window == [f"{2:032x}", "f" * 32]  # the newest list holding "3"; the old one
-    assert by_version["v1"] == {490000: [3, 2]} and by_version["v0"] == {490000: [0, 1]}
-    assert sync.xlen("cddae:impressions") == 3 and sync.hlen(COUNTS[0]) == 1
+    assert by_version["v1"] == {490000: [4, 3]} and by_version["v0"] == {490000: [0, 1]}
+    assert sync.xlen("cddae:impressions") == 4 and sync.hlen(COUNTS[0]) == 1
     sync.flushdb()

@@ -31,6 +31,13 @@ def _load_config(path: Path | None) -> dict[str, Any]:
     return config
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,8 +265,6 @@ def cmd_models(args: argparse.Namespace) -> None:
                 f"{metrics.get('R@10', float('nan')):>8.4f}"
             )
     elif args.action == "promote":
-        if len(args.words) != 1:
-            raise ValueError("usage: cddae models promote VERSION")
         _promote(models_dir, args.words[0], args.force)
     elif args.action == "experiment":
         _experiment(args)
@@ -295,13 +300,16 @@ def _experiment(args: argparse.Namespace) -> None:
         print(experiment_status(read_counts(settings.redis_url, settings.interactions_log),
                                 running))  # fmt: skip
     elif words == ["stop"]:
+        if not args.promote:
+            stopped = ex.stop_experiment(models_dir)
+            print(f"experiment {stopped.id if stopped else '(unreadable file)'} stopped")
+            return
         running = ex.read_experiment(models_dir)
         if running is None:
             raise ex.ExperimentError("no experiment is running")
-        if args.promote:  # the candidate first in service, then the experiment gone
-            _promote(models_dir, running.candidate, args.force)
-        stopped = ex.stop_experiment(models_dir)
-        print(f"experiment {stopped.id} stopped")
+        _refuse_if_before_trim(models_dir, running.candidate, args.force)
+        ex.stop_experiment(models_dir, promote=running)  # both in one step, under the lock
+        print(f"promoted {running.candidate}\nexperiment {running.id} stopped")
     else:
         raise ValueError("usage: cddae models experiment start VERSION [--share S] [--shadow] "
                          "| status | stop [--promote]")  # fmt: skip
@@ -458,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         help="list, promote, roll back, clean up model versions; experiments between two",
         epilog="experiments: `models experiment start VERSION --share 0.2 [--shadow]`, "
-        "`models experiment status [--since T]`, `models experiment stop [--promote]`",
+        "`models experiment status`, `models experiment stop [--promote]`",
     )
     models.add_argument("action", choices=["list", "promote", "rollback", "gc", "experiment"])
     models.add_argument(
@@ -486,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("kind", choices=["online"])
     report.add_argument("--models-dir", type=Path, default=Path("models"))
     report.add_argument("--since", help="ISO time (UTC unless given): lists from then on")
-    report.add_argument("--hours", type=int, default=1, help="the plot's time bucket, in hours")
+    report.add_argument(
+        "--hours", type=_positive_int, default=1, help="the plot's time bucket, in hours"
+    )
     report.add_argument("--plot", type=Path, default=Path("reports/online.png"))
     report.add_argument("--json", type=Path, help="write the table as JSON here")
     report.set_defaults(func=cmd_report)
@@ -586,8 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.command == "models" and args.action == "promote" and not args.version:
-        parser.error("models promote needs a VERSION")
+    if args.command == "models" and args.action == "promote" and len(args.words) != 1:
+        parser.error("models promote needs one VERSION")
     try:
         return args.func(args) or 0  # a command returns nothing, or an exit code
     except (ValueError, FileNotFoundError, RuntimeError) as error:

@@ -223,7 +223,7 @@ async def post_interactions(
     digest = body_digest(sent)
     recommendations = state.recommendations
     try:  # attributed first: a list that is not this user's is a 422 before anything is written
-        attributed = await recommendations.attribute(
+        attributed, note = await recommendations.attribute(
             user_id, body.item_ids(), body.recommendation_id
         )
         written, unknown = await recommendations.add_interactions(
@@ -235,7 +235,7 @@ async def post_interactions(
         raise _http_error(error) from None
     return {"user_id": user_id, "recorded": written.recorded, "store": state.store_backend,
             "replayed": not written.new, "unknown_items": unknown[:MAX_NAMED],
-            "attributed_to": attributed}  # fmt: skip
+            "attributed_to": attributed, "attribution_note": note}  # fmt: skip
 
 
 @router.put(
@@ -388,15 +388,19 @@ async def get_healthz() -> dict:
 
 @router.get("/readyz", response_model=Health, responses={503: {"description": "no model"}})
 async def get_readyz(state: AppStateDep, response: Response) -> dict:
-    """Readiness: a model is loaded; "degraded" while Redis is unreachable or while the version
-    CURRENT names is not the one in service (refused, or not readable)."""
+    """Readiness: a model is loaded; "degraded" while Redis is unreachable, while the version
+    CURRENT names is not the one in service (refused, or not readable), or while the
+    experiment file cannot be followed (unreadable, or its candidate refused)."""
     holder = state.holder
     model = holder.model
     try:
         cache_ok = await asyncio.wait_for(state.cache.check(), timeout=1.0)
     except TimeoutError:
         cache_ok = False
-    status = "ok" if model is not None and cache_ok and holder.serving_current else "degraded"
+    # An experiment file a replica cannot follow (or a refused candidate) degrades it: the
+    # replicas may be serving different variants.
+    healthy = holder.serving_current and holder.experiment_error is None
+    status = "ok" if model is not None and cache_ok and healthy else "degraded"
     if model is None:
         status, response.status_code = "unavailable", 503
     detail: dict = {"refused_versions": holder.refused, "current_pointer": holder.pointer,

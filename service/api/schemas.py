@@ -248,6 +248,11 @@ class InteractionsResponse(BaseModel):
     attributed_to: list[str] = Field(
         default_factory=list, description="the recommendation_ids these interactions count for"
     )
+    attribution_note: str | None = Field(
+        default=None,
+        description="set when the recommendation_id sent is not in the store (expired or never "
+        "recorded): the interactions are recorded all the same, attributed to no list",
+    )
 
 
 class VersionOnline(BaseModel):

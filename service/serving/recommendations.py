@@ -30,7 +30,7 @@ from service.serving.filters import Filters, parse_filters
 from service.serving.holder import ModelHolder
 from service.serving.onnx_model import InputError, Model, Query, Ranked, finish
 from service.state.cache import Cache, cache_key
-from service.state.online import Impression, Online, Shadowed, UnknownList
+from service.state.online import Impression, MissingList, Online, Shadowed
 from service.state.store import (
     Catalogue,
     CatalogueFull,
@@ -285,8 +285,10 @@ class Recommendations:
         if self.online is None:
             return answer[:-1] + tail + b"}"
         list_id = uuid.uuid4().hex
-        while len(self._impressions) >= MAX_PENDING_IMPRESSIONS and self._impressing:
-            await asyncio.shield(self._impressing)
+        while len(self._impressions) >= MAX_PENDING_IMPRESSIONS:  # the store is slow: wait
+            self._flush_soon()
+            self._flush_now.set()
+            await asyncio.wait([self._impressing])  # type: ignore[list-item]
         arm = assigned.arm if assigned is not None else None
         self._impressions.append((list_id, user, variant, arm, time.time(), answer))
         self._flush_soon()
@@ -320,6 +322,9 @@ class Recommendations:
             except StoreUnavailable:
                 self.metrics.impressions_lost.inc(len(batch))
                 log.warning("the store did not record %d impressions", len(batch))
+            except Exception:  # never the end of recording: counted, logged, the next goes on
+                self.metrics.impressions_lost.inc(len(batch))
+                log.exception("recording %d impressions failed", len(batch))
 
     def _shadow(self, answer: bytes, user_id: str, assigned: Assignment, ask: _Ask) -> None:
         """In a shadow experiment: the candidate's list for the same request, computed in the
@@ -353,17 +358,25 @@ class Recommendations:
         self._background.add(task := asyncio.ensure_future(score()))
         task.add_done_callback(self._background.discard)
 
-    async def attribute(self, user_id: str, items: Sequence[str], list_id: str | None) -> list[str]:
-        """The lists these interactions are attributed to (UnknownList → 422)."""
+    async def attribute(
+        self, user_id: str, items: Sequence[str], list_id: str | None
+    ) -> tuple[list[str], str | None]:
+        """(the lists these interactions are attributed to, a note when the named list could
+        not be found). UnknownList (→ 422) when it is another user's. A list the store does
+        not hold (expired, never recorded, another replica's still on its way after a moment's
+        wait) is no reason to refuse the interactions: they are recorded, attributed to none."""
         if self.online is None:
-            return []
+            return [], None
         await self.recorded()  # a list answered a moment ago may still be queued here
-        for wait in (0.05, 0.1, 0.2):  # … from another replica, too: a moment more
+        for wait in (0.05, 0.1, 0.2, 0.0):  # … from another replica, too: a moment more
             try:
-                return await self.online.attribute(user_id, items, list_id, time.time())
-            except UnknownList:
+                return await self.online.attribute(user_id, items, list_id, time.time()), None
+            except MissingList:
                 await asyncio.sleep(wait)
-        return await self.online.attribute(user_id, items, list_id, time.time())
+        note = (f"recommendation_id {list_id!r} is not in the store (expired after the "
+                "attribution window, or never recorded): the interactions are recorded and "
+                "attributed to no list")  # fmt: skip
+        return [], note
 
     async def _flush_writes(self) -> None:
         while self._pending:
@@ -412,18 +425,24 @@ class Recommendations:
         """A known user's list (below) from the model the user is assigned to, with its variant
         and id, recorded as an impression; in a shadow experiment, the candidate's too (never
         served)."""
-        assigned = self.assigned(user_id)
         ask = _Ask(n, exclude_seen, tuple(exclude), tuple(filters))
-        try:
-            answer = await self._user_answer(assigned.model, user_id, *ask)
-        except NotFound:  # a candidate that does not know a user the version in service knows
-            if assigned.model is self.model():
-                raise
-            assigned = replace(assigned, model=self.model(), variant=CONTROL)
-            answer = await self._user_answer(assigned.model, user_id, *ask)
+        answer, assigned = await self._assigned_answer(user_id, ask)
         served = await self._serve(answer, user_id, assigned)
         self._shadow(answer, user_id, assigned, ask)
         return served
+
+    async def _assigned_answer(self, user_id: str, ask: _Ask) -> tuple[bytes, Assignment]:
+        """The answer of the model the user is assigned to, and the assignment. A candidate
+        that does not know a user the version in service knows hands the user to the control
+        (and the list counts there): never a 404 because of an experiment."""
+        assigned = self.assigned(user_id)
+        try:
+            return await self._user_answer(assigned.model, user_id, *ask), assigned
+        except NotFound:
+            if assigned.model is self.model():
+                raise
+            assigned = replace(assigned, model=self.model(), variant=CONTROL)
+            return await self._user_answer(assigned.model, user_id, *ask), assigned
 
     async def _user_answer(
         self,
@@ -678,8 +697,7 @@ class Recommendations:
     async def preview(self, user_id: str, n: int = 10) -> tuple[dict[str, Any], Assignment]:
         """A user's list as the user would be served it now, neither recorded nor given an id;
         with the assignment (variant) it came from."""
-        assigned = self.assigned(user_id)
-        answer = await self._user_answer(assigned.model, user_id, n, True)
+        answer, assigned = await self._assigned_answer(user_id, _Ask(n, True, (), ()))
         return json.loads(answer), assigned
 
     async def history(self, user_id: str, limit: int = 100) -> list[ItemInfo]:

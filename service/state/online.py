@@ -41,7 +41,12 @@ COUNTS = ("cddae:online:lists", "cddae:online:clicked")  # hashes: "<version>|<h
 
 
 class UnknownList(ValueError):
-    """A recommendation_id that names no list of this user (→ 422)."""
+    """A recommendation_id that names a list served to another user (→ 422)."""
+
+
+class MissingList(LookupError):
+    """A recommendation_id the store does not hold: expired with the window, never recorded
+    (the process died before its batch went out), or not yet there (another replica's)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class Online(Protocol):
         self, user: str, items: Sequence[str], list_id: str | None, now: float
     ) -> list[str]:
         """The ids of the lists these interactions are attributed to (UnknownList when
-        `list_id` names no list of this user)."""
+        `list_id` names another user's list, MissingList when the store does not hold it)."""
         ...
 
     async def counts(self) -> Counts: ...
@@ -194,7 +199,7 @@ return 1
 
 # Attribution, all in one step. KEYS: the user's lists, clicked counts. ARGV: user, now,
 # window, list id or '', record key prefix, then the items. Returns the attributed ids, or
-# {'!unknown'} when the named list is not this user's (nor a list served to nobody). A list is
+# {'!foreign'} when the named list is another user's, {'!missing'} when it is not there. A list is
 # clicked once: its `:clicked` key (SET NX) decides.
 _ATTRIBUTE = """
 local prefix, window = ARGV[5], ARGV[3]
@@ -203,7 +208,9 @@ local function load(id)  -- {user, cell, items}, or nil when the list is gone
   local kind = redis.call('type', key).ok
   if kind == 'string' then
     local r = cjson.decode(redis.call('get', key))
-    return {r.user or '', r.cell, r.items}
+    local user = r.user
+    if user == nil or user == cjson.null then user = '' end  -- an ad-hoc list: nobody's
+    return {user, r.cell, r.items}
   elseif kind == 'hash' then  -- a record of the earlier layout (fields, items in a set)
     local f = redis.call('hmget', key, 'user', 'cell', 'version', 'hour')
     return {f[1], f[2] or (f[3] .. '|' .. f[4]), redis.call('smembers', key .. ':items')}
@@ -217,7 +224,8 @@ local function mark(id, list)
 end
 if ARGV[4] ~= '' then
   local list = load(ARGV[4])
-  if not list or (list[1] ~= '' and list[1] ~= ARGV[1]) then return {'!unknown'} end
+  if not list then return {'!missing'} end
+  if list[1] ~= '' and list[1] ~= ARGV[1] then return {'!foreign'} end
   mark(ARGV[4], list)
   return {ARGV[4]}
 end
@@ -281,8 +289,10 @@ class RedisOnline:
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the store (Redis) did not attribute") from error
         ids = [r.decode() for r in reply]
-        if ids == ["!unknown"]:
+        if ids == ["!foreign"]:
             raise UnknownList(f"recommendation_id {list_id!r} names no list served to {user!r}")
+        if ids == ["!missing"]:
+            raise MissingList(list_id)
         return ids
 
     async def counts(self) -> Counts:
@@ -345,8 +355,10 @@ class FileOnline:
         if read_only:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(path)
         self._handle = path.open("ab", buffering=0)
-        if self._handle.tell() == 0:  # a new log: after `.1`'s segment, never the same number
+        if os.fstat(self._handle.fileno()).st_size == 0:  # a new log: after `.1`'s segment,
+            # never the same number
             self._segment += 1 if self.older.exists() else 0
             self._write_header()
 
@@ -367,7 +379,7 @@ class FileOnline:
             with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
                 for number, line in enumerate(handle):
                     if not line.endswith(b"\n"):
-                        break  # a torn last line: never acknowledged
+                        break  # a torn last line: never acknowledged (cut before appending)
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         record = json.loads(line)
                         if number == 0 and record.get("t") == "segment":
@@ -418,10 +430,16 @@ class FileOnline:
 
     def _append(self, records: list[dict]) -> None:
         payload = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        fd = self._handle.fileno()
+        before = os.fstat(fd).st_size
         try:
-            os.write(self._handle.fileno(), payload)
-            os.fsync(self._handle.fileno())
+            written = os.write(fd, payload)
+            if written != len(payload):
+                raise OSError(f"wrote {written} of {len(payload)} bytes")
+            os.fsync(fd)
         except OSError as error:
+            with contextlib.suppress(OSError):  # a part written must not join the next line
+                os.ftruncate(fd, before)
             raise StoreUnavailable(f"cannot append to {self.path.name}: {error}") from None
         for record in records:
             self._apply(record, self._current_counts)
@@ -471,7 +489,9 @@ class FileOnline:
     async def attribute(self, user, items, list_id, now) -> list[str]:
         if list_id is not None:
             listed = self._lists.get(list_id)
-            if listed is None or listed.user not in (None, user) or now - listed.time > self.window:
+            if listed is None or now - listed.time > self.window:
+                raise MissingList(list_id)
+            if listed.user not in (None, user):
                 raise UnknownList(f"recommendation_id {list_id!r} names no list served to {user!r}")
             ids = [list_id]
         else:
@@ -501,6 +521,35 @@ class FileOnline:
         self._writer.shutdown(wait=True)
         with contextlib.suppress(OSError, AttributeError):  # AttributeError: read-only
             self._handle.close()
+
+
+def _cut_torn_tail(path: Path, chunk: int = 1 << 16) -> None:
+    """Cut a last line without its newline (a crash mid-write): else the next line appended
+    joins it and both are lost to the replay."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        _cut(fd, chunk)
+    finally:
+        os.close(fd)
+
+
+def _cut(fd: int, chunk: int) -> None:
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        block = os.pread(fd, end - start, start)
+        if end == size and block.endswith(b"\n"):
+            return
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(fd, start + newline + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
 
 
 def impressions_log(interactions_log: Path) -> Path:

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from service import bundle
-from service.experiment import CANDIDATE, read_experiment
+from service.experiment import CANDIDATE, EXPERIMENT, read_experiment
 from service.serving.recommendations import IMPRESSION_BATCH_SECONDS
 from tests.e2e.conftest import ADMIN_TOKEN, REDIS_URL, Server
 from training.cli import main
@@ -157,12 +157,12 @@ def test_variants_are_sticky_counted_apart_and_the_candidate_promoted(
         _stop(servers)
 
 
-@pytest.mark.parametrize("store", ["redis", "embedded"])
 def test_a_shadow_candidate_scores_on_the_side_and_is_never_served(
-    store: str, base_models: Path, candidate_bundle: Path, tmp_path: Path
+    base_models: Path, candidate_bundle: Path, tmp_path: Path
 ) -> None:
+    """Two replicas on Redis (the file store's shadow counts are tested below HTTP)."""
     models, control, candidate = _models(base_models, candidate_bundle, tmp_path)
-    servers = _servers(models, tmp_path, store)
+    servers = _servers(models, tmp_path, "redis")
     where = ["--models-dir", str(models)]
     try:
         assert main(["models", "experiment", "start", candidate, "--share", "0.5", "--shadow",
@@ -188,10 +188,22 @@ def test_a_shadow_candidate_scores_on_the_side_and_is_never_served(
         assert summary["variants"]["candidate"]["lists"] == 0  # nobody was served it
         assert summary["variants"]["control"]["lists"] == len(users)
 
+        # a file the replicas cannot follow: every replica says so (degraded), keeps serving
+        # what it had, and the command removes it
+        (models / EXPERIMENT).write_text('{"id": "x", "share": "half"')
+
+        def degraded(server: Server) -> bool:
+            ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
+            return ready["status"] == "degraded" and "experiment_error" in ready["detail"]
+
+        for server in servers:
+            _until(lambda s=server: degraded(s))
+            assert _get(server, "5")["variant"] == "control"
         assert main(["models", "experiment", "stop", *where]) == 0
         assert bundle.current_version(models) == control
         for server in servers:
             _until(lambda s=server: _experiment_on(s) is None)
             assert _get(server, "5")["variant"] is None
+            assert httpx.get(f"{server.url}/readyz", timeout=30).json()["status"] == "ok"
     finally:
         _stop(servers)

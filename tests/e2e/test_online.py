@@ -71,6 +71,10 @@ def test_lists_have_ids_interactions_are_attributed_and_counts_are_exact(
         assert clicked.status_code == 201 and clicked.json()["attributed_to"] == [
             mine["recommendation_id"]
         ]
+        gone = {"items": ["1"], "recommendation_id": "0" * 32}  # expired, or never recorded
+        kept = httpx.post(f"{servers[0].url}/users/7/interactions", json=gone, timeout=30)
+        assert kept.status_code == 201 and kept.json()["recorded"] == 1, kept.text
+        assert kept.json()["attributed_to"] == [] and "not in the store" in kept.text
         wrong = {"items": [item], "recommendation_id": theirs["recommendation_id"]}
         refused = httpx.post(f"{servers[0].url}/users/7/interactions", json=wrong, timeout=30)
         assert refused.status_code == 422 and "names no list served to" in refused.text
