@@ -45,9 +45,12 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from training.data.fetch import fetch_ml100k
+    from training.data.fetch import fetch_ml100k, fetch_movielens
 
-    fetch_ml100k(args.dest, args.source)
+    if args.dataset == "ml-100k":
+        fetch_ml100k(args.dest, args.source)
+    else:
+        fetch_movielens(args.dataset, args.dest, args.source)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -409,10 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
-    fetch = data.add_parser("fetch", help="fetch MovieLens-100K into a cache folder")
-    fetch.add_argument("dataset", choices=["ml-100k"])
-    fetch.add_argument("--dest", type=Path, default=Path("data"))
-    fetch.add_argument("--from", dest="source", type=Path, help="copy from local files instead")
+    fetch = data.add_parser("fetch", help="fetch a MovieLens data set into a cache folder")
+    fetch.add_argument(
+        "dataset",
+        choices=["ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m", "ml-latest-small"],
+    )
+    fetch.add_argument("--dest", type=Path, default=Path("data"), help="unpacked into DEST/NAME")
+    fetch.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="a folder of the data set's files (ml-1m and later: or GroupLens's zip) instead "
+        "of downloading",
+    )
     fetch.set_defaults(func=cmd_fetch)
 
     train = sub.add_parser("train", help="train and evaluate one model")

@@ -1,16 +1,19 @@
-"""Fetch MovieLens-100K into a cache folder, checked, from GroupLens or from the RecBole wheel.
+"""Fetch MovieLens into a cache folder, checked: ml-100k from GroupLens or the RecBole wheel;
+ml-1m, ml-10m, ml-20m, ml-25m, ml-32m and ml-latest-small from GroupLens's zips (or --from).
 
 MovieLens's licence forbids redistribution, so the project never ships the data: it copies it
 from a local path (`--from`, or the CDDAE_ML100K environment variable), downloads GroupLens's
 zip, or, where that host is out of reach, takes the copy inside the `recbole==1.2.1` wheel
-through pip. Whatever the source, the result must hold 100,000 ratings, 943 users, 1,682 items.
+through pip. Whatever the source, ml-100k must hold 100,000 ratings, 943 users, 1,682 items.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +21,7 @@ import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.loaders import DataError, load_dataset
@@ -113,3 +117,197 @@ def fetch_ml100k(
         shutil.rmtree(staging, ignore_errors=True)
     log(f"ml-100k ready in {target}: {counts}")
     return target
+
+
+# --- The rest of the MovieLens family (ml-1m and later) ----------------------------------------
+#
+# No pinned checksums: GroupLens publishes `<zip>.md5` next to each zip, which a download checks,
+# but the values were not at hand to pin here and a made-up pin would refuse the real file. A
+# zip given with --from is checked by its members' CRC-32s (`testzip`), its expected members and
+# a full load in the expected layout instead.
+
+MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/{zip}"
+FETCHED_MARKER = ".cddae-fetched.json"
+
+
+@dataclass(frozen=True)
+class MovieLensZip:
+    """One of GroupLens's zips: its file name, the folder it unpacks to, the files it must
+    hold, and the `source` prefix its layout loads as (training.data.movielens)."""
+
+    zip: str
+    folder: str
+    required: tuple[str, ...]
+    layout: str
+
+    @property
+    def url(self) -> str:
+        return MOVIELENS_URL.format(zip=self.zip)
+
+
+_DAT = ("ratings.dat", "movies.dat")
+_CSV = ("ratings.csv", "movies.csv")
+MOVIELENS_ZIPS = {
+    "ml-1m": MovieLensZip("ml-1m.zip", "ml-1m", (*_DAT, "users.dat"), "movielens-ml-1m"),
+    "ml-10m": MovieLensZip("ml-10m.zip", "ml-10M100K", _DAT, "movielens-ml-10m"),
+    "ml-20m": MovieLensZip("ml-20m.zip", "ml-20m", _CSV, "movielens-csv"),
+    "ml-25m": MovieLensZip("ml-25m.zip", "ml-25m", _CSV, "movielens-csv"),
+    "ml-32m": MovieLensZip("ml-32m.zip", "ml-32m", _CSV, "movielens-csv"),
+    "ml-latest-small": MovieLensZip(
+        "ml-latest-small.zip", "ml-latest-small", _CSV, "movielens-csv"
+    ),
+}
+
+
+class FetchError(RuntimeError):
+    """A data set that could not be fetched; the message says what to do instead."""
+
+
+def fetch_movielens(
+    name: str,
+    dest: Path,
+    source: Path | None = None,
+    log: Callable[[str], None] = print,
+    timeout: float = 60.0,
+) -> Path:
+    """Return a checked `dest/<name>`: unpacked from `source` (GroupLens's zip, or a folder
+    holding its files) or from a download; nothing is left half-written."""
+    spec = MOVIELENS_ZIPS[name]
+    target = dest / name
+    if _already_fetched(target, name, spec):
+        log(f"{name} already in {target}")
+        return target
+    dest.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest))
+    staging = work / name
+    staging.mkdir()
+    try:
+        if source is None:
+            source = work / spec.zip
+            _download_movielens(spec, source, timeout, log)
+        else:
+            log(f"copying {name} from {source}")
+        if Path(source).is_dir():
+            _copy_movielens_folder(Path(source), staging, spec)
+        else:
+            _unpack_movielens_zip(Path(source), staging, spec)
+        counts = verify_movielens(staging, spec, source)
+        (staging / FETCHED_MARKER).write_text(json.dumps({"name": name, "counts": counts}))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"{name} ready in {target}: {counts}")
+    return target
+
+
+def _already_fetched(target: Path, name: str, spec: MovieLensZip) -> bool:
+    """A previous fetch finished here (its marker and files are there): loading tens of
+    millions of ratings again only to say so would take minutes."""
+    try:
+        marker = json.loads((target / FETCHED_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("name") == name and all((target / f).is_file() for f in spec.required)
+
+
+def _download_movielens(
+    spec: MovieLensZip, path: Path, timeout: float, log: Callable[[str], None]
+) -> None:
+    log(f"downloading {spec.url}")
+    try:
+        with urllib.request.urlopen(spec.url, timeout=timeout) as response, path.open("wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except OSError as error:
+        raise FetchError(
+            f"could not reach GroupLens to download {spec.url} ({error}). Download "
+            f"{spec.zip} where the internet is reachable and pass it with --from PATH "
+            "(the zip, or the folder it unpacks to)."
+        ) from None
+    _check_published_md5(spec, path, timeout, log)
+
+
+def _check_published_md5(
+    spec: MovieLensZip, path: Path, timeout: float, log: Callable[[str], None]
+) -> None:
+    """Compare the download with the `.md5` GroupLens publishes next to it; if that file cannot
+    be had, say so and rely on the zip's CRCs and the load check."""
+    try:
+        with urllib.request.urlopen(spec.url + ".md5", timeout=timeout) as response:
+            published = response.read().decode("ascii", "replace")
+    except OSError as error:
+        log(f"no checksum from {spec.url}.md5 ({error}); checking the zip's CRCs only")
+        return
+    found = re.search(r"\b[0-9a-fA-F]{32}\b", published)
+    if found is None:
+        log(f"{spec.url}.md5 holds no md5; checking the zip's CRCs only")
+        return
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != found.group(0).lower():
+        raise FetchError(
+            f"{spec.zip}: md5 {digest.hexdigest()} does not match GroupLens's {found.group(0)}"
+        )
+
+
+def _unpack_movielens_zip(path: Path, staging: Path, spec: MovieLensZip) -> None:
+    """Every file of the zip's data folder into `staging`, after checking the zip is whole."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            if broken is not None:
+                raise DataError(path, None, f"corrupt member {broken} (CRC mismatch)")
+            prefix = _data_folder(path, archive.namelist(), spec)
+            for member in archive.infolist():
+                name = member.filename[len(prefix) :]
+                if member.is_dir() or not member.filename.startswith(prefix) or "/" in name:
+                    continue
+                with archive.open(member) as source, (staging / name).open("wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+    except zipfile.BadZipFile as error:
+        raise DataError(path, None, f"not a zip file ({error})") from None
+
+
+def _data_folder(path: Path, names: list[str], spec: MovieLensZip) -> str:
+    """The prefix under which the zip holds its files: GroupLens's folder, else the zip's root
+    or a single other folder (a zip re-made by hand), as long as every required file is there."""
+    for prefix in (f"{spec.folder}/", "", *{n.split("/", 1)[0] + "/" for n in names if "/" in n}):
+        if all(prefix + f in names for f in spec.required):
+            return prefix
+    raise DataError(path, None, f"not GroupLens's {spec.zip}: missing {list(spec.required)}")
+
+
+def _copy_movielens_folder(source: Path, staging: Path, spec: MovieLensZip) -> None:
+    """The files of an already unpacked copy (the folder itself or its GroupLens subfolder)."""
+    for folder in (source, source / spec.folder):
+        if all((folder / f).is_file() for f in spec.required):
+            for path in folder.iterdir():
+                if path.is_file():
+                    shutil.copy2(path, staging / path.name)
+            return
+    raise DataError(source, None, f"no {spec.zip} files here: missing {list(spec.required)}")
+
+
+def verify_movielens(
+    folder: Path, spec: MovieLensZip, origin: Path | str | None = None
+) -> dict[str, int]:
+    """Load the folder and check it reads in the expected layout with ratings and movies;
+    errors name `origin` (what the files came from) rather than a staging folder."""
+    data = load_dataset(folder)
+    origin = origin or folder
+    if not data.source.startswith(spec.layout + ":"):
+        layout = data.source.split(":")[0]
+        raise DataError(origin, None, f"reads as {layout}, not {spec.layout} ({spec.zip})")
+    users, items, _, _ = data.interactions.columns()
+    counts = {
+        "ratings": len(data.interactions),
+        "users": len(users.vocab),
+        "items": len(items.vocab),
+        "movies": len(data.item_profiles),
+    }
+    if not counts["ratings"] or not counts["movies"]:
+        raise DataError(origin, None, f"no ratings or no movies: {counts}")
+    return counts

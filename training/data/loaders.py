@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from training.data import movielens
+
 # GroupLens's u.genre, in flag order (u.item's last 19 columns).
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -389,6 +391,8 @@ def load_dataset(path: Path | str) -> RawDataset:
         return load_grouplens(path)
     if recbole:
         return load_recbole(path)
+    if (shipped := _load_movielens(path)) is not None:
+        return shipped
     for name in ("ratings.csv", "interactions.csv"):
         if (path / name).exists():
             users, items = path / "users.csv", path / "items.csv"
@@ -396,5 +400,30 @@ def load_dataset(path: Path | str) -> RawDataset:
                 path / name, users if users.exists() else None, items if items.exists() else None
             )
     raise DataError(
-        path, None, "no known layout (u.data, *.inter, ratings.csv or interactions.csv)"
+        path,
+        None,
+        "no known layout (ml-100k's u.data; RecBole's *.inter; ml-1m/ml-10m's ratings.dat with "
+        "movies.dat [and users.dat]; ml-20m and later's ratings.csv with movies.csv; "
+        "ratings.csv or interactions.csv)",
     )
+
+
+def _load_movielens(folder: Path) -> RawDataset | None:
+    """MovieLens 1M and later as GroupLens ships them (`training.data.movielens` parses), or
+    None when the folder holds neither of their layouts."""
+    try:
+        parts = movielens.read_folder(folder)
+    except movielens.FormatError as error:
+        raise DataError(error.path, error.line, error.message) from None
+    if parts is None:
+        return None
+    if parts.ratings is None:
+        inter = load_interactions_csv(folder / "ratings.csv")
+    else:
+        r = parts.ratings
+        inter = Interactions()
+        inter.extend(
+            IdColumn(r.user_codes, r.user_vocab), IdColumn(r.item_codes, r.item_vocab),
+            r.ratings, r.timestamps,
+        )  # fmt: skip
+    return RawDataset(inter, parts.user_profiles, parts.item_profiles, parts.source)

@@ -1,0 +1,312 @@
+"""The MovieLens family as GroupLens ships it (ml-1m, ml-10m, ml-20m and later), parsed.
+
+Two layouts besides ml-100k's (`loaders.load_grouplens`):
+- `::`-separated `.dat` files: ml-1m (`ratings.dat`, `users.dat`, `movies.dat`, latin-1) and
+  ml-10m (`ratings.dat`, `movies.dat`, optional `tags.dat`, UTF-8, no user profiles);
+- CSV with headers: ml-20m, ml-25m, ml-32m, ml-latest, ml-latest-small (`ratings.csv`,
+  `movies.csv` with `movieId,title,genres`, optional `tags.csv`, UTF-8).
+Profiles have ml-100k's shapes and field names, so features are encoded the same way: users
+`gender`, `age` (a number, bucketed by the service's age bands), `occupation`, `zip`; items
+`title`, `year` (from the title) and `genres` (a list). Tag files are accepted but not read: no
+feature uses them yet. Ratings files of tens of millions of rows are read as columns, never as
+a Python object per row.
+
+This module imports nothing from `loaders`: `loaders.load_dataset` dispatches here, and an
+import back would be a circle (tests/test_structure.py). So it returns plain parts
+(`MovieLensParts`) that `loaders` wraps into a `RawDataset`, and raises `FormatError`, which
+`loaders` turns into its `DataError` (same "file:line: message" text).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ml-1m's README: the age codes are each band's lower bound, which is also where the service's
+# age bands (service.features.AGE_BAND_EDGES) cut, so the code is kept as the number `age`
+# and lands in exactly its documented band.
+ML1M_AGE_BANDS = {
+    1: "Under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+",
+}  # fmt: skip
+ML1M_OCCUPATIONS = (
+    "other or not specified", "academic/educator", "artist", "clerical/admin",
+    "college/grad student", "customer service", "doctor/health care", "executive/managerial",
+    "farmer", "homemaker", "K-12 student", "lawyer", "programmer", "retired", "sales/marketing",
+    "scientist", "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed",
+    "writer",
+)  # fmt: skip
+NO_GENRES = "(no genres listed)"
+MOVIES_CSV_HEADER = ["movieId", "title", "genres"]
+DAT_SEP = "::"
+# "Toy Story (1995)", "Fawlty Towers (1975-1979)", "Babylon 5" (none): the first year of a
+# trailing parenthesis.
+_TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$")
+
+
+class FormatError(ValueError):
+    """Malformed MovieLens input; `loaders` re-raises it as `DataError`."""
+
+    def __init__(self, path: Path, line: int | None, message: str):
+        self.path, self.line, self.message = path, line, message
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class RatingColumns:
+    """Ratings as columns, ids as codes into vocabularies of unique strings (loaders.IdColumn's
+    shape): no Python object per row."""
+
+    user_codes: np.ndarray
+    user_vocab: np.ndarray
+    item_codes: np.ndarray
+    item_vocab: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+
+
+@dataclass
+class MovieLensParts:
+    """What a MovieLens folder holds; `ratings` None: read `ratings.csv` with the generic
+    CSV reader (`loaders.load_interactions_csv`, pandas in columns)."""
+
+    source: str
+    ratings: RatingColumns | None
+    user_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    item_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _number(path: Path, line: int, name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise FormatError(path, line, f"{name} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise FormatError(path, line, f"{name} must be finite, got {text!r}")
+    return value
+
+
+def year_of_title(title: str) -> int | None:
+    """The release year MovieLens appends to a title, or None where it has none."""
+    found = _TITLE_YEAR.search(title)
+    return int(found.group(1)) if found else None
+
+
+def genre_list(text: str) -> list[str]:
+    """`|`-separated genres; "(no genres listed)" means none."""
+    return [g for g in text.strip().split("|") if g and g != NO_GENRES]
+
+
+def _item_profile(title: str, genres: str) -> dict[str, Any]:
+    return {"title": title, "year": year_of_title(title), "genres": genre_list(genres)}
+
+
+# --- Detection ---------------------------------------------------------------------------------
+
+
+def is_dat_layout(folder: Path) -> bool:
+    """ml-1m or ml-10m: `ratings.dat` and `movies.dat` side by side."""
+    return (folder / "ratings.dat").is_file() and (folder / "movies.dat").is_file()
+
+
+def is_csv_layout(folder: Path) -> bool:
+    """ml-20m and later: `ratings.csv` next to a `movies.csv` whose header is MovieLens's
+    (`movieId,title,genres`); any other `ratings.csv` stays the generic CSV layout."""
+    movies = folder / "movies.csv"
+    if not ((folder / "ratings.csv").is_file() and movies.is_file()):
+        return False
+    try:
+        with movies.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), None)
+    except (UnicodeDecodeError, csv.Error):
+        return False
+    return header is not None and [h.strip() for h in header] == MOVIES_CSV_HEADER
+
+
+# --- `::` layout (ml-1m, ml-10m) ---------------------------------------------------------------
+
+
+def _dat_lines(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, `::`-split fields) of every non-blank line."""
+    if not path.is_file():
+        raise FormatError(path, None, "file not found")
+    with path.open(encoding=encoding, newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield number, line.split(DAT_SEP)
+
+
+def _text_encoding(path: Path, preferred: str) -> str:
+    """`preferred`, or latin-1 when the file is not valid in it: ml-10m's movies.dat is said to
+    be UTF-8, ml-1m's is latin-1, and a copy re-saved either way should still read (latin-1
+    decodes any byte)."""
+    if not path.is_file():
+        raise FormatError(path, None, "file not found")
+    try:
+        with path.open(encoding=preferred) as handle:
+            for _ in handle:
+                pass
+    except UnicodeDecodeError:
+        return "latin-1"
+    return preferred
+
+
+def read_dat_ratings(path: Path) -> RatingColumns:
+    """`UserID::MovieID::Rating::Timestamp` as columns (pandas' C parser, ids as codes); a file
+    it cannot read cleanly is read again line by line, which names the first bad line."""
+    if not path.is_file():
+        raise FormatError(path, None, "file not found")
+    try:
+        columns = _dat_ratings_columns(path)
+    except (ValueError, OverflowError):
+        columns = None
+    return columns if columns is not None else _dat_ratings_rows(path)
+
+
+def _dat_ratings_columns(path: Path) -> RatingColumns | None:
+    """Columns, or None when a field is missing or not a finite number.
+
+    The C parser takes one-character separators only; split at ":" a clean line has exactly
+    seven fields, the values at 0, 2, 4, 6 (ids and numbers never hold a colon). A line with
+    more fields raises; one with fewer leaves a gap that makes this return None."""
+    import pandas as pd
+
+    frame = pd.read_csv(
+        path, sep=":", header=None, usecols=[0, 2, 4, 6], names=list(range(7)),
+        dtype={0: "category", 2: "category", 4: "float64", 6: "float64"}, engine="c",
+        on_bad_lines="error", encoding="latin-1",
+    )  # fmt: skip
+    users, items = _codes(frame[0]), _codes(frame[2])
+    ratings, times = frame[4].to_numpy(), frame[6].to_numpy()
+    if users is None or items is None:
+        return None
+    if not (np.isfinite(ratings).all() and np.isfinite(times).all()):
+        return None
+    return RatingColumns(*users, *items, ratings, times)
+
+
+def _codes(column: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """A pandas categorical column as (codes, vocabulary); None if a cell is missing/blank."""
+    codes = column.cat.codes.to_numpy()
+    vocab = column.cat.categories.to_numpy(dtype=object).astype(str)
+    if (codes < 0).any() or any(not v.strip() for v in vocab.tolist()):
+        return None
+    return codes.astype(np.int64), vocab.astype(object)
+
+
+def _dat_ratings_rows(path: Path) -> RatingColumns:
+    """The slow reader, for files the column reader refused: names the first bad line."""
+    users, items, ratings, times = [], [], [], []
+    for n, parts in _dat_lines(path, "latin-1"):
+        if len(parts) != 4 or not parts[0].strip() or not parts[1].strip():
+            raise FormatError(path, n, f"expected UserID::MovieID::Rating::Timestamp, got {parts}")
+        users.append(parts[0])
+        items.append(parts[1])
+        ratings.append(_number(path, n, "rating", parts[2]))
+        times.append(_number(path, n, "timestamp", parts[3]))
+    user_vocab, user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)
+    item_vocab, item_codes = np.unique(np.asarray(items, dtype=str), return_inverse=True)
+    return RatingColumns(
+        user_codes.astype(np.int64).ravel(), user_vocab.astype(object),
+        item_codes.astype(np.int64).ravel(), item_vocab.astype(object),
+        np.asarray(ratings, np.float32), np.asarray(times, np.float64),
+    )  # fmt: skip
+
+
+def read_dat_movies(path: Path, encoding: str) -> dict[str, dict[str, Any]]:
+    """`MovieID::Title::Genres`: the id is the first field and the genres the last, the title
+    everything between (so a title holding "::" survives)."""
+    profiles: dict[str, dict[str, Any]] = {}
+    for n, parts in _dat_lines(path, _text_encoding(path, encoding)):
+        if len(parts) < 3:
+            raise FormatError(
+                path, n, f"expected MovieID::Title::Genres, found {len(parts)} fields"
+            )
+        profiles[parts[0]] = _item_profile(DAT_SEP.join(parts[1:-1]), parts[-1])
+    return profiles
+
+
+def read_dat_users(path: Path) -> dict[str, dict[str, Any]]:
+    """`UserID::Gender::Age::Occupation::Zip-code` with age and occupation decoded from
+    ml-1m's documented codes (an unknown code is an error: the file is not ml-1m's)."""
+    profiles: dict[str, dict[str, Any]] = {}
+    for n, parts in _dat_lines(path, "latin-1"):
+        if len(parts) != 5:
+            raise FormatError(path, n, f"expected 5 fields, found {len(parts)}")
+        user, gender, age, occupation, zip_code = (p.strip() for p in parts)
+        profiles[user] = {
+            "gender": gender, "age": _age_code(path, n, age),
+            "occupation": _occupation_name(path, n, occupation), "zip": zip_code,
+        }  # fmt: skip
+    return profiles
+
+
+def _age_code(path: Path, line: int, text: str) -> int:
+    code = int(_number(path, line, "age", text))
+    if code not in ML1M_AGE_BANDS:
+        raise FormatError(path, line, f"age code {text!r} is not one of {sorted(ML1M_AGE_BANDS)}")
+    return code
+
+
+def _occupation_name(path: Path, line: int, text: str) -> str:
+    if not (text.isascii() and text.isdigit() and int(text) < len(ML1M_OCCUPATIONS)):
+        raise FormatError(path, line, f"occupation code {text!r} is not 0-20")
+    return ML1M_OCCUPATIONS[int(text)]
+
+
+def read_dat_folder(folder: Path) -> MovieLensParts:
+    """ml-1m (with `users.dat`: latin-1) or ml-10m (without: UTF-8)."""
+    users = folder / "users.dat"
+    name, encoding = ("ml-1m", "latin-1") if users.is_file() else ("ml-10m", "utf-8")
+    parts = MovieLensParts(f"movielens-{name}:{folder}", read_dat_ratings(folder / "ratings.dat"))
+    parts.item_profiles = read_dat_movies(folder / "movies.dat", encoding)
+    if users.is_file():
+        parts.user_profiles = read_dat_users(users)
+    return parts
+
+
+# --- CSV layout (ml-20m and later) -------------------------------------------------------------
+
+
+def read_csv_movies(path: Path) -> dict[str, dict[str, Any]]:
+    """`movieId,title,genres` (RFC 4180 quoting: titles with commas or doubled quotes)."""
+    profiles: dict[str, dict[str, Any]] = {}
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            next(reader, None)
+            for row in reader:
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != 3:
+                    raise FormatError(path, reader.line_num, f"expected 3 fields, found {len(row)}")
+                item, title, genres = row
+                profiles[item.strip()] = _item_profile(title.strip(), genres)
+        except UnicodeDecodeError as error:
+            raise FormatError(path, None, f"not UTF-8 ({error})") from None
+    return profiles
+
+
+def read_csv_folder(folder: Path) -> MovieLensParts:
+    """`movies.csv` parsed; `ratings.csv` (`userId,movieId,rating,timestamp`) is left to the
+    generic CSV reader, which reads it as columns."""
+    parts = MovieLensParts(f"movielens-csv:{folder}", ratings=None)
+    parts.item_profiles = read_csv_movies(folder / "movies.csv")
+    return parts
+
+
+def read_folder(folder: Path) -> MovieLensParts | None:
+    """The folder's MovieLens parts, or None when it holds neither MovieLens layout."""
+    if is_dat_layout(folder):
+        return read_dat_folder(folder)
+    if is_csv_layout(folder):
+        return read_csv_folder(folder)
+    return None
