@@ -14,7 +14,12 @@ import pytest
 from training import cli
 from training.data import fetch
 from training.data.loaders import DataError, load_dataset
-from training.data.movielens import ML1M_OCCUPATIONS, read_dat_ratings, year_of_title
+from training.data.movielens import (
+    ML1M_OCCUPATIONS,
+    FormatError,
+    read_dat_ratings,
+    year_of_title,
+)
 from training.data.prepared import ProtocolConfig, prepare
 
 ML1M_MOVIES = (
@@ -305,3 +310,73 @@ def test_the_command_offers_every_fetchable_set() -> None:
     action = next(a for a in sub._actions if a.dest == "action").choices["fetch"]
     choices = next(a for a in action._actions if a.dest == "dataset").choices
     assert set(choices) == {"ml-100k", *fetch.MOVIELENS_ZIPS}
+
+
+# --- What an outside attack found (hostile or messy files): fixed, kept fixed ------------------
+
+
+def test_a_byte_order_mark_never_joins_the_first_id(tmp_path: Path) -> None:
+    folder = _write_ml1m(tmp_path / "ml-1m")
+    for name in ("ratings.dat", "users.dat", "movies.dat"):
+        path = folder / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    data = load_dataset(folder)
+    users = set(data.interactions.columns()[0].vocab.tolist())
+    assert users == {"1", "2", "3", "4"} and "1" in data.user_profiles
+    assert data.item_profiles["1"]["title"] == "Toy Story (1995)"
+
+
+def test_a_quote_in_ratings_dat_is_a_character_never_a_merge_of_lines(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.dat"
+    path.write_text('1::1::5::1\n"2::2::3::4\n3::3::3::4\n4::4::4::4"::5::5::5\n')
+    with pytest.raises(DataError_or_format()):
+        read_dat_ratings(path)
+
+
+def DataError_or_format() -> tuple[type[Exception], ...]:
+
+    return (DataError, FormatError)
+
+
+def test_empty_ratings_and_broken_movies_files_are_named_never_a_traceback(
+    tmp_path: Path,
+) -> None:
+    folder = _write_ml1m(tmp_path / "empty")
+    (folder / "ratings.dat").write_text("\n\n")
+    with pytest.raises(DataError, match="no ratings"):
+        load_dataset(folder)
+    latest = _write_latest_small(tmp_path / "bad-byte")
+    (latest / "movies.csv").write_bytes(
+        b"movieId,title,genres\n" + "1,Café (1995),Drama\n".encode("latin-1")
+    )
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_dataset(latest)
+    quote = _write_latest_small(tmp_path / "quote")
+    (quote / "movies.csv").write_text(
+        'movieId,title,genres\n1,"Toy (1995),A\n' + "2,Jumanji (1995),B\n" * 20_000
+    )
+    with pytest.raises(DataError, match=r"movies\.csv"):
+        load_dataset(quote)
+
+
+def test_one_stray_byte_in_ml10m_movies_garbles_no_other_title(tmp_path: Path) -> None:
+    folder = tmp_path / "ml-10m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text(_ratings_dat(items=3))
+    (folder / "movies.dat").write_bytes(
+        "1::Café (1995)::Drama\n".encode() + "2::Señor (1991)::Drama\n".encode("latin-1")
+        + "3::Niño (1990)::Drama\n".encode()
+    )  # fmt: skip
+    titles = {k: v["title"] for k, v in load_dataset(folder).item_profiles.items()}
+    assert titles == {"1": "Café (1995)", "2": "Señor (1991)", "3": "Niño (1990)"}
+
+
+def test_fetch_into_an_unusable_destination_is_an_error_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    source = _ml1m_zip(tmp_path / "ml-1m.zip")
+    assert cli.main(["data", "fetch", "ml-1m", "--from", str(source), "--dest",
+                     str(blocker)]) == 2  # fmt: skip
+    assert "cddae: error:" in capsys.readouterr().err

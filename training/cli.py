@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("models promote needs one VERSION")
     try:
         return args.func(args) or 0  # a command returns nothing, or an exit code
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:  # OSError: a path one cannot use
         print(f"cddae: error: {error}", file=sys.stderr)
         return 2
 

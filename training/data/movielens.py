@@ -43,6 +43,7 @@ ML1M_OCCUPATIONS = (
     "writer",
 )  # fmt: skip
 NO_GENRES = "(no genres listed)"
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which some editors put first
 MOVIES_CSV_HEADER = ["movieId", "title", "genres"]
 DAT_SEP = "::"
 # "Toy Story (1995)", "Fawlty Towers (1975-1979)", "Babylon 5" (none): the first year of a
@@ -122,41 +123,32 @@ def is_csv_layout(folder: Path) -> bool:
     movies = folder / "movies.csv"
     if not ((folder / "ratings.csv").is_file() and movies.is_file()):
         return False
-    try:
-        with movies.open(encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), None)
-    except (UnicodeDecodeError, csv.Error):
-        return False
-    return header is not None and [h.strip() for h in header] == MOVIES_CSV_HEADER
+    with movies.open("rb") as handle:  # the header only: a bad byte further on is
+        first = handle.readline(4096)  # read_csv_movies's error to name, not a layout miss
+    header = first.removeprefix(BOM).decode("utf-8", errors="replace").strip()
+    return [h.strip() for h in header.split(",")] == MOVIES_CSV_HEADER
 
 
 # --- `::` layout (ml-1m, ml-10m) ---------------------------------------------------------------
 
 
 def _dat_lines(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, `::`-split fields) of every non-blank line."""
+    """(line number, `::`-split fields) of every non-blank line. A byte-order mark is dropped
+    (else it joins the first id). Read as UTF-8, a line that is not decodes as latin-1 (that
+    line only: one stray byte must not garble every other title)."""
     if not path.is_file():
         raise FormatError(path, None, "file not found")
-    with path.open(encoding=encoding, newline="") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError:
+                line = raw.decode("latin-1")
             line = line.rstrip("\r\n")
             if line.strip():
                 yield number, line.split(DAT_SEP)
-
-
-def _text_encoding(path: Path, preferred: str) -> str:
-    """`preferred`, or latin-1 when the file is not valid in it: ml-10m's movies.dat is said to
-    be UTF-8, ml-1m's is latin-1, and a copy re-saved either way should still read (latin-1
-    decodes any byte)."""
-    if not path.is_file():
-        raise FormatError(path, None, "file not found")
-    try:
-        with path.open(encoding=preferred) as handle:
-            for _ in handle:
-                pass
-    except UnicodeDecodeError:
-        return "latin-1"
-    return preferred
 
 
 def read_dat_ratings(path: Path) -> RatingColumns:
@@ -166,7 +158,7 @@ def read_dat_ratings(path: Path) -> RatingColumns:
         raise FormatError(path, None, "file not found")
     try:
         columns = _dat_ratings_columns(path)
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, IndexError):  # IndexError: pandas on an empty file
         columns = None
     return columns if columns is not None else _dat_ratings_rows(path)
 
@@ -179,10 +171,13 @@ def _dat_ratings_columns(path: Path) -> RatingColumns | None:
     more fields raises; one with fewer leaves a gap that makes this return None."""
     import pandas as pd
 
+    with path.open("rb") as handle:
+        if handle.read(len(BOM)) == BOM:
+            return None  # the row reader drops it; here it would join the first id
     frame = pd.read_csv(
         path, sep=":", header=None, usecols=[0, 2, 4, 6], names=list(range(7)),
         dtype={0: "category", 2: "category", 4: "float64", 6: "float64"}, engine="c",
-        on_bad_lines="error", encoding="latin-1",
+        on_bad_lines="error", encoding="latin-1", quoting=csv.QUOTE_NONE,
     )  # fmt: skip
     users, items = _codes(frame[0]), _codes(frame[2])
     ratings, times = frame[4].to_numpy(), frame[6].to_numpy()
@@ -212,6 +207,8 @@ def _dat_ratings_rows(path: Path) -> RatingColumns:
         items.append(parts[1])
         ratings.append(_number(path, n, "rating", parts[2]))
         times.append(_number(path, n, "timestamp", parts[3]))
+    if not users:
+        raise FormatError(path, None, "no ratings")
     user_vocab, user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)
     item_vocab, item_codes = np.unique(np.asarray(items, dtype=str), return_inverse=True)
     return RatingColumns(
@@ -225,7 +222,7 @@ def read_dat_movies(path: Path, encoding: str) -> dict[str, dict[str, Any]]:
     """`MovieID::Title::Genres`: the id is the first field and the genres the last, the title
     everything between (so a title holding "::" survives)."""
     profiles: dict[str, dict[str, Any]] = {}
-    for n, parts in _dat_lines(path, _text_encoding(path, encoding)):
+    for n, parts in _dat_lines(path, encoding):
         if len(parts) < 3:
             raise FormatError(
                 path, n, f"expected MovieID::Title::Genres, found {len(parts)} fields"
@@ -292,6 +289,8 @@ def read_csv_movies(path: Path) -> dict[str, dict[str, Any]]:
                 profiles[item.strip()] = _item_profile(title.strip(), genres)
         except UnicodeDecodeError as error:
             raise FormatError(path, None, f"not UTF-8 ({error})") from None
+        except csv.Error as error:  # an unterminated quote, a field past the limit
+            raise FormatError(path, reader.line_num, f"not CSV: {error}") from None
     return profiles
 
 
