@@ -380,3 +380,33 @@ def test_fetch_into_an_unusable_destination_is_an_error_message(
     assert cli.main(["data", "fetch", "ml-1m", "--from", str(source), "--dest",
                      str(blocker)]) == 2  # fmt: skip
     assert "cddae: error:" in capsys.readouterr().err
+
+
+def test_fetches_at_once_a_killed_ones_leftovers_and_extra_members(tmp_path: Path) -> None:
+    """Two fetches into one folder at once both end with the set there (one waits for the
+    other); a staging folder a killed fetch left is removed; a zip's odd extra member is not
+    unpacked."""
+    import threading
+
+    source = _ml1m_zip(tmp_path / "ml-1m.zip")
+    with zipfile.ZipFile(source, "a") as archive:
+        archive.writestr("ml-1m/junk.bin", b"\0" * 1000)
+    cache = tmp_path / "cache"
+    (cache / ".ml-1m-killed" / "ml-1m").mkdir(parents=True)
+    outcomes: list[object] = []
+
+    def fetch_once() -> None:
+        try:
+            outcomes.append(fetch.fetch_movielens("ml-1m", cache, source, log=lambda _: None))
+        except Exception as error:  # collected: a failure must show in the assertion
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=fetch_once) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == [cache / "ml-1m"] * 3
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-1m"]
+    assert not (cache / "ml-1m" / "junk.bin").exists()
+    assert len(load_dataset(cache / "ml-1m").interactions) == 12

@@ -9,6 +9,8 @@ through pip. Whatever the source, ml-100k must hold 100,000 ratings, 943 users, 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -20,7 +22,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,10 @@ def fetch_ml100k(
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/{zip}"
 FETCHED_MARKER = ".cddae-fetched.json"
+# Every data file the MovieLens family ships (but the tag genome): kept when a zip holds it,
+# so that the layout check sees what the zip really is (ml-1m's users.dat in an "ml-10m")
+MOVIELENS_FILES = ("ratings.dat", "movies.dat", "users.dat", "tags.dat", "ratings.csv",
+                   "movies.csv", "tags.csv", "links.csv")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,35 @@ def fetch_movielens(
         log(f"{name} already in {target}")
         return target
     dest.mkdir(parents=True, exist_ok=True)
+    with _fetch_lock(dest, name):  # one fetch of a set at a time into a folder
+        if _already_fetched(target, name, spec):  # the one we waited for fetched it
+            log(f"{name} already in {target}")
+            return target
+        for stale in dest.glob(f".{name}-*"):  # a fetch killed before its cleanup
+            shutil.rmtree(stale, ignore_errors=True)
+        return _fetch_locked(name, spec, dest, target, source, log, timeout)
+
+
+@contextlib.contextmanager
+def _fetch_lock(dest: Path, name: str) -> Iterator[None]:
+    """An exclusive lock on the destination folder itself (flock on its descriptor: no lock
+    file is left behind); `name` is for the message while waiting."""
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another fetch into {dest} ({name})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _fetch_locked(
+    name: str, spec: MovieLensZip, dest: Path, target: Path, source: Path | None,
+    log: Callable[[str], None], timeout: float,
+) -> Path:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest))
     staging = work / name
     staging.mkdir()
@@ -265,10 +300,18 @@ def _unpack_movielens_zip(path: Path, staging: Path, spec: MovieLensZip) -> None
                 name = member.filename[len(prefix) :]
                 if member.is_dir() or not member.filename.startswith(prefix) or "/" in name:
                     continue
+                if not _wanted(name, spec):
+                    continue
                 with archive.open(member) as source, (staging / name).open("wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
     except zipfile.BadZipFile as error:
         raise DataError(path, None, f"not a zip file ({error})") from None
+
+
+def _wanted(name: str, spec: MovieLensZip) -> bool:
+    """The files a data set's folder keeps: what the loaders read, tags and the README; not
+    whatever else a zip holds (an odd extra member could be gigabytes)."""
+    return name in spec.required or name in MOVIELENS_FILES or name.startswith("README")
 
 
 def _data_folder(path: Path, names: list[str], spec: MovieLensZip) -> str:
@@ -285,7 +328,7 @@ def _copy_movielens_folder(source: Path, staging: Path, spec: MovieLensZip) -> N
     for folder in (source, source / spec.folder):
         if all((folder / f).is_file() for f in spec.required):
             for path in folder.iterdir():
-                if path.is_file():
+                if path.is_file() and _wanted(path.name, spec):
                     shutil.copy2(path, staging / path.name)
             return
     raise DataError(source, None, f"no {spec.zip} files here: missing {list(spec.required)}")
