@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data import movielens
+from training.data import movielens, parquet
 
 # GroupLens's u.genre, in flag order (u.item's last 19 columns).
 ML100K_GENRES = (
@@ -381,6 +381,8 @@ def _item_profile(row: dict[str, str], sep: str) -> dict[str, Any]:
 def load_dataset(path: Path | str) -> RawDataset:
     """Load a folder in any supported layout, or a single interactions CSV."""
     path = Path(path)
+    if path.is_file() and path.suffix == ".parquet":
+        return _load_parquet(path)
     if path.is_file():
         return load_csv(path)
     if not path.is_dir():
@@ -393,6 +395,8 @@ def load_dataset(path: Path | str) -> RawDataset:
         return load_recbole(path)
     if (shipped := _load_movielens(path)) is not None:
         return shipped
+    if parquet.is_parquet_layout(path):
+        return _load_parquet(path)
     for name in ("ratings.csv", "interactions.csv"):
         if (path / name).exists():
             users, items = path / "users.csv", path / "items.csv"
@@ -404,7 +408,7 @@ def load_dataset(path: Path | str) -> RawDataset:
         None,
         "no known layout (ml-100k's u.data; RecBole's *.inter; ml-1m/ml-10m's ratings.dat with "
         "movies.dat [and users.dat]; ml-20m and later's ratings.csv with movies.csv; "
-        "ratings.csv or interactions.csv)",
+        "ratings.csv or interactions.csv; interactions.parquet or interactions/ of part files)",
     )
 
 
@@ -426,4 +430,25 @@ def _load_movielens(folder: Path) -> RawDataset | None:
             IdColumn(r.user_codes, r.user_vocab), IdColumn(r.item_codes, r.item_vocab),
             r.ratings, r.timestamps,
         )  # fmt: skip
+    return RawDataset(inter, parts.user_profiles, parts.item_profiles, parts.source)
+
+
+def _load_parquet(path: Path) -> RawDataset:
+    """A Parquet folder (`training.data.parquet` reads it in Arrow batches), or one Parquet
+    file of interactions with the default column names."""
+    try:
+        if path.is_file():
+            parts = parquet.ParquetParts(parquet.read_interactions(path), f"parquet:{path}")
+        else:
+            found = parquet.read_folder(path)
+            assert found is not None  # the caller checked the layout
+            parts = found
+    except parquet.FormatError as error:
+        raise DataError(error.path, error.line, error.message) from None
+    c = parts.interactions
+    inter = Interactions(implicit=c.implicit)
+    inter.extend(
+        IdColumn(c.user_codes, c.user_vocab), IdColumn(c.item_codes, c.item_vocab),
+        c.ratings, c.timestamps,
+    )  # fmt: skip
     return RawDataset(inter, parts.user_profiles, parts.item_profiles, parts.source)
