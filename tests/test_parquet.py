@@ -4,14 +4,13 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-from training.data.implicit import ImplicitDataset  # noqa: E402
-from training.data.loaders import DataError, load_dataset  # noqa: E402
-from training.data.prepared import ProtocolConfig, prepare  # noqa: E402
+from training.data.implicit import ImplicitDataset
+from training.data.loaders import DataError, load_dataset
+from training.data.prepared import ProtocolConfig, prepare
 
 
 def _table(**columns: list) -> "pa.Table":
@@ -166,3 +165,67 @@ def test_prepare_turns_parquet_profiles_into_features(tmp_path: Path) -> None:
     assert {"gender", "occupation", "age"} <= set(dataset.user_spec.names)
     assert set(dataset.item_spec.names) == {"genres", "year"}
     assert prepared.positives.sum() == 6
+
+
+# --- What an outside attack found: fixed, kept fixed ------------------------------------------
+
+
+def _parts(folder: Path, *tables: "pa.Table") -> Path:
+    (folder / "interactions").mkdir(parents=True)
+    for k, table in enumerate(tables):
+        pq.write_table(table, folder / "interactions" / f"part-{k:05d}.parquet")
+    return folder
+
+
+def test_a_part_without_a_column_the_others_have_is_named_never_silently_implicit(
+    tmp_path: Path,
+) -> None:
+    folder = _parts(tmp_path / "d", _table(user_id=[1, 2], item_id=[10, 20]),
+                    _table(user_id=[3, 4], item_id=[10, 20], rating=[1.0, 5.0]))  # fmt: skip
+    with pytest.raises(DataError, match=r"part-00000\.parquet.*'rating' is in other part files"):
+        load_dataset(folder)
+
+
+def test_parts_of_different_id_types_and_corrupt_files_are_named(tmp_path: Path) -> None:
+    mixed = _parts(tmp_path / "mixed", _table(user_id=[1, 2], item_id=[1, 2]),
+                   _table(user_id=["a", "b"], item_id=[1, 2]))  # fmt: skip
+    with pytest.raises(DataError, match="differ in type"):
+        load_dataset(mixed)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "interactions.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_dataset(corrupt)
+
+
+def test_a_mapping_must_name_columns_that_exist_and_one_role_each(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    pq.write_table(_table(user_id=[1, 2], item_id=[1, 2], rating=[1.0, 2.0]),
+                   folder / "interactions.parquet")  # fmt: skip
+    (folder / "columns.json").write_text(json.dumps({"rating": "stars"}))
+    with pytest.raises(DataError, match="missing rating column 'stars'"):
+        load_dataset(folder)
+    (folder / "columns.json").write_text(json.dumps({"user": "uid", "item": "uid"}))
+    with pytest.raises(DataError, match="two roles name one column"):
+        load_dataset(folder)
+
+
+def test_a_profile_table_naming_an_id_twice_and_partitioned_folders_are_refused(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    pq.write_table(_table(user_id=[1, 2], item_id=[1, 2]), folder / "interactions.parquet")
+    pq.write_table(_table(user_id=[1, 1], age=[30, 60]), folder / "users.parquet")
+    with pytest.raises(DataError, match="appear more than once"):
+        load_dataset(folder)
+    partitioned = tmp_path / "p"
+    (partitioned / "interactions" / "dt=2024-01-01").mkdir(parents=True)
+    pq.write_table(_table(user_id=[1], item_id=[1]),
+                   partitioned / "interactions" / "dt=2024-01-01" / "part-0.parquet")  # fmt: skip
+    pq.write_table(
+        _table(user_id=[2], item_id=[2]), partitioned / "interactions" / "part-0.parquet"
+    )
+    with pytest.raises(DataError, match="partitioned subfolders"):
+        load_dataset(partitioned)

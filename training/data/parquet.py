@@ -97,6 +97,9 @@ def _files(path: Path) -> list[Path]:
         p for p in path.iterdir()
         if p.is_file() and p.suffix == ".parquet" and not p.name.startswith(("_", "."))
     )  # fmt: skip
+    if any(p.is_dir() and any(p.rglob("*.parquet")) for p in path.iterdir()):
+        raise FormatError(path, None, "partitioned subfolders (key=value/part-*.parquet) are "
+                          "not read: write the table as flat part files")  # fmt: skip
     if not found:
         raise FormatError(path, None, "no .parquet files in the folder")
     return found
@@ -116,7 +119,10 @@ def read_mapping(folder: Path) -> dict[str, str]:
     if unknown := set(given) - set(DEFAULT_COLUMNS):
         raise FormatError(path, None, f"unknown key(s) {sorted(unknown)}; allowed: "
                           f"{sorted(DEFAULT_COLUMNS)}")  # fmt: skip
-    return {**DEFAULT_COLUMNS, **given}
+    mapping = {**DEFAULT_COLUMNS, **given}
+    if len(set(mapping.values())) < len(mapping):
+        raise FormatError(path, None, f"two roles name one column: {mapping}")
+    return mapping
 
 
 def _pyarrow() -> Any:
@@ -130,10 +136,40 @@ def _pyarrow() -> Any:
 
 
 def _dataset(path: Path) -> Any:
-    _pyarrow()
+    """The table's files as one dataset, on the schema they share. Each file's own schema is
+    read: a column that one part file has and another lacks (the first file's schema alone
+    would decide), or parts whose types cannot be unified, is an error naming the file."""
+    pa = _pyarrow()
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
-    return ds.dataset([str(f) for f in _files(path)], format="parquet")
+    files = _files(path)
+    schemas = []
+    for file in files:
+        try:
+            schemas.append(pq.read_schema(file))
+        except pa.ArrowException as error:
+            raise FormatError(file, None, f"not a readable Parquet file ({error})") from None
+    for column in sorted(set.union(*(set(s.names) for s in schemas))):
+        lacking = [f for f, s in zip(files, schemas, strict=True) if column not in s.names]
+        if lacking:
+            raise FormatError(lacking[0], None, f"column {column!r} is in other part files, "
+                              "not this one: every part must have the same columns")  # fmt: skip
+    try:
+        schema = pa.unify_schemas(schemas)
+    except pa.ArrowException as error:
+        raise FormatError(path, None, f"the part files' columns differ in type ({error})") from None
+    return ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+
+
+def _batches(path: Path, dataset: Any, **options: Any) -> Iterator[Any]:
+    """The dataset's record batches; Arrow's read errors (a corrupt page, invalid UTF-8, a
+    value that does not cast) as errors naming the table."""
+    pa = _pyarrow()
+    try:
+        yield from dataset.to_batches(batch_size=BATCH_ROWS, **options)
+    except pa.ArrowException as error:
+        raise FormatError(path, None, f"cannot read: {error}") from None
 
 
 def _require(path: Path, schema: Any, mapping: dict[str, str], roles: tuple[str, ...]) -> None:
@@ -155,10 +191,24 @@ def read_folder(folder: Path) -> ParquetParts | None:
     mapping = read_mapping(folder)
     parts = ParquetParts(read_interactions(path, mapping), f"parquet:{folder}")
     if (users := table_path(folder, "users")) is not None:
-        parts.user_profiles = {k: _user_profile(v) for k, v in _rows(users, mapping["user"])}
+        parts.user_profiles = _profiles(users, mapping["user"], _user_profile)
     if (items := table_path(folder, "items")) is not None:
-        parts.item_profiles = {k: _item_profile(v) for k, v in _rows(items, mapping["item"])}
+        parts.item_profiles = _profiles(items, mapping["item"], _item_profile)
     return parts
+
+
+def _profiles(path: Path, id_name: str, shape: Any) -> dict[str, dict[str, Any]]:
+    """One profile per id: a table naming an id twice is an error (which row is right?)."""
+    profiles: dict[str, dict[str, Any]] = {}
+    repeated: list[str] = []
+    for key, row in _rows(path, id_name):
+        if key in profiles:
+            repeated.append(key)
+        profiles[key] = shape(row)
+    if repeated:
+        raise FormatError(path, None, f"{len(repeated)} id(s) appear more than once, e.g. "
+                          f"{sorted(set(repeated))[:5]}")  # fmt: skip
+    return profiles
 
 
 def read_interactions(path: Path, mapping: dict[str, str] | None = None) -> InteractionColumns:
@@ -166,11 +216,12 @@ def read_interactions(path: Path, mapping: dict[str, str] | None = None) -> Inte
     pa = _pyarrow()
     mapping = mapping or dict(DEFAULT_COLUMNS)
     dataset = _dataset(path)
-    _require(path, dataset.schema, mapping, ("user", "item"))
+    named = [r for r in ("rating", "timestamp") if mapping[r] != DEFAULT_COLUMNS[r]]
+    _require(path, dataset.schema, mapping, ("user", "item", *named))  # named: must be there
     present = [r for r in ("rating", "timestamp") if mapping[r] in dataset.schema.names]
     roles = ("user", "item", *present)
     users, items, ratings, times = [], [], [], []
-    for batch in dataset.to_batches(columns=[mapping[r] for r in roles], batch_size=BATCH_ROWS):
+    for batch in _batches(path, dataset, columns=[mapping[r] for r in roles]):
         users.append(_ids(path, mapping["user"], batch.column(0)))
         items.append(_ids(path, mapping["item"], batch.column(1)))
         for role, column in zip(present, batch.columns[2:], strict=True):
@@ -271,7 +322,7 @@ def _rows(path: Path, id_name: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
     dataset = _dataset(path)
     _require(path, dataset.schema, {"id": id_name}, ("id",))
-    for batch in dataset.to_batches(batch_size=BATCH_ROWS):
+    for batch in _batches(path, dataset):
         ids = _ids(path, id_name, batch.column(id_name)).to_pylist()
         others = {n: batch.column(n) for n in batch.schema.names if n != id_name}
         columns = {
