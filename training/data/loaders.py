@@ -7,7 +7,6 @@ Malformed input raises `DataError` naming the file and line, never a traceback f
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from training.data import movielens, parquet
+from training.data.errors import DataError, number
 
 # GroupLens's u.genre, in flag order (u.item's last 19 columns).
 ML100K_GENRES = (
@@ -25,14 +25,6 @@ ML100K_GENRES = (
 )  # fmt: skip
 USER_FIELDS = ("age", "gender", "occupation", "zip")
 ITEM_FIELDS = ("title", "year", "genres")
-
-
-class DataError(ValueError):
-    """Malformed input; the message starts with `file:line`."""
-
-    def __init__(self, path: Path | str, line: int | None, message: str):
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass
@@ -133,16 +125,6 @@ class RawDataset:
     source: str = ""
 
 
-def _number(path: Path, line: int, name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(path, line, f"{name} must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise DataError(path, line, f"{name} must be finite, got {text!r}")
-    return value
-
-
 def _rows(path: Path, sep: str, width: int, encoding: str = "utf-8") -> Iterator[tuple[int, list]]:
     """Yield (line number, fields) of a delimited file with at least `width` fields per line."""
     if not path.is_file():
@@ -171,11 +153,11 @@ def load_grouplens(folder: Path) -> RawDataset:
     inter = Interactions()
     path = folder / "u.data"
     for n, (user, item, rating, ts, *_) in _rows(path, "\t", 4):
-        inter.add(user, item, _number(path, n, "rating", rating), _number(path, n, "timestamp", ts))
+        inter.add(user, item, number(path, n, "rating", rating), number(path, n, "timestamp", ts))
     data = RawDataset(inter, source=f"grouplens:{folder}")
     if (folder / "u.user").exists():
         for n, (uid, age, gender, occupation, zip_code, *_) in _rows(folder / "u.user", "|", 5):
-            _number(folder / "u.user", n, "age", age)
+            number(folder / "u.user", n, "age", age)
             data.user_profiles[uid] = {
                 "age": int(float(age)), "gender": gender, "occupation": occupation,
                 "zip": zip_code,
@@ -232,8 +214,8 @@ def load_recbole(folder: Path) -> RawDataset:
         header = [c.split(":", 1)[0] for c in handle.readline().rstrip("\r\n").split("\t")]
     inter = Interactions(implicit="rating" not in header)
     for n, row in _atomic(path, {"user", "item", "rating", "timestamp"}):
-        rating = _number(path, n, "rating", row["rating"]) if "rating" in row else 1.0
-        ts = _number(path, n, "timestamp", row["timestamp"]) if "timestamp" in row else float(n)
+        rating = number(path, n, "rating", row["rating"]) if "rating" in row else 1.0
+        ts = number(path, n, "timestamp", row["timestamp"]) if "timestamp" in row else float(n)
         inter.add(row["user"], row["item"], rating, ts)
     data = RawDataset(inter, source=f"recbole:{folder}")
     users = path.with_suffix(".user")
@@ -338,8 +320,8 @@ def _read_rows(path: Path) -> Interactions:
     names = _csv_header(path, {"user", "item", "rating", "timestamp"}, {"user", "item"})
     inter = Interactions(implicit="rating" not in names)
     for n, row in _csv(path, {"user", "item", "rating", "timestamp"}, {"user", "item"}):
-        rating = _number(path, n, "rating", row["rating"]) if "rating" in row else 1.0
-        ts = _number(path, n, "timestamp", row["timestamp"]) if "timestamp" in row else float(n)
+        rating = number(path, n, "rating", row["rating"]) if "rating" in row else 1.0
+        ts = number(path, n, "timestamp", row["timestamp"]) if "timestamp" in row else float(n)
         inter.add(row["user"], row["item"], rating, ts)
     return inter
 
@@ -362,7 +344,7 @@ def load_csv(ratings: Path, users: Path | None = None, items: Path | None = None
 def _user_profile(path: Path, line: int, row: dict[str, str]) -> dict[str, Any]:
     profile: dict[str, Any] = {k: v for k, v in row.items() if v != ""}  # empty: not known
     if row.get("age"):
-        profile["age"] = int(_number(path, line, "age", row["age"]))
+        profile["age"] = int(number(path, line, "age", row["age"]))
     return profile
 
 
@@ -415,10 +397,7 @@ def load_dataset(path: Path | str) -> RawDataset:
 def _load_movielens(folder: Path) -> RawDataset | None:
     """MovieLens 1M and later as GroupLens ships them (`training.data.movielens` parses), or
     None when the folder holds neither of their layouts."""
-    try:
-        parts = movielens.read_folder(folder)
-    except movielens.FormatError as error:
-        raise DataError(error.path, error.line, error.message) from None
+    parts = movielens.read_folder(folder)
     if parts is None:
         return None
     if parts.ratings is None:
@@ -436,15 +415,12 @@ def _load_movielens(folder: Path) -> RawDataset | None:
 def _load_parquet(path: Path) -> RawDataset:
     """A Parquet folder (`training.data.parquet` reads it in Arrow batches), or one Parquet
     file of interactions with the default column names."""
-    try:
-        if path.is_file():
-            parts = parquet.ParquetParts(parquet.read_interactions(path), f"parquet:{path}")
-        else:
-            found = parquet.read_folder(path)
-            assert found is not None  # the caller checked the layout
-            parts = found
-    except parquet.FormatError as error:
-        raise DataError(error.path, error.line, error.message) from None
+    if path.is_file():
+        parts = parquet.ParquetParts(parquet.read_interactions(path), f"parquet:{path}")
+    else:
+        found = parquet.read_folder(path)
+        assert found is not None  # the caller checked the layout
+        parts = found
     c = parts.interactions
     inter = Interactions(implicit=c.implicit)
     inter.extend(

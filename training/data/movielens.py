@@ -13,14 +13,13 @@ a Python object per row.
 
 This module imports nothing from `loaders`: `loaders.load_dataset` dispatches here, and an
 import back would be a circle (tests/test_structure.py). So it returns plain parts
-(`MovieLensParts`) that `loaders` wraps into a `RawDataset`, and raises `FormatError`, which
-`loaders` turns into its `DataError` (same "file:line: message" text).
+(`MovieLensParts`) that `loaders` wraps into a `RawDataset`; its errors are the readers' one
+`DataError` (training.data.errors).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.data.errors import DataError, number
 
 # ml-1m's README: the age codes are each band's lower bound, which is also where the service's
 # age bands (service.features.AGE_BAND_EDGES) cut, so the code is kept as the number `age`
@@ -49,15 +50,6 @@ DAT_SEP = "::"
 # "Toy Story (1995)", "Fawlty Towers (1975-1979)", "Babylon 5" (none): the first year of a
 # trailing parenthesis.
 _TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$")
-
-
-class FormatError(ValueError):
-    """Malformed MovieLens input; `loaders` re-raises it as `DataError`."""
-
-    def __init__(self, path: Path, line: int | None, message: str):
-        self.path, self.line, self.message = path, line, message
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass
@@ -82,16 +74,6 @@ class MovieLensParts:
     ratings: RatingColumns | None
     user_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     item_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _number(path: Path, line: int, name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise FormatError(path, line, f"{name} must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise FormatError(path, line, f"{name} must be finite, got {text!r}")
-    return value
 
 
 def year_of_title(title: str) -> int | None:
@@ -137,7 +119,7 @@ def _dat_lines(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
     (else it joins the first id). Read as UTF-8, a line that is not decodes as latin-1 (that
     line only: one stray byte must not garble every other title)."""
     if not path.is_file():
-        raise FormatError(path, None, "file not found")
+        raise DataError(path, None, "file not found")
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(BOM):
@@ -155,7 +137,7 @@ def read_dat_ratings(path: Path) -> RatingColumns:
     """`UserID::MovieID::Rating::Timestamp` as columns (pandas' C parser, ids as codes); a file
     it cannot read cleanly is read again line by line, which names the first bad line."""
     if not path.is_file():
-        raise FormatError(path, None, "file not found")
+        raise DataError(path, None, "file not found")
     try:
         columns = _dat_ratings_columns(path)
     except (ValueError, OverflowError, IndexError):  # IndexError: pandas on an empty file
@@ -202,13 +184,13 @@ def _dat_ratings_rows(path: Path) -> RatingColumns:
     users, items, ratings, times = [], [], [], []
     for n, parts in _dat_lines(path, "latin-1"):
         if len(parts) != 4 or not parts[0].strip() or not parts[1].strip():
-            raise FormatError(path, n, f"expected UserID::MovieID::Rating::Timestamp, got {parts}")
+            raise DataError(path, n, f"expected UserID::MovieID::Rating::Timestamp, got {parts}")
         users.append(parts[0])
         items.append(parts[1])
-        ratings.append(_number(path, n, "rating", parts[2]))
-        times.append(_number(path, n, "timestamp", parts[3]))
+        ratings.append(number(path, n, "rating", parts[2]))
+        times.append(number(path, n, "timestamp", parts[3]))
     if not users:
-        raise FormatError(path, None, "no ratings")
+        raise DataError(path, None, "no ratings")
     user_vocab, user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)
     item_vocab, item_codes = np.unique(np.asarray(items, dtype=str), return_inverse=True)
     return RatingColumns(
@@ -224,9 +206,7 @@ def read_dat_movies(path: Path, encoding: str) -> dict[str, dict[str, Any]]:
     profiles: dict[str, dict[str, Any]] = {}
     for n, parts in _dat_lines(path, encoding):
         if len(parts) < 3:
-            raise FormatError(
-                path, n, f"expected MovieID::Title::Genres, found {len(parts)} fields"
-            )
+            raise DataError(path, n, f"expected MovieID::Title::Genres, found {len(parts)} fields")
         profiles[parts[0]] = _item_profile(DAT_SEP.join(parts[1:-1]), parts[-1])
     return profiles
 
@@ -237,7 +217,7 @@ def read_dat_users(path: Path) -> dict[str, dict[str, Any]]:
     profiles: dict[str, dict[str, Any]] = {}
     for n, parts in _dat_lines(path, "latin-1"):
         if len(parts) != 5:
-            raise FormatError(path, n, f"expected 5 fields, found {len(parts)}")
+            raise DataError(path, n, f"expected 5 fields, found {len(parts)}")
         user, gender, age, occupation, zip_code = (p.strip() for p in parts)
         profiles[user] = {
             "gender": gender, "age": _age_code(path, n, age),
@@ -247,15 +227,15 @@ def read_dat_users(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _age_code(path: Path, line: int, text: str) -> int:
-    code = int(_number(path, line, "age", text))
+    code = int(number(path, line, "age", text))
     if code not in ML1M_AGE_BANDS:
-        raise FormatError(path, line, f"age code {text!r} is not one of {sorted(ML1M_AGE_BANDS)}")
+        raise DataError(path, line, f"age code {text!r} is not one of {sorted(ML1M_AGE_BANDS)}")
     return code
 
 
 def _occupation_name(path: Path, line: int, text: str) -> str:
     if not (text.isascii() and text.isdigit() and int(text) < len(ML1M_OCCUPATIONS)):
-        raise FormatError(path, line, f"occupation code {text!r} is not 0-20")
+        raise DataError(path, line, f"occupation code {text!r} is not 0-20")
     return ML1M_OCCUPATIONS[int(text)]
 
 
@@ -284,13 +264,13 @@ def read_csv_movies(path: Path) -> dict[str, dict[str, Any]]:
                 if not row or not any(cell.strip() for cell in row):
                     continue
                 if len(row) != 3:
-                    raise FormatError(path, reader.line_num, f"expected 3 fields, found {len(row)}")
+                    raise DataError(path, reader.line_num, f"expected 3 fields, found {len(row)}")
                 item, title, genres = row
                 profiles[item.strip()] = _item_profile(title.strip(), genres)
         except UnicodeDecodeError as error:
-            raise FormatError(path, None, f"not UTF-8 ({error})") from None
+            raise DataError(path, None, f"not UTF-8 ({error})") from None
         except csv.Error as error:  # an unterminated quote, a field past the limit
-            raise FormatError(path, reader.line_num, f"not CSV: {error}") from None
+            raise DataError(path, reader.line_num, f"not CSV: {error}") from None
     return profiles
 
 

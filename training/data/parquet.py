@@ -16,8 +16,8 @@ timestamp column means row order.
 
 pyarrow is imported inside the functions: the service image, which never reads Parquet, has
 none. Like `movielens`, this module imports nothing from `loaders` (which dispatches here, and
-an import back would be a circle): it returns plain parts and raises `FormatError`, which
-`loaders` turns into its `DataError`.
+an import back would be a circle): it returns plain parts; its errors are the readers' one
+`DataError` (training.data.errors).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from training.data.errors import DataError
+
 DEFAULT_COLUMNS = {
     "user": "user_id",
     "item": "item_id",
@@ -40,15 +42,6 @@ DEFAULT_COLUMNS = {
 MAPPING_FILE = "columns.json"
 BATCH_ROWS = 1 << 20  # a million rows a batch: bounded memory per step, few steps
 _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-
-
-class FormatError(ValueError):
-    """Malformed Parquet input; `loaders` re-raises it as `DataError`."""
-
-    def __init__(self, path: Path, line: int | None, message: str):
-        self.path, self.line, self.message = path, line, message
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass
@@ -98,10 +91,10 @@ def _files(path: Path) -> list[Path]:
         if p.is_file() and p.suffix == ".parquet" and not p.name.startswith(("_", "."))
     )  # fmt: skip
     if any(p.is_dir() and any(p.rglob("*.parquet")) for p in path.iterdir()):
-        raise FormatError(path, None, "partitioned subfolders (key=value/part-*.parquet) are "
+        raise DataError(path, None, "partitioned subfolders (key=value/part-*.parquet) are "
                           "not read: write the table as flat part files")  # fmt: skip
     if not found:
-        raise FormatError(path, None, "no .parquet files in the folder")
+        raise DataError(path, None, "no .parquet files in the folder")
     return found
 
 
@@ -113,15 +106,15 @@ def read_mapping(folder: Path) -> dict[str, str]:
     try:
         given = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FormatError(path, None, f"not JSON: {error}") from None
+        raise DataError(path, None, f"not JSON: {error}") from None
     if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
-        raise FormatError(path, None, 'expected {"user": "<column>", ...} with string names')
+        raise DataError(path, None, 'expected {"user": "<column>", ...} with string names')
     if unknown := set(given) - set(DEFAULT_COLUMNS):
-        raise FormatError(path, None, f"unknown key(s) {sorted(unknown)}; allowed: "
+        raise DataError(path, None, f"unknown key(s) {sorted(unknown)}; allowed: "
                           f"{sorted(DEFAULT_COLUMNS)}")  # fmt: skip
     mapping = {**DEFAULT_COLUMNS, **given}
     if len(set(mapping.values())) < len(mapping):
-        raise FormatError(path, None, f"two roles name one column: {mapping}")
+        raise DataError(path, None, f"two roles name one column: {mapping}")
     return mapping
 
 
@@ -129,7 +122,7 @@ def _pyarrow() -> Any:
     try:
         import pyarrow
     except ImportError:  # the serving image: training extras not installed
-        raise FormatError(
+        raise DataError(
             Path("pyarrow"), None, "reading Parquet needs pyarrow: pip install 'cddae[train]'"
         ) from None
     return pyarrow
@@ -149,16 +142,16 @@ def _dataset(path: Path) -> Any:
         try:
             schemas.append(pq.read_schema(file))
         except pa.ArrowException as error:
-            raise FormatError(file, None, f"not a readable Parquet file ({error})") from None
+            raise DataError(file, None, f"not a readable Parquet file ({error})") from None
     for column in sorted(set.union(*(set(s.names) for s in schemas))):
         lacking = [f for f, s in zip(files, schemas, strict=True) if column not in s.names]
         if lacking:
-            raise FormatError(lacking[0], None, f"column {column!r} is in other part files, "
+            raise DataError(lacking[0], None, f"column {column!r} is in other part files, "
                               "not this one: every part must have the same columns")  # fmt: skip
     try:
         schema = pa.unify_schemas(schemas)
     except pa.ArrowException as error:
-        raise FormatError(path, None, f"the part files' columns differ in type ({error})") from None
+        raise DataError(path, None, f"the part files' columns differ in type ({error})") from None
     return ds.dataset([str(f) for f in files], schema=schema, format="parquet")
 
 
@@ -169,14 +162,14 @@ def _batches(path: Path, dataset: Any, **options: Any) -> Iterator[Any]:
     try:
         yield from dataset.to_batches(batch_size=BATCH_ROWS, **options)
     except pa.ArrowException as error:
-        raise FormatError(path, None, f"cannot read: {error}") from None
+        raise DataError(path, None, f"cannot read: {error}") from None
 
 
 def _require(path: Path, schema: Any, mapping: dict[str, str], roles: tuple[str, ...]) -> None:
     """A clear error for a missing column: which file, which column, and how to name yours."""
     for role in roles:
         if mapping[role] not in schema.names:
-            raise FormatError(
+            raise DataError(
                 path, None,
                 f"missing {role} column {mapping[role]!r} (columns: {schema.names}); name yours "
                 f'in {MAPPING_FILE} beside the data, e.g. {{"{role}": "<column>"}}',
@@ -206,7 +199,7 @@ def _profiles(path: Path, id_name: str, shape: Any) -> dict[str, dict[str, Any]]
             repeated.append(key)
         profiles[key] = shape(row)
     if repeated:
-        raise FormatError(path, None, f"{len(repeated)} id(s) appear more than once, e.g. "
+        raise DataError(path, None, f"{len(repeated)} id(s) appear more than once, e.g. "
                           f"{sorted(set(repeated))[:5]}")  # fmt: skip
     return profiles
 
@@ -252,10 +245,10 @@ def _ids(path: Path, name: str, column: Any) -> Any:
     if not (
         pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
     ):
-        raise FormatError(path, None, f"id column {name!r} must hold integers or strings, "
+        raise DataError(path, None, f"id column {name!r} must hold integers or strings, "
                           f"found {column.type}")  # fmt: skip
     if column.null_count:
-        raise FormatError(path, None, f"id column {name!r} has {column.null_count} empty cell(s)")
+        raise DataError(path, None, f"id column {name!r} has {column.null_count} empty cell(s)")
     return pc.cast(column, pa.large_string())
 
 
@@ -266,7 +259,7 @@ def _encode(path: Path, name: str, ids: Any) -> tuple[np.ndarray, np.ndarray]:
     vocab = pc.unique(ids)
     vocab = vocab.take(pc.array_sort_indices(vocab))
     if pc.any(pc.equal(pc.utf8_trim_whitespace(vocab), "")).as_py():
-        raise FormatError(path, None, f"id column {name!r} has a blank id")
+        raise DataError(path, None, f"id column {name!r} has a blank id")
     codes = pc.index_in(ids, value_set=vocab).to_numpy()
     return codes.astype(np.int64), np.asarray(vocab.to_pylist(), dtype=object)
 
@@ -277,7 +270,7 @@ def _number(path: Path, name: str, column: Any) -> np.ndarray:
 
     kind = column.type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
-        raise FormatError(path, None, f"column {name!r} must be numeric, found {kind}")
+        raise DataError(path, None, f"column {name!r} must be numeric, found {kind}")
     return _finite(path, name, column.cast(pa.float64()))
 
 
@@ -300,7 +293,7 @@ def _ticks(path: Path, name: str, column: Any, per_second: int) -> np.ndarray:
     """Integer ticks as float seconds, split into whole seconds and a fraction first: a
     nanosecond count does not fit a float's 53 bits, its seconds do."""
     if column.null_count:
-        raise FormatError(path, None, f"column {name!r} has {column.null_count} empty cell(s)")
+        raise DataError(path, None, f"column {name!r} has {column.null_count} empty cell(s)")
     ticks = column.to_numpy(zero_copy_only=False).astype(np.int64)
     whole, rest = np.divmod(ticks, per_second)
     return whole.astype(np.float64) + rest / per_second
@@ -308,10 +301,10 @@ def _ticks(path: Path, name: str, column: Any, per_second: int) -> np.ndarray:
 
 def _finite(path: Path, name: str, column: Any) -> np.ndarray:
     if column.null_count:
-        raise FormatError(path, None, f"column {name!r} has {column.null_count} empty cell(s)")
+        raise DataError(path, None, f"column {name!r} has {column.null_count} empty cell(s)")
     values = column.to_numpy(zero_copy_only=False).astype(np.float64)
     if not np.isfinite(values).all():
-        raise FormatError(path, None, f"column {name!r} must be finite")
+        raise DataError(path, None, f"column {name!r} must be finite")
     return values
 
 
