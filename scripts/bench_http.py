@@ -121,18 +121,23 @@ class Workload:
 
 def measure(
     name: str, port: int, make: Callable[[int], Request], rates: list[float], seconds: float,
-    results: dict, on_middle: Callable[[], None] | None = None,
+    results: dict, on_middle: Callable[[], None] | None = None, pid: int | None = None,
 ) -> None:  # fmt: skip
+    """Each rate for `seconds`, open loop; with `pid`, the server's CPU per request too."""
     asyncio.run(open_loop("127.0.0.1", port, make, 100, 1))  # warm-up, not recorded
     for k, rate in enumerate(rates):
         if on_middle is not None and k == len(rates) // 2:
             on_middle()
+        cpu = process_cpu_seconds(pid) if pid else 0.0
         result = asyncio.run(open_loop("127.0.0.1", port, make, rate, seconds))
         results.setdefault(name, {})[str(int(rate))] = summary = result.summary()
+        if pid:
+            spent = process_cpu_seconds(pid) - cpu
+            summary["cpu_us_per_request"] = round(1e6 * spent / max(summary["requests"], 1), 1)
         figures = "  ".join(f"{q} {summary[q]:8.2f}" for q in ("p50", "p90", "p99", "max"))
         print(
             f"{name:32s} {rate:6.0f}/s  {figures} ms  errors {summary['errors']}  "
-            f"achieved {summary['achieved']}/s",
+            f"achieved {summary['achieved']}/s  cpu {summary.get('cpu_us_per_request', '-')} µs",
             flush=True,
         )
         time.sleep(1)
@@ -218,10 +223,53 @@ def measure_online(
               f"  on / off: {ratios}", flush=True)  # fmt: skip
 
 
-def saturate(name: str, port: int, make: Callable[[int], Request], results: dict) -> None:
+def saturate(
+    name: str, port: int, make: Callable[[int], Request], results: dict, pid: int | None = None
+) -> float:
+    """The most `name` sustains (32 clients back to back for 5 s); with `pid`, the server's
+    CPU per request meanwhile (recorded under "cpu_us_at_most"). Returns the rate."""
+    cpu = process_cpu_seconds(pid) if pid else 0.0
     result = asyncio.run(closed_loop("127.0.0.1", port, make, clients=32, seconds=5))
     results.setdefault("max_throughput", {})[name] = round(result.achieved, 1)
+    if pid:
+        done = max(len(result.latencies_ms), 1)
+        per_request = round(1e6 * (process_cpu_seconds(pid) - cpu) / done, 1)
+        results.setdefault("cpu_us_at_most", {})[name] = per_request
     print(f"{name:32s} sustains {result.achieved:8.1f}/s ({sum(result.errors.values())} errors)")
+    return result.achieved
+
+
+def model_seconds(models: Path, users: int = 300, repeats: int = 3) -> float:
+    """t_model: the bundle's onnxruntime call for one known user (input built, scores out),
+    median over `users` users, `repeats` times, in this process, before any server starts."""
+    import statistics
+
+    from service.serving.onnx_model import Model
+
+    model = Model.load(models / str(current_version(models)))
+    queries = [model.known_user(u) for u in range(min(users, len(model.bundle.user_ids)))]
+    times = []
+    for _ in range(repeats):
+        for query in queries:
+            started = time.perf_counter()
+            model.scores([query])
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def physical_limit(results: dict) -> None:
+    """1 / (t_ref + t_model): what one process could sustain if the service cost nothing
+    beyond the bare framework's request and the model's call; each service's share of it."""
+    t_ref = results["cpu_us_at_most"]["reference"] / 1e6
+    t_model = results["t_model_us"] / 1e6
+    limit = 1 / (t_ref + t_model)
+    shares = {name: round(rate / limit, 3) for name, rate in results["max_throughput"].items()
+              if name.startswith("service")}  # fmt: skip
+    results["physical_limit"] = {"t_ref_us": round(t_ref * 1e6, 1),
+                                 "t_model_us": round(t_model * 1e6, 1),
+                                 "per_second": round(limit, 1), "shares": shares}  # fmt: skip
+    print(f"physical limit 1/(t_ref {t_ref * 1e6:.1f} µs + t_model {t_model * 1e6:.1f} µs) = "
+          f"{limit:.0f}/s; sustained shares {shares}", flush=True)  # fmt: skip
 
 
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen:
@@ -256,35 +304,194 @@ def summarise_profile(raw: Path, out: Path, top: int = 25) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+SKIP = (
+    "max_throughput",
+    "p99_over_reference",
+    "cpu_us_at_most",
+    "physical_limit",
+    "relative_rates",
+    "impressions_medians",
+    "impressions_on_over_off",
+    "filter_over_plain",
+)
+
+
 def markdown(results: dict) -> str:
-    """The results as the table in docs/PERFORMANCE.md."""
+    """The results as the tables in docs/PERFORMANCE.md (one run; with several, the medians)."""
+    if "runs" in results:
+        return medians_markdown(results)
     rows = ["| server, scenario | rate/s | achieved/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-            "| p99 / reference |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "| CPU µs/request | p99 / reference |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     ratios = results.get("p99_over_reference", {})
     for name, by_rate in results.items():
-        if not isinstance(by_rate, dict) or name in ("max_throughput", "p99_over_reference"):
+        if not isinstance(by_rate, dict) or name in SKIP:
             continue
         for rate, s in by_rate.items():
             ratio = ratios.get(name, {}).get(rate, 1.0 if name == "reference" else "")
-            rows.append(f"| {name} | {rate} | {s['achieved']} | {s['p50']} | {s['p90']} | "
-                        f"{s['p99']} | {s['max']} | {s['errors']} | {ratio} |")  # fmt: skip
+            shown = f"{rate} ({s['rate']:.0f})" if rate.endswith("%") else rate
+            rows.append(f"| {name} | {shown} | {s['achieved']} | {s['p50']} | {s['p90']} | "
+                        f"{s['p99']} | {s['max']} | {s['errors']} | "
+                        f"{s.get('cpu_us_per_request', '')} | {ratio} |")  # fmt: skip
     most = results.get("max_throughput", {})
     if most:
-        rows += ["", "| server, scenario | most sustained, requests/s | share of the reference |",
-                 "|---|---|---|"]  # fmt: skip
+        header = ("| server, scenario | most sustained, requests/s | share of the reference "
+                  "| CPU µs/request | share of the physical limit |")  # fmt: skip
+        rows += ["", header, "|---|---|---|---|---|"]
         reference = most.get("reference")
+        cpu = results.get("cpu_us_at_most", {})
+        shares = results.get("physical_limit", {}).get("shares", {})
         for name, rate in most.items():
             share = f"{100 * rate / reference:.0f}%" if reference else ""
-            rows.append(f"| {name} | {rate} | {share} |")
+            limit = f"{100 * shares[name]:.0f}%" if name in shares else ""
+            rows.append(f"| {name} | {rate} | {share} | {cpu.get(name, '')} | {limit} |")
+    if "physical_limit" in results:
+        limit = results["physical_limit"]
+        rows += ["", f"Physical limit: 1 / (t_ref {limit['t_ref_us']} µs + t_model "
+                 f"{limit['t_model_us']} µs) = {limit['per_second']} requests/s."]  # fmt: skip
     return "\n".join(rows)
+
+
+def medians(runs: list[dict]) -> dict:
+    """Per scenario and rate, the median over runs of p99 / reference; the median sustained
+    share of the physical limit; each with its spread (min–max)."""
+    import statistics
+
+    def spread(values: list[float]) -> dict:
+        return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+                "max": round(max(values), 2)}  # fmt: skip
+
+    ratios: dict[str, dict[str, list[float]]] = {}
+    shares: dict[str, list[float]] = {}
+    for run in runs:
+        for name, by_rate in run.get("p99_over_reference", {}).items():
+            for rate, ratio in by_rate.items():
+                ratios.setdefault(name, {}).setdefault(rate, []).append(ratio)
+        for name, share in run.get("physical_limit", {}).get("shares", {}).items():
+            shares.setdefault(name, []).append(share)
+    return {
+        "p99_over_reference": {
+            name: {rate: spread(v) for rate, v in by_rate.items()}
+            for name, by_rate in ratios.items()
+        },
+        "physical_limit_share": {name: spread(v) for name, v in shares.items()},
+    }
+
+
+def medians_markdown(results: dict) -> str:
+    summary = results["medians"]
+    rows = [f"Median of {len(results['runs'])} runs (min–max).", "",
+            "| server, scenario | rate | p99 / reference |", "|---|---|---|"]  # fmt: skip
+    for name, by_rate in summary["p99_over_reference"].items():
+        for rate, s in by_rate.items():
+            rows.append(f"| {name} | {rate} | {s['median']} ({s['min']}–{s['max']}) |")
+    rows += ["", "| server, scenario | sustained share of the physical limit |", "|---|---|"]
+    for name, s in summary["physical_limit_share"].items():
+        rows.append(f"| {name} | {100 * s['median']:.0f}% ({100 * s['min']:.0f}–"
+                    f"{100 * s['max']:.0f}%) |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def one_run(args: argparse.Namespace, work: Workload, only: set[str]) -> dict:
+    """Every server and scenario once. With the reference, first its sustained rate (and CPU
+    per request: t_ref), so that every server is also measured at `--relative` shares of it."""
+    import redis
+
+    rates = [float(r) for r in args.rates.split(",") if r]
+    fractions = [float(f) for f in args.relative.split(",") if f]
+    results: dict = {"rates": rates, "seconds": args.seconds, "started": time.strftime("%FT%T")}
+    points: list[tuple[str, float]] = [(str(int(r)), r) for r in rates]
+
+    def measure_all(name: str, port: int, make: Callable[[int], Request], pid: int,
+                    on_middle: Callable[[], None] | None = None) -> None:  # fmt: skip
+        for k, (key, rate) in enumerate(points):
+            middle = on_middle if k == len(points) // 2 else None
+            measure(name, port, make, [rate], args.seconds, results, middle, pid)
+            if key != str(int(rate)):  # a relative point: filed under its share
+                results[name][key] = results[name].pop(str(int(rate)))
+
+    def run_service(label: str, env: dict[str, str], profiled: bool = False) -> None:
+        port = free_port()
+        with started(service_command(args.models_dir, port), env, port) as process:
+            pid = process.pid
+            measure_all(f"{label} cached GET", port, work.hot_get, pid)
+            if env.get("CDDAE_REDIS_URL"):
+                redis.Redis.from_url(env["CDDAE_REDIS_URL"]).flushdb()
+            spy = None
+
+            def start_profile() -> None:
+                nonlocal spy
+                if profiled and args.profile:
+                    spy = profile(pid, args.seconds, args.profile)
+
+            measure_all(f"{label} uncached GET", port, work.uncached_get, pid, start_profile)
+            if spy is not None:
+                spy.wait()
+                summarise_profile(args.profile.with_suffix(".raw"), args.profile)
+            if args.filters:
+                measure_filters(label, port, work, rates, args.seconds, results)
+            measure_all(f"{label} POST /score", port, work.score, pid)
+            saturate(f"{label} uncached GET", port, work.uncached_get, results, pid)
+
+    def run_yardstick(label: str, app_args: list[str], make: Callable[[int], Request],
+                      first: Callable[[float], None] | None = None) -> None:  # fmt: skip
+        port = free_port()
+        command = [sys.executable, str(HERE / "bench_apps.py"), *app_args, "--port", str(port)]
+        with started(command, {}, port) as process:
+            asyncio.run(open_loop("127.0.0.1", port, make, 100, 1))  # warm-up
+            most = saturate(label, port, make, results, process.pid)
+            if first is not None:
+                first(most)
+            measure_all(label, port, make, process.pid)
+
+    def relative_points(most: float) -> None:
+        for fraction in fractions:
+            key = f"{100 * fraction:g}%"
+            points.append((key, round(fraction * most)))
+            results.setdefault("relative_rates", {})[key] = round(fraction * most)
+
+    if not only or "reference" in only:
+        results["t_model_us"] = round(1e6 * model_seconds(args.models_dir), 1)
+        workers = ["--workers", str(args.workers)]
+        run_yardstick("reference", ["reference", *workers], work.hot_get, relative_points)
+    if not only or "torch" in only:
+        torch_args = ["torch", "--checkpoint", str(args.checkpoint)]
+        run_yardstick("torch in handler", torch_args, work.random_user_get)
+    if not only or "redis" in only:
+        redis.Redis.from_url(args.redis_url).flushdb()
+        env = {"CDDAE_REDIS_URL": args.redis_url, "CDDAE_WORKERS": str(args.workers)}
+        run_service("service redis", env, profiled=args.workers == 1)
+    if not only or "embedded" in only:
+        log = Path(f"/tmp/cddae-bench-{os.getpid()}.jsonl")
+        run_service("service embedded", {"CDDAE_REDIS_URL": "", "CDDAE_INTERACTIONS_LOG": str(log)})
+        log.unlink(missing_ok=True)
+    if "reference" in results:
+        ratios = {}
+        for name, by_rate in results.items():
+            if isinstance(by_rate, dict) and name not in ("reference", *SKIP):
+                ratios[name] = {
+                    rate: round(s["p99"] / results["reference"][rate]["p99"], 2)
+                    for rate, s in by_rate.items()
+                    if rate in results["reference"]
+                }
+        results["p99_over_reference"] = ratios
+        print(json.dumps(ratios, indent=1))
+        if args.workers == 1:
+            physical_limit(results)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--rates", default="250,500,1000")
+    parser.add_argument("--rates", default="500", help="fixed rates, comma-separated")
+    parser.add_argument(
+        "--relative", default="0.25,0.5",
+        help="and these shares of the reference's sustained rate, measured first in each run",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--runs", type=int, default=1, help="whole runs; medians across them")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8")
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--out", type=Path)
@@ -306,70 +513,22 @@ def main() -> None:
         return
     if args.models_dir is None or args.checkpoint is None:
         parser.error("--models-dir and --checkpoint are needed to measure")
-    rates = [float(r) for r in args.rates.split(",")]
     work = Workload(args.models_dir)
-    results: dict = {"rates": rates, "seconds": args.seconds, "started": time.strftime("%FT%T")}
     only = set(filter(None, args.only.split(",")))
-    import redis
-
-    def run_service(label: str, env: dict[str, str], profiled: bool = False) -> None:
-        port = free_port()
-        with started(service_command(args.models_dir, port), env, port) as process:
-            measure(f"{label} cached GET", port, work.hot_get, rates, args.seconds, results)
-            if env.get("CDDAE_REDIS_URL"):
-                redis.Redis.from_url(env["CDDAE_REDIS_URL"]).flushdb()
-            spy = None
-
-            def start_profile() -> None:
-                nonlocal spy
-                if profiled and args.profile:
-                    spy = profile(process.pid, args.seconds, args.profile)
-
-            measure(f"{label} uncached GET", port, work.uncached_get, rates, args.seconds,
-                    results, start_profile)  # fmt: skip
-            if spy is not None:
-                spy.wait()
-                summarise_profile(args.profile.with_suffix(".raw"), args.profile)
-            if args.filters:
-                measure_filters(label, port, work, rates, args.seconds, results)
-            measure(f"{label} POST /score", port, work.score, rates, args.seconds, results)
-            saturate(f"{label} uncached GET", port, work.uncached_get, results)
-
-    def run_yardstick(label: str, app_args: list[str], make: Callable[[int], Request]) -> None:
-        port = free_port()
-        command = [sys.executable, str(HERE / "bench_apps.py"), *app_args, "--port", str(port)]
-        with started(command, {}, port):
-            measure(label, port, make, rates, args.seconds, results)
-            saturate(label, port, make, results)
-
     if args.online:
+        results: dict = {"started": time.strftime("%FT%T")}
+        rates = [float(r) for r in args.rates.split(",")]
         measure_online(args.models_dir, args.redis_url, work, rates, args.seconds, results,
                        args.repeats)  # fmt: skip
-        only = {"none"}
-    if not only or "reference" in only:
-        run_yardstick("reference", ["reference", "--workers", str(args.workers)], work.hot_get)
-    if not only or "torch" in only:
-        torch_args = ["torch", "--checkpoint", str(args.checkpoint)]
-        run_yardstick("torch in handler", torch_args, work.random_user_get)
-    if not only or "redis" in only:
-        redis.Redis.from_url(args.redis_url).flushdb()
-        env = {"CDDAE_REDIS_URL": args.redis_url, "CDDAE_WORKERS": str(args.workers)}
-        run_service("service redis", env, profiled=args.workers == 1)
-    if not only or "embedded" in only:
-        log = Path(f"/tmp/cddae-bench-{os.getpid()}.jsonl")
-        run_service("service embedded", {"CDDAE_REDIS_URL": "", "CDDAE_INTERACTIONS_LOG": str(log)})
-        log.unlink(missing_ok=True)
-    if "reference" in results:
-        ratios = {}
-        for name, by_rate in results.items():
-            if isinstance(by_rate, dict) and name not in ("reference", "max_throughput"):
-                ratios[name] = {
-                    rate: round(s["p99"] / results["reference"][rate]["p99"], 2)
-                    for rate, s in by_rate.items()
-                    if rate in results["reference"]
-                }
-        results["p99_over_reference"] = ratios
-        print(json.dumps(ratios, indent=1))
+    elif args.runs == 1:
+        results = one_run(args, work, only)
+    else:
+        runs = []
+        for k in range(args.runs):
+            print(f"--- run {k + 1} of {args.runs}", flush=True)
+            runs.append(one_run(args, work, only))
+        results = {"runs": runs, "medians": medians(runs)}
+        print(medians_markdown(results))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -51,6 +52,20 @@ class Metrics:
             registry=self.registry,
         )
         self._versions: set[str] = set()
+        # Each (route, method, status) series' child, looked up once: a label lookup per
+        # request cost more than the observation. Bounded as the labels are.
+        self._request_series: dict[tuple[str, str, int], Any] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One request's latency. `route` is a route's path template (or "unmatched"),
+        `method` one of a fixed set (or "other"): callers keep the labels bounded."""
+        key = (route, method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = self.request_latency.labels(
+                route, method, str(status)
+            )
+        series.observe(seconds)
 
     def set_versions(self, versions: set[str]) -> None:
         """The versions served (the one in service, an experiment's candidate): only these

@@ -12,8 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from service.api.app_state import AppState
+from service.api.hot_path import HotPath
 from service.api.log_filters import quiet_invalid_requests
 from service.api.middleware import BodyLimit, RequestMetrics
 from service.api.routes import router
@@ -61,11 +63,7 @@ def build_state(settings: Settings) -> AppState:
             settings.attribution_window_seconds,
             settings.impressions_log_bytes,
         )
-    batcher = (
-        MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
-        if settings.micro_batch_ms
-        else None
-    )
+    batcher = MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
     if not settings.record_impressions:
         online.close()
         online = None
@@ -73,6 +71,16 @@ def build_state(settings: Settings) -> AppState:
         holder, cache, store, metrics, settings.max_n, batcher, settings.max_api_items, online
     )
     return AppState(settings, holder, cache, store, backend, metrics, recommendations)
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with `HotPath` outside every middleware: the most frequent request is answered
+    before the framework's layers (service.api.hot_path)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        state = self.state.cddae
+        stack = super().build_middleware_stack()
+        return HotPath(stack, state.metrics, state.settings.max_body_bytes)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -95,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.recommendations.online is not None:
             state.recommendations.online.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="cddae",
         summary="Top-N recommendations from a Collaborative Deep Denoising Autoencoder",
         version="0.1.0",

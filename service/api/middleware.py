@@ -35,9 +35,7 @@ class RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             method = scope["method"] if scope["method"] in METHODS else "other"
-            self.metrics.request_latency.labels(path, method, str(status)).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.observe_request(path, method, status, time.perf_counter() - started)
 
 
 class BodyLimit:

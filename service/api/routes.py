@@ -7,14 +7,16 @@ import datetime as dt
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, Field, SecretStr
 
-from service.api.app_state import AppStateDep, state_of
+from service.api.app_state import AppState, AppStateDep, state_of
 from service.api.schemas import (
     Availability,
     AvailabilityResponse,
@@ -132,12 +134,26 @@ async def get_recommendations(
 ) -> Response:
     """Top-N items for a known user, without the items the user has already interacted with,
     the ones `exclude` names, hidden items, and those failing a `filter`."""
-    state = state_of(request)  # the hot paths skip dependency solving: see docs/PERFORMANCE.md
+    # The plain form (no exclusions or filters) seldom gets here: service.api.hot_path
+    # answers it before FastAPI solves parameters, through `answer_for_user` too.
+    return await answer_for_user(state_of(request), user_id, n, exclude_seen, exclude, filters)
+
+
+async def answer_for_user(
+    state: AppState,
+    user_id: str,
+    n: int,
+    exclude_seen: bool,
+    exclude: Sequence[str],
+    filters: Sequence[str],
+) -> Response:
+    """A known user's list, or the error as FastAPI would render it (the hot path has no
+    exception handlers to raise into)."""
     try:
         answer = await state.recommendations.for_user(user_id, n, exclude_seen, exclude, filters)
-        return JSONBytes(answer)
     except HANDLED as error:
-        raise _http_error(error) from None
+        return _error_response(error)
+    return JSONBytes(answer)
 
 
 @router.post(
@@ -147,18 +163,35 @@ async def get_recommendations(
 )
 async def post_score(request: Request, body: ScoreRequest | BatchScoreRequest) -> Response:
     """Recommendations for ad-hoc users: one request, or a batch as {"users": [...]}."""
+    # A single user's body seldom gets here: service.api.hot_path validates it with the same
+    # model and answers it through `answer_for_score` too.
     state = state_of(request)
-    batch = isinstance(body, BatchScoreRequest)
-    requests = body.users if batch else [body]
-    if len(requests) > state.settings.max_batch:
-        raise HTTPException(
-            422, f"batch of {len(requests)} users exceeds the maximum of {state.settings.max_batch}"
-        )
+    if isinstance(body, BatchScoreRequest):
+        if len(body.users) > state.settings.max_batch:
+            raise HTTPException(
+                422,
+                f"batch of {len(body.users)} users exceeds the maximum of "
+                f"{state.settings.max_batch}",
+            )
+        return await answer_for_score(state, body.users, batch=True)
+    return await answer_for_score(state, [body], batch=False)
+
+
+async def answer_for_score(
+    state: AppState, requests: Sequence[ScoreRequest], batch: bool
+) -> Response:
+    """Ad-hoc users' lists (as a batch's `results`, or one list), or the error as FastAPI
+    would render it."""
     try:
         answers = await state.recommendations.score([r.ad_hoc_user() for r in requests])
     except HANDLED as error:
-        raise _http_error(error) from None
+        return _error_response(error)
     return JSONBytes(b'{"results":[%s]}' % b",".join(answers) if batch else answers[0])
+
+
+def _error_response(error: Exception) -> Response:
+    http = _http_error(error)
+    return JSONResponse({"detail": http.detail}, http.status_code)
 
 
 IdempotencyKey = Annotated[

@@ -18,6 +18,8 @@ from typing import Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.state.scripts import queue_script, run_script
+
 PREFIX = "cddae:rec"
 
 
@@ -146,7 +148,7 @@ class RedisCache:
         if self.degraded:
             return
         try:
-            await self._set(keys=[key], args=[field, value, self._ttl_now()])
+            await run_script(self._set, [key], [field, value, self._ttl_now()])
         except (TimeoutError, RedisError, OSError):
             self._failed()
 
@@ -160,7 +162,7 @@ class RedisCache:
                     ttl = max(
                         1, round(self._ttl * (1 + random.uniform(-self._jitter, self._jitter)))
                     )
-                    await self._set(keys=[key], args=[field, value, ttl], client=pipe)
+                    queue_script(pipe, self._set, [key], [field, value, ttl])
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError):
             self._failed()

@@ -31,6 +31,7 @@ from typing import Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.state.scripts import run_script
 from service.state.store import StoreUnavailable
 
 log = logging.getLogger("cddae.service")
@@ -268,7 +269,7 @@ class RedisOnline:
             args += [imp.id, imp.user or "", imp.time, imp.cell, imp.json()]
         try:
             if impressions:
-                await self._record(keys=[COUNTS[0], IMPRESSIONS], args=args)
+                await run_script(self._record, [COUNTS[0], IMPRESSIONS], args)
             if shadowed:
                 totals = Counts()
                 for seen in shadowed:
@@ -285,7 +286,7 @@ class RedisOnline:
         keys = [f"cddae:user:{user}:lists", COUNTS[1]]
         args = [user, now, self.window, list_id or "", RECORD_PREFIX, *items]
         try:
-            reply = await self._attribute(keys=keys, args=args)
+            reply = await run_script(self._attribute, keys, args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the store (Redis) did not attribute") from error
         ids = [r.decode() for r in reply]

@@ -51,6 +51,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.state.events import ITEM_EVENTS, BadEvent, Quarantine, parse
+from service.state.scripts import run_script
 
 STREAM = "cddae:events"
 ITEM_PROFILES = "cddae:items:profile"  # item id → its profile (JSON), as the API last set it
@@ -510,7 +511,9 @@ class RedisStore:
         answer in the same one (and on a hit nothing else)."""
         prefix, field = probe if probe is not None else ("cddae:no-cache:", "")
         try:
-            reply = await self._read(keys=self._keys(user), args=[prefix, field, self.max_history])
+            reply = await run_script(
+                self._read, self._keys(user), [prefix, field, self.max_history]
+            )
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
         generation, catalogue = int(reply[0]), int(reply[1])
@@ -526,7 +529,7 @@ class RedisStore:
 
     async def _call(self, script, keys: list[str], args: list, what: str):
         try:
-            return await script(keys=keys, args=args)
+            return await run_script(script, keys, args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable(f"the interaction store (Redis) did not {what}") from error
 
@@ -570,7 +573,7 @@ class RedisStore:
 
     async def _run(self, script, user: str, keys: list[str], args: list) -> Written:
         try:
-            status, recorded = await script(keys=keys, args=args)
+            status, recorded = await run_script(script, keys, args)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not confirm") from error
         if status == -1:

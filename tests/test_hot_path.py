@@ -1,0 +1,168 @@
+"""The hot path answers exactly what the FastAPI routes would, and hands them everything else."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from service.api.hot_path import HotPath, plain_ask, score_body, single_score
+from service.bundle import promote
+from tests.inprocess import Client, serving
+from training.data.prepared import ProtocolConfig, prepare
+from training.jobs.export import export_checkpoint
+from training.jobs.pipeline import train_and_evaluate
+
+PATH = "/users/7/recommendations"
+JSON = [(b"content-type", b"application/json")]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "expected"),
+    [
+        (PATH, b"", ("7", 10, True)),
+        (PATH, b"n=5", ("7", 5, True)),
+        (PATH, b"exclude_seen=false&n=100", ("7", 100, False)),
+        (PATH, b"n=999999&exclude_seen=0", ("7", 999999, False)),
+        ("/users/a b/recommendations", b"n=1", ("a b", 1, True)),
+    ],
+)
+def test_the_plain_form_is_taken(path: str, query: bytes, expected: tuple) -> None:
+    assert plain_ask(path, query) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        (PATH, b"n=05"),  # another spelling: FastAPI's rules decide
+        (PATH, b"n=0"),
+        (PATH, b"n=-1"),
+        (PATH, b"n=1234567"),
+        (PATH, b"n=%35"),
+        (PATH, b"n=5&n=6"),
+        (PATH, b"n"),
+        (PATH, b"exclude_seen=yes"),
+        (PATH, b"exclude=50"),
+        (PATH, b"filter=genres:Drama"),
+        (PATH, b"n=5&"),
+        ("/users//recommendations", b""),
+        ("/users/a/b/recommendations", b""),
+        ("/users/\x01/recommendations", b""),
+        ("/users/" + "x" * 129 + "/recommendations", b""),
+        ("/users/7/recommendations/", b""),
+        ("/items/7/similar", b""),
+    ],
+)
+def test_anything_else_goes_to_the_route(path: str, query: bytes) -> None:
+    assert plain_ask(path, query) is None
+
+
+def test_a_score_body_is_read_only_when_declared_json_and_within_the_limit() -> None:
+    assert score_body([(b"content-length", b"20"), *JSON], 100) == 20
+    assert score_body([(b"content-length", b"200"), *JSON], 100) is None  # BodyLimit's 413
+    assert score_body([(b"content-length", b"0"), *JSON], 100) is None
+    assert score_body([(b"content-length", b"20")], 100) is None
+    assert score_body([(b"content-length", b"20"), (b"content-type", b"text/plain")], 100) is None
+    assert score_body([*JSON, (b"transfer-encoding", b"chunked")], 100) is None
+    two_lengths = [(b"content-length", b"20"), (b"content-length", b"30"), *JSON]
+    assert score_body(two_lengths, 100) is None
+
+
+def test_only_one_valid_user_is_scored_here() -> None:
+    assert single_score(b'{"items": ["1"], "n": 3}') is not None
+    assert single_score(b"{}") is not None  # the route's model takes it too
+    refused = [b'{"users": [{"items": ["1"]}]}', b'{"items": ["1"], "n": 0}', b"[1]", b"nope",
+               b'{"items": [NaN]}', b"\xff", b'{"items": ["1"], "extra": 1}']  # fmt: skip
+    for body in refused:
+        assert single_score(body) is None, body
+
+
+@pytest.fixture(scope="module")
+def source_models(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    _, checkpoint = train_and_evaluate(
+        "cddae", prepared, model={"hidden": [16]}, train={"epochs": 2}, progress=False
+    )
+    models = tmp_path_factory.mktemp("hot-models")
+    version, _ = export_checkpoint(checkpoint, models)
+    promote(models, version)
+    return models
+
+
+@pytest.fixture
+def client(source_models: Path, tmp_path: Path) -> Iterator[Client]:
+    with serving(source_models, tmp_path, max_n=50) as client:
+        yield client
+
+
+def _same(a: dict, b: dict) -> None:
+    """Equal answers but for what differs per answer (its id) or per cache state."""
+    for answer in (a, b):
+        answer.pop("recommendation_id", None)
+        answer.pop("cached", None)
+    assert a == b
+
+
+def _counted(client: Client):
+    """A spy on the hot path's answers."""
+    return mock.patch.object(HotPath, "_answer", autospec=True, side_effect=HotPath._answer)
+
+
+def test_get_answers_and_errors_equal_the_routes(client: Client) -> None:
+    user = str(client.state.holder.model.bundle.user_ids[0])
+    with _counted(client) as hot:
+        fast = client.get(f"/users/{user}/recommendations?n=5")
+        assert hot.call_count == 1
+        routed = client.get(f"/users/{user}/recommendations?n=05")  # FastAPI: 05 is 5
+        assert hot.call_count == 1
+    assert fast.status_code == routed.status_code == 200
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    _same(fast.json(), routed.json())
+    assert len(fast.json()["items"]) == 5
+    for fast_query, route_query in (("n=5", "n=05"), ("n=51", "n=051")):  # unknown; over max_n
+        for who in ("no-such-user", user):
+            fast = client.get(f"/users/{who}/recommendations?{fast_query}")
+            routed = client.get(f"/users/{who}/recommendations?{route_query}")
+            assert fast.status_code == routed.status_code
+            _same(fast.json(), routed.json())
+    assert client.get(f"/users/{user}/recommendations?n=51").status_code == 422
+    assert client.get("/users/\u00e9t\u00e9/recommendations").status_code == 404
+    assert client.get(f"/users/{user}/recommendations?n=0").json()["detail"][0]["loc"] == [
+        "query",
+        "n",
+    ]
+    metrics = client.get("/metrics").text
+    assert 'route="/users/{user_id}/recommendations",status="200"' in metrics
+    assert 'route="/users/{user_id}/recommendations",status="422"' in metrics
+
+
+def test_score_answers_and_errors_equal_the_routes(client: Client) -> None:
+    items = [str(i) for i in client.state.holder.model.bundle.item_ids[:3]]
+    body = json.dumps({"items": items, "n": 4}).encode()
+    plain = {"content-type": "application/json"}
+    other = {"content-type": "application/json; charset=utf-8"}  # the route takes it too
+    with _counted(client) as hot:
+        fast = client.request("POST", "/score", content=body, headers=plain)
+        assert hot.call_count == 1
+        routed = client.request("POST", "/score", content=body, headers=other)
+        assert hot.call_count == 1
+        batch = client.request(
+            "POST", "/score", content=b'{"users": [%s, %s]}' % (body, body), headers=plain
+        )
+        invalid = client.request("POST", "/score", content=b'{"items": [], "n": 0}', headers=plain)
+        broken = client.request("POST", "/score", content=b'{"items": [', headers=plain)
+        assert hot.call_count == 1  # the body was replayed to the route each time
+    assert fast.status_code == routed.status_code == 200
+    _same(fast.json(), routed.json())
+    assert [len(r["items"]) for r in batch.json()["results"]] == [4, 4]
+    assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"][-1] == "n"
+    assert broken.status_code in (400, 422)
+    too_big = client.request(
+        "POST", "/score", content=b'{"items": ["%s"]}' % b"1" * 2_000_000, headers=plain
+    )
+    assert too_big.status_code == 413
+    metrics = client.get("/metrics").text
+    assert 'method="POST",route="/score",status="200"' in metrics
