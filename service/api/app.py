@@ -28,6 +28,7 @@ from service.serving.filters import filter_schema
 from service.serving.holder import ModelHolder
 from service.serving.recommendations import ITEM_TITLE_LIMIT, Recommendations
 from service.state.cache import Cache, LocalCache, RedisCache, redis_client
+from service.state.lane import ReadLane
 from service.state.online import FileOnline, Online, RedisOnline, impressions_log
 from service.state.store import FileStore, RedisStore, Store
 from service.telemetry import Metrics
@@ -48,7 +49,8 @@ def build_state(settings: Settings) -> AppState:
             settings.cache_ttl_jitter,
             settings.redis_retry_seconds,
         )
-        store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds)
+        lane = ReadLane.from_url(settings.redis_url, settings.redis_timeout_seconds)
+        store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds, lane)
         online: Online | None = RedisOnline(
             client, settings.attribution_window_seconds, settings.impressions_retain
         )

@@ -14,13 +14,18 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from service.state.lane import ReadLane
 
-async def run_script(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-    """`script(keys=keys, args=args)` on the client it was registered with. A Redis that does
-    not know it (restarted, flushed) gets it loaded, as redis-py would."""
-    client = script.registered_client
+
+async def run_script(
+    script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], lane: ReadLane | None = None
+) -> Any:
+    """`script(keys=keys, args=args)` on the client it was registered with, or on `lane`. A
+    Redis that does not know it (restarted, flushed) gets it loaded, as redis-py would."""
     try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
+        if lane is not None:
+            return await lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await script.registered_client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
         return await script(keys=keys, args=args)
 

@@ -51,6 +51,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.state.events import ITEM_EVENTS, BadEvent, Quarantine, parse
+from service.state.lane import ReadLane
 from service.state.scripts import run_script
 
 STREAM = "cddae:events"
@@ -493,8 +494,10 @@ class RedisStore:
         client: aioredis.Redis,
         max_history: int = MAX_HISTORY,
         idempotency_ttl: int = IDEMPOTENCY_TTL,
+        lane: ReadLane | None = None,
     ):
         self._client, self.max_history, self.idempotency_ttl = client, max_history, idempotency_ttl
+        self._lane = lane  # the per-request read's own connection (service.state.lane)
         self._add = client.register_script(_ADD)
         self._profile = client.register_script(_PROFILE)
         self._read = client.register_script(_READ)
@@ -511,9 +514,8 @@ class RedisStore:
         answer in the same one (and on a hit nothing else)."""
         prefix, field = probe if probe is not None else ("cddae:no-cache:", "")
         try:
-            reply = await run_script(
-                self._read, self._keys(user), [prefix, field, self.max_history]
-            )
+            args = [prefix, field, self.max_history]
+            reply = await run_script(self._read, self._keys(user), args, self._lane)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
         generation, catalogue = int(reply[0]), int(reply[1])
@@ -598,4 +600,5 @@ class RedisStore:
         return {}
 
     def close(self) -> None:
-        pass
+        if self._lane is not None:
+            self._lane.close()

@@ -1,0 +1,185 @@
+"""The per-request read's own Redis connection: requests written back to back on one socket
+(pipelined: Redis answers in order), replies parsed by hiredis, one future each.
+
+redis-py's asyncio client took about 35 µs of CPU per command here — a pool checkout, a retry
+wrapper and a health check around every call — a tenth of an uncached answer
+(docs/PERFORMANCE.md); this takes about 9. Only the read every recommendation makes goes this
+way (`RedisStore.user_state`); writes keep redis-py and its handling.
+
+Failure is the same as redis-py's to the caller: `redis.exceptions.ConnectionError` or
+`TimeoutError` (RedisError), which the store turns into StoreUnavailable. A reply late past the
+timeout drops the connection and fails everything waiting on it (its replies can no longer be
+matched to requests); the next call connects again. Plain TCP URLs only (`redis://`); others
+(TLS, unix sockets) keep redis-py for every call (`ReadLane.from_url` returns None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import Connection, parse_url
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def pack(args: tuple[Any, ...]) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif not isinstance(arg, bytes):
+            arg = repr(arg).encode() if isinstance(arg, float) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def _error(reply: hiredis.ReplyError) -> RedisError:
+    text = str(reply)
+    return NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError:
+                self.fail(ConnectionError("Redis sent a reply that cannot be parsed"))
+                return
+            if reply is False:
+                return
+            if not self.waiting:  # a reply nobody asked for: the stream is not ours to trust
+                self.fail(ConnectionError("Redis sent a reply no request was waiting for"))
+                return
+            future = self.waiting.popleft()
+            if future.done():  # its caller went away (cancelled)
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(_error(reply))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(ConnectionError("the connection to Redis was lost"))
+
+    def fail(self, error: Exception) -> None:
+        """Every waiting request gets `error`; the connection is closed and not used again."""
+        self.lost = True
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ReadLane:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+    ):
+        self.host, self.port, self.db = host, port, db
+        self.username, self.password, self.timeout = username, password, timeout
+        self._protocol: _Protocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float) -> ReadLane | None:
+        """A lane to the Redis at `url`, or None where it is not plain TCP."""
+        options = parse_url(url)
+        if options.get("connection_class", Connection) is not Connection:
+            return None
+        return cls(
+            options.get("host", "localhost"),
+            int(options.get("port", 6379)),
+            int(options.get("db", 0) or 0),
+            options.get("username"),
+            options.get("password"),
+            timeout,
+        )
+
+    async def call(self, *args: Any) -> Any:
+        """One command's reply (bytes, int, None or a list of them, as redis-py gives without
+        decoding); a Redis error reply raised as redis-py would."""
+        loop = asyncio.get_running_loop()
+        protocol = self._protocol
+        if protocol is None or protocol.lost or self._loop is not loop:
+            protocol = await self._connect(loop)
+        return await self._send(loop, protocol, args)
+
+    async def _send(
+        self, loop: asyncio.AbstractEventLoop, protocol: _Protocol, args: tuple[Any, ...]
+    ) -> Any:
+        future = loop.create_future()
+        protocol.waiting.append(future)
+        assert protocol.transport is not None
+        protocol.transport.write(pack(args))
+        timer = loop.call_later(self.timeout, self._expire, protocol, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    def _expire(protocol: _Protocol, future: asyncio.Future) -> None:
+        if not future.done():
+            protocol.fail(RedisTimeoutError("Redis did not answer in time"))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        """One connection attempt at a time; callers meanwhile wait for the same one."""
+        if self._connecting is None or self._connecting.done() or self._loop is not loop:
+            self._loop = loop
+            self._connecting = asyncio.ensure_future(self._open(loop))
+            self._connecting.add_done_callback(_retrieved)
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        try:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(_Protocol, self.host, self.port), self.timeout
+            )
+        except (OSError, TimeoutError) as error:
+            raise ConnectionError(f"cannot connect to Redis: {error}") from None
+        protocol.transport = transport  # uvloop may call connection_made a moment later
+        try:
+            if self.password is not None:
+                auth = (self.username, self.password) if self.username else (self.password,)
+                await self._send(loop, protocol, ("AUTH", *auth))
+            if self.db:
+                await self._send(loop, protocol, ("SELECT", self.db))
+        except BaseException:
+            protocol.fail(ConnectionError("the Redis handshake failed"))
+            raise
+        self._protocol = protocol
+        return protocol
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """A connection attempt's error is its callers'; none left is no reason for a warning."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,218 @@
+"""The read lane: replies as redis-py gives them, in order under concurrency, and every failure
+(silence, a lost connection, a refused one) a redis-py error that the next call recovers from."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+from redis import asyncio as aioredis
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.state.lane import ReadLane, pack
+from service.state.scripts import run_script
+from service.state.store import RedisStore, StoreUnavailable
+
+URL = "redis://127.0.0.1:6379/11"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def fake_redis(answer) -> AsyncIterator[int]:
+    """A TCP server that hands each connection to `answer(reader, writer)`; yields its port."""
+
+    handlers: set[asyncio.Task] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await answer(reader, writer)
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass  # the client went away (a closed lane): EOF mid-command
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def _commands(reader: asyncio.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The RESP commands a client sends, one list of arguments each."""
+    while True:
+        count = int((await reader.readline())[1:])
+        args = []
+        for _ in range(count):
+            size = int((await reader.readline())[1:])
+            args.append((await reader.readexactly(size + 2))[:-2])
+        yield args
+
+
+def test_pack_encodes_as_redis_py_does() -> None:
+    assert pack(("GET", "é", 3, 0.5, b"\x00")) == (
+        b"*5\r\n$3\r\nGET\r\n$2\r\n\xc3\xa9\r\n$1\r\n3\r\n$3\r\n0.5\r\n$1\r\n\x00\r\n"
+    )
+
+
+def test_only_plain_tcp_urls_get_a_lane() -> None:
+    lane = ReadLane.from_url("redis://user:secret@example.org:6380/4", 1.0)
+    assert lane is not None
+    assert (lane.host, lane.port, lane.db, lane.username, lane.password) == (
+        "example.org", 6380, 4, "user", "secret",
+    )  # fmt: skip
+    assert ReadLane.from_url("rediss://example.org:6380/0", 1.0) is None
+    assert ReadLane.from_url("unix:///run/redis.sock", 1.0) is None
+
+
+def test_replies_match_redis_py_and_keep_their_order_under_concurrency() -> None:
+    async def scenario() -> None:
+        sync = redis.Redis.from_url(URL)
+        sync.flushdb()
+        sync.mset({f"lane:{k}": f"value-{k}" for k in range(300)})
+        lane = ReadLane.from_url(URL, 2.0)
+        assert lane is not None
+        replies = await asyncio.gather(*(lane.call("GET", f"lane:{k}") for k in range(300)))
+        assert replies == [f"value-{k}".encode() for k in range(300)]
+        assert await lane.call("GET", "lane:none") is None
+        assert await lane.call("INCR", "lane:n") == 1
+        with pytest.raises(ResponseError):
+            await lane.call("INCR", "lane:0")  # not an integer: an error reply, raised
+        assert await lane.call("GET", "lane:1") == b"value-1"  # and the lane goes on
+        lane.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unknown_script_is_loaded_through_redis_py() -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(URL)
+        script = client.register_script("return {KEYS[1], ARGV[1], 7}")
+        lane = ReadLane.from_url(URL, 2.0)
+        assert lane is not None
+        await client.script_flush()
+        with pytest.raises(NoScriptError):
+            await lane.call("EVALSHA", script.sha, 1, "k", "a")
+        assert await run_script(script, ["k"], ["a"], lane) == [b"k", b"a", 7]
+        assert await lane.call("EVALSHA", script.sha, 1, "k", "b") == [b"k", b"b", 7]
+        lane.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_silence_times_out_everything_waiting_and_the_next_call_reconnects() -> None:
+    connections = 0
+
+    async def silent_then_answering(reader, writer) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        async for _ in _commands(reader):
+            if not first:
+                writer.write(b"+PONG\r\n")
+                await writer.drain()
+
+    async def scenario() -> None:
+        async with fake_redis(silent_then_answering) as port:
+            lane = ReadLane("127.0.0.1", port, 0, None, None, 0.2)
+            results = await asyncio.gather(
+                *(lane.call("PING") for _ in range(3)), return_exceptions=True
+            )
+            assert all(isinstance(r, RedisTimeoutError | ConnectionError) for r in results)
+            assert any(isinstance(r, RedisTimeoutError) for r in results)
+            assert await lane.call("PING") == b"PONG"
+            assert connections == 2
+            lane.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lost_connection_fails_its_callers_and_a_refused_one_is_a_connection_error() -> None:
+    async def hang_up(reader, writer) -> None:
+        await reader.read(1)
+
+    async def scenario() -> None:
+        async with fake_redis(hang_up) as port:
+            lane = ReadLane("127.0.0.1", port, 0, None, None, 2.0)
+            with pytest.raises(ConnectionError):
+                await lane.call("PING")
+            lane.close()
+        closed = ReadLane("127.0.0.1", _free_port(), 0, None, None, 1.0)
+        with pytest.raises(ConnectionError):
+            await closed.call("PING")
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_goes_away_never_shifts_the_replies_of_the_others() -> None:
+    async def slow_echo(reader, writer) -> None:
+        async for args in _commands(reader):
+            await asyncio.sleep(0.05)
+            writer.write(b"$%d\r\n%s\r\n" % (len(args[-1]), args[-1]))
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with fake_redis(slow_echo) as port:
+            lane = ReadLane("127.0.0.1", port, 0, None, None, 2.0)
+            first = asyncio.ensure_future(lane.call("ECHO", "first"))
+            await asyncio.sleep(0.01)
+            second = asyncio.ensure_future(lane.call("ECHO", "second"))
+            first.cancel()
+            assert await second == b"second"
+            assert await lane.call("ECHO", "third") == b"third"
+            lane.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_handshake_authenticates_and_selects_the_database() -> None:
+    seen: list[list[bytes]] = []
+
+    async def recording(reader, writer) -> None:
+        async for args in _commands(reader):
+            seen.append(args)
+            writer.write(b"+OK\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with fake_redis(recording) as port:
+            lane = ReadLane.from_url(f"redis://me:pw@127.0.0.1:{port}/3", 1.0)
+            assert lane is not None
+            assert await lane.call("PING") == b"OK"
+            lane.close()
+
+    asyncio.run(scenario())
+    assert seen == [[b"AUTH", b"me", b"pw"], [b"SELECT", b"3"], [b"PING"]]
+
+
+def test_the_store_reads_through_the_lane_and_reports_it_down_as_unavailable() -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(URL)
+        await client.flushdb()
+        store = RedisStore(client, lane=ReadLane.from_url(URL, 2.0))
+        await store.add_interactions("u1", ["a", "b"], [1.0, 2.0], "key-1", "digest-1")
+        state = await store.user_state("u1")
+        assert state.added == ["a", "b"] and state.generation == 1
+        down = RedisStore(client, lane=ReadLane("127.0.0.1", _free_port(), 0, None, None, 1.0))
+        with pytest.raises(StoreUnavailable):
+            await down.user_state("u1")
+        store.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
