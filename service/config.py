@@ -48,11 +48,7 @@ class Settings(BaseSettings):
     )
     ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
     micro_batch_ms: float = Field(
-        default=0,
-        ge=0,
-        le=100,
-        description="0: the queries ready at the same moment share a call, nothing waits; "
-        "above 0, queries wait this long to gather (see batcher.py)",
+        default=0, ge=0, le=100, description="0: one onnxruntime call per request (see batcher.py)"
     )
     reload_interval_seconds: float = Field(default=2.0, gt=0)
     idle_timeout_seconds: int = Field(

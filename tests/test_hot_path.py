@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 
-from service.api.hot_path import HotPath, plain_ask, score_body, single_score
+from service.api.hot_path import HotPath, bodiless, plain_ask, score_body, single_score
 from service.bundle import promote
 from tests.inprocess import Client, serving
 from training.data.prepared import ProtocolConfig, prepare
@@ -69,13 +69,22 @@ def test_a_score_body_is_read_only_when_declared_json_and_within_the_limit() -> 
     assert score_body([*JSON, (b"transfer-encoding", b"chunked")], 100) is None
     two_lengths = [(b"content-length", b"20"), (b"content-length", b"30"), *JSON]
     assert score_body(two_lengths, 100) is None
+    two_types = [(b"content-length", b"20"), (b"content-type", b"text/plain"), *JSON]
+    assert score_body(two_types, 100) is None  # FastAPI reads the first: its call
+
+
+def test_a_get_with_a_body_goes_to_the_route() -> None:
+    assert bodiless([(b"host", b"x")]) and bodiless([(b"content-length", b"0")])
+    assert not bodiless([(b"content-length", b"5")])
+    assert not bodiless([(b"transfer-encoding", b"chunked")])
 
 
 def test_only_one_valid_user_is_scored_here() -> None:
     assert single_score(b'{"items": ["1"], "n": 3}') is not None
     assert single_score(b"{}") is not None  # the route's model takes it too
     refused = [b'{"users": [{"items": ["1"]}]}', b'{"items": ["1"], "n": 0}', b"[1]", b"nope",
-               b'{"items": [NaN]}', b"\xff", b'{"items": ["1"], "extra": 1}']  # fmt: skip
+               b'{"items": [NaN]}', b"\xff", b'{"items": ["1"], "extra": 1}',
+               b"[" * 100_000, b'{"profile": ' * 5_000]  # fmt: skip
     for body in refused:
         assert single_score(body) is None, body
 
@@ -164,5 +173,19 @@ def test_score_answers_and_errors_equal_the_routes(client: Client) -> None:
         "POST", "/score", content=b'{"items": ["%s"]}' % b"1" * 2_000_000, headers=plain
     )
     assert too_big.status_code == 413
+    nested = client.request("POST", "/score", content=b"[" * 1000, headers=plain)
+    assert nested.status_code == 400  # the route's answer, not a 500
+    surrogate = client.request("POST", "/score", content=b'{"items": ["\\ud800"]}', headers=plain)
+    assert surrogate.status_code == 422 and "\\ud800" in surrogate.text
+    get_body = client.request(
+        "GET", "/users/1/recommendations", content=b"x" * 2_000_000, headers=plain
+    )
+    assert get_body.status_code == 413
     metrics = client.get("/metrics").text
     assert 'method="POST",route="/score",status="200"' in metrics
+
+
+def test_a_wrong_method_names_the_allowed_ones(client: Client) -> None:
+    wrong = client.request("PUT", "/users/1/recommendations")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+    assert client.request("GET", "/score").headers["allow"] == "POST"

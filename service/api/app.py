@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,7 +65,11 @@ def build_state(settings: Settings) -> AppState:
             settings.attribution_window_seconds,
             settings.impressions_log_bytes,
         )
-    batcher = MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
+    batcher = (
+        MicroBatcher(settings.micro_batch_ms / 1000, settings.max_batch)
+        if settings.micro_batch_ms
+        else None
+    )
     if not settings.record_impressions:
         online.close()
         online = None
@@ -146,13 +150,38 @@ async def validation_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail, "errors": len(problems)}, status_code=422)
 
 
+def _routes(routes: list) -> Iterator:
+    """Every route, those of included routers too (FastAPI ≥ 0.16x keeps them apart; all are
+    included without a prefix here)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route
+
+
 def _brief(value: object) -> object:
+    """The input as a 422 may echo it: short, finite and encodable (a lone surrogate from an
+    escaped JSON string cannot be sent as UTF-8: shown as its escape)."""
+    if isinstance(value, str) and not _encodable(value):
+        value = value.encode("utf-8", "backslashreplace").decode()
     if isinstance(value, bool | int | str) and len(str(value)) <= 100:
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
     text = repr(value)
+    if not _encodable(text):
+        text = text.encode("utf-8", "backslashreplace").decode()
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def mount_docs(app: FastAPI) -> None:
@@ -249,7 +278,7 @@ async def method_not_allowed(request: Request, error: Exception) -> JSONResponse
     """A 405 whose Allow header lists every method of the path: FastAPI's names only those of
     the first route that matched it (GET /items/{id} hides PUT /items/{id})."""
     methods: set[str] = set()
-    for route in request.app.routes:
+    for route in _routes(request.app.routes):
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
             methods |= set(route.methods)

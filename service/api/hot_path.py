@@ -66,17 +66,28 @@ def plain_ask(path: str, query: bytes) -> PlainAsk | None:
 
 def score_body(headers: list[tuple[bytes, bytes]], limit: int) -> int | None:
     """The declared length of a `POST /score` body the hot path may read, or None."""
-    length, json_type = None, False
+    length, json_type = None, None
     for name, value in headers:
         if name == b"content-length":
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
         elif name == b"content-type":
+            if json_type is not None:  # two: which one FastAPI reads is its business
+                return None
             json_type = value.strip().lower() == b"application/json"
         elif name == b"transfer-encoding":
             return None
     return length if json_type and length is not None and 0 < length <= limit else None
+
+
+def bodiless(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request declares no body (a GET with one goes to the routes: its size limit
+    and its errors are theirs)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return False
+    return True
 
 
 def single_score(body: bytes) -> ScoreRequest | None:
@@ -84,13 +95,13 @@ def single_score(body: bytes) -> ScoreRequest | None:
     by the same model) when it is one user's request; None for anything else."""
     try:
         data = json.loads(body)
-    except ValueError:  # not JSON, not UTF-8
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested past the parser
         return None
     if not isinstance(data, dict) or "users" in data:
         return None
     try:
         return ScoreRequest.model_validate(data)
-    except ValidationError:
+    except (ValidationError, RecursionError):
         return None
 
 
@@ -107,7 +118,7 @@ class HotPath:
             method = scope["method"]
             if method == "GET":
                 ask = plain_ask(scope["path"], scope["query_string"])
-                if ask is not None:
+                if ask is not None and bodiless(scope["headers"]):
                     state = scope["app"].state.cddae
 
                     def answer() -> Awaitable[Response]:

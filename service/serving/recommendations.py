@@ -24,7 +24,7 @@ import numpy as np
 
 from service.experiment import CANDIDATE, CONTROL, Experiment
 from service.features import FeatureError
-from service.serving.batcher import INLINE_ITEMS, MicroBatcher
+from service.serving.batcher import MicroBatcher
 from service.serving.catalogue import NO_FILTERS, CatalogueView, ItemInfo, valued_fields
 from service.serving.filters import Filters, parse_filters
 from service.serving.holder import ModelHolder
@@ -42,6 +42,7 @@ from service.state.store import (
 from service.telemetry import Metrics
 
 MAX_NAMED = 20  # an answer names at most this many item ids the model does not know
+INLINE_ITEMS = 2_000  # work on at most this many items runs on the event loop (well under 1 ms)
 MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer is not cached
 MAX_PENDING_IMPRESSIONS = 5_000  # impressions waiting for the store; beyond, answers wait
 IMPRESSION_BATCH_SECONDS = 0.01  # impressions wait at most this long to go in one store call
@@ -100,8 +101,7 @@ class Recommendations:
         online: Online | None = None,
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
-        self.max_n, self.max_api_items = max_n, max_api_items
-        self.batcher = batcher or MicroBatcher()
+        self.max_n, self.batcher, self.max_api_items = max_n, batcher, max_api_items
         # One catalogue view per model served (the version in service, an experiment's
         # candidate), each rebuilt on its own.
         self._views: dict[str, CatalogueView] = {}
@@ -111,8 +111,8 @@ class Recommendations:
         # CPU work too large for the event loop (batches, long inputs) has threads of its own,
         # apart from the store's writes and model loads: one cannot starve the others.
         self.compute = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compute")
-        if self.batcher.executor is None:
-            self.batcher.executor = self.compute
+        if batcher is not None and batcher.executor is None:
+            batcher.executor = self.compute
         self._pending: list[tuple[str, str, bytes]] = []  # cache writes not yet sent
         self._flusher: asyncio.Future[None] | None = None
         self.online = online
@@ -393,10 +393,19 @@ class Recommendations:
         return done
 
     async def _scores(self, view: CatalogueView, queries: Sequence[Query]):
-        """Scores through the micro-batcher: the queries waiting at the same moment share one
-        onnxruntime call, on the event loop when small, else in a worker thread."""
+        """Small work (one user, a short history: about 0.1 ms) runs on the event loop, where a
+        thread hop would cost more than the call; larger batches in a worker thread, or
+        gathered by the micro-batcher when it is on (off by default: a batched call's scores
+        differ from one user's in the last float bits, enough to swap near ties, and a served
+        list must not depend on who else asked at the same moment)."""
         started = time.perf_counter()
-        scores = await self.batcher.scores(view, list(queries))
+        if self.batcher is not None:
+            scores = await self.batcher.scores(view, list(queries))
+        elif sum(len(q.weights) for q in queries) <= INLINE_ITEMS and len(queries) == 1:
+            scores = view.scores(queries)
+        else:
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(self.compute, view.scores, queries)
         elapsed = time.perf_counter() - started
         self.metrics.inference_latency.labels(Metrics.batch_label(len(queries))).observe(elapsed)
         return scores
