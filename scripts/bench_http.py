@@ -83,11 +83,16 @@ class Workload:
         self.users = bundle.user_ids.tolist()
         self.items = bundle.item_ids.tolist()
         self.rng = random.Random(seed)
-        triples = [(u, n, e) for u in range(len(self.users)) for n in range(1, 101) for e in (0, 1)]
-        self.rng.shuffle(triples)
-        self.unasked = iter(triples)  # uncached GETs: each (user, n, exclude_seen) once per run
+        self.fresh()
         spec = {f.name: f for f in bundle.item_spec.fields}
         self.genres = list(spec["genres"].values) if "genres" in spec else []
+
+    def fresh(self) -> None:
+        """Uncached GETs anew: each (user, n, exclude_seen) asked once per server (its cache)."""
+        users = range(len(self.users))
+        triples = [(u, n, e) for u in users for n in range(1, 101) for e in (0, 1)]
+        self.rng.shuffle(triples)
+        self.unasked = iter(triples)
 
     def uncached_get(self, _: int) -> Request:
         user, n, exclude = next(self.unasked)
@@ -412,6 +417,7 @@ def one_run(args: argparse.Namespace, work: Workload, only: set[str]) -> dict:
 
     def run_service(label: str, env: dict[str, str], profiled: bool = False) -> None:
         port = free_port()
+        work.fresh()
         with started(service_command(args.models_dir, port), env, port) as process:
             pid = process.pid
             measure_all(f"{label} cached GET", port, work.hot_get, pid)

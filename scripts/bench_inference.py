@@ -4,6 +4,9 @@
 
 Measures: bundle load (verify + onnxruntime session), parity, all users in one batch, and one
 user at a time (median and p99 per call), for both runtimes, with the same threads (1).
+With --int8: the bundle's graph dynamically quantised (onnxruntime.quantization, int8 weights),
+its time per user beside the float graph's and its top-10 agreement with it (every user, seen
+items excluded): what shipping it would buy and cost.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--single-calls", type=int, default=2000)
     parser.add_argument("--batch-repeats", type=int, default=30)
+    parser.add_argument("--int8", action="store_true", help="also the int8 quantised graph")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -89,6 +93,40 @@ def main() -> None:
     print(f"  onnxruntime (+ input)   {_p(ort_single, 50):6.3f} / {_p(ort_single, 99):6.3f} ms")
     rank = _timed_each(lambda q: model.rank(q, model.scores([q])[0], 10, list(q.weights)), queries)
     print(f"  service path (input + run + top-10)  {_p(rank, 50):6.3f} / {_p(rank, 99):6.3f} ms")
+    if args.int8:
+        int8(model, queries, ort_single)
+
+
+def int8(model: Model, queries: list, float_times: list[float]) -> None:
+    """The int8 graph against the float one: time per user and top-10 agreement."""
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from service.serving.onnx_model import session_options, top_n
+
+    with tempfile.TemporaryDirectory() as tmp:
+        quantised = Path(tmp) / "int8.onnx"
+        quantize_dynamic(str(model.bundle.onnx_path), str(quantised), weight_type=QuantType.QInt8)
+        size = quantised.stat().st_size / 1e6
+        cpu = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(quantised), session_options(1), providers=cpu)
+
+    def scores(query):
+        return session.run(["scores"], model._feeds([query]))[0]
+
+    times = _timed_each(scores, queries)
+    agree = []
+    for user in range(len(model.bundle.user_ids)):
+        query = model.known_user(user)
+        exact, _ = top_n(model.scores([query])[0], 10, query.excluded())
+        rough, _ = top_n(scores(query)[0], 10, query.excluded())
+        agree.append(len(set(exact.tolist()) & set(rough.tolist())) / max(len(exact), 1))
+    whole = 100 * float(np.mean(np.equal(agree, 1)))
+    print(f"\nint8 graph ({size:.2f} MB): one user {_p(times, 50):6.3f} / {_p(times, 99):6.3f} ms "
+          f"(float {_p(float_times, 50):6.3f}); top-10 agreement with the float graph "
+          f"{100 * float(np.mean(agree)):.2f}% (lists all equal: {whole:.1f}%)")  # fmt: skip
 
 
 if __name__ == "__main__":

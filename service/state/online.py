@@ -71,11 +71,14 @@ class Impression:
                            "time": self.time}, separators=(",", ":"))  # fmt: skip
         return f'{head[:-1]},"items":{self.items_json}}}'
 
-    def record(self) -> dict:
-        """As the file store writes it."""
-        return {"id": self.id, "user": self.user, "version": self.version,
-                "variant": self.variant, "items": list(self.items), "time": self.time,
-                "arm": self.arm}  # fmt: skip
+    def line(self) -> bytes:
+        """As the file store writes it: one JSON line, the items as the answer held them (never
+        decoded and encoded again: that was most of an embedded answer's recording)."""
+        head = json.dumps({"t": "list", "id": self.id, "user": self.user,
+                           "version": self.version, "variant": self.variant},
+                          separators=(",", ":"))  # fmt: skip
+        tail = json.dumps({"time": self.time, "arm": self.arm}, separators=(",", ":"))
+        return f'{head[:-1]},"items":{self.items_json},{tail[1:]}\n'.encode()
 
     @property
     def hour(self) -> int:
@@ -395,14 +398,14 @@ class FileOnline:
         os.write(self._handle.fileno(), header.encode())
         os.fsync(self._handle.fileno())
 
-    def _apply(self, record: dict, segment: Counts) -> None:
-        if record["t"] == "list":
+    def _apply(self, record: dict | Impression, segment: Counts) -> None:
+        if isinstance(record, Impression):
+            self._listed(record, segment)
+        elif record["t"] == "list":
             imp = Impression(record["id"], record["user"], record["version"],
                              record["variant"], json.dumps(record["items"]), record["time"],
                              record.get("arm"))  # fmt: skip
-            for counts in (self._counts, segment):
-                counts.add(imp.cell, lists=1)
-            self._remember(imp)
+            self._listed(imp, segment)
         elif record["t"] == "click":
             cell = record.get("cell") or f"{record['version']}|{record['hour']}"
             for counts in (self._counts, segment):
@@ -414,6 +417,11 @@ class FileOnline:
             for counts in (self._counts, segment):
                 counts.add_shadow(record["experiment"], record["version"], int(record["lists"]),
                                   float(record["overlap"]))  # fmt: skip
+
+    def _listed(self, imp: Impression, segment: Counts) -> None:
+        for counts in (self._counts, segment):
+            counts.add(imp.cell, lists=1)
+        self._remember(imp)
 
     def _remember(self, imp: Impression) -> None:
         self._lists[imp.id] = _Listed(imp.user, imp.cell, imp.time, frozenset(imp.items))
@@ -429,8 +437,13 @@ class FileOnline:
                 if not recent:
                     del self._by_user[old.user]  # type: ignore[arg-type]
 
-    def _append(self, records: list[dict]) -> None:
-        payload = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+    def _append(self, records: Sequence[dict | Impression]) -> None:
+        payload = b"".join(
+            r.line()
+            if isinstance(r, Impression)
+            else json.dumps(r, separators=(",", ":")).encode() + b"\n"
+            for r in records
+        )
         fd = self._handle.fileno()
         before = os.fstat(fd).st_size
         try:
@@ -470,13 +483,13 @@ class FileOnline:
         self._handle = self.path.open("ab", buffering=0)
         self._write_header()
 
-    async def _write(self, records: list[dict]) -> None:
+    async def _write(self, records: Sequence[dict | Impression]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._append, records)
 
     async def record(
         self, impressions: Sequence[Impression], shadowed: Sequence[Shadowed] = ()
     ) -> None:
-        records = [{"t": "list", **imp.record()} for imp in impressions]
+        records: list[dict | Impression] = list(impressions)
         totals = Counts()
         for seen in shadowed:
             totals.add_shadow(seen.experiment, seen.version, 1, seen.overlap)
