@@ -211,21 +211,65 @@ def test_a_mapping_must_name_columns_that_exist_and_one_role_each(tmp_path: Path
         load_dataset(folder)
 
 
-def test_a_profile_table_naming_an_id_twice_and_partitioned_folders_are_refused(
-    tmp_path: Path,
-) -> None:
+def test_a_profile_table_naming_an_id_twice_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "d"
     folder.mkdir()
     pq.write_table(_table(user_id=[1, 2], item_id=[1, 2]), folder / "interactions.parquet")
     pq.write_table(_table(user_id=[1, 1], age=[30, 60]), folder / "users.parquet")
     with pytest.raises(DataError, match="appear more than once"):
         load_dataset(folder)
-    partitioned = tmp_path / "p"
-    (partitioned / "interactions" / "dt=2024-01-01").mkdir(parents=True)
-    pq.write_table(_table(user_id=[1], item_id=[1]),
-                   partitioned / "interactions" / "dt=2024-01-01" / "part-0.parquet")  # fmt: skip
-    pq.write_table(
-        _table(user_id=[2], item_id=[2]), partitioned / "interactions" / "part-0.parquet"
-    )
-    with pytest.raises(DataError, match="partitioned subfolders"):
-        load_dataset(partitioned)
+
+
+def _pairs(data) -> list[tuple[str, str, float]]:
+    columns = data.interactions
+    return sorted(zip(columns.users.tolist(), columns.items.tolist(),
+                      columns.ratings.tolist(), strict=True))  # fmt: skip
+
+
+def test_hive_partitioned_folders_read_as_the_flat_table(tmp_path: Path) -> None:
+    """Partitioned by day (Spark's partitionBy, with its _SUCCESS and a _temporary leftover),
+    and by user: the same interactions as one flat file; partition values as text (leading
+    zeros kept), a rating partition read as a number."""
+    table = _table(user_id=["007", "007", "010", "011"], item_id=["a", "b", "a", "c"],
+                   rating=[5.0, 3.0, 4.0, 2.0], timestamp=[100, 101, 102, 103],
+                   day=["2024-01-01", "2024-01-02", "2024-01-02", "2024-01-03"])  # fmt: skip
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    pq.write_table(table.drop_columns(["day"]), flat / "interactions.parquet")
+    expected = _pairs(load_dataset(flat))
+    for name, keys in (("by-day", ["day"]), ("by-user", ["user_id"]), ("two", ["day", "rating"])):
+        folder = tmp_path / name
+        pq.write_to_dataset(table, folder / "interactions", partition_cols=keys)
+        (folder / "interactions" / "_SUCCESS").write_text("")
+        (folder / "interactions" / "_temporary" / "0").mkdir(parents=True)
+        pq.write_table(table, folder / "interactions" / "_temporary" / "0" / "part-9.parquet")
+        data = load_dataset(folder)
+        assert _pairs(data) == expected, name
+        assert sorted(data.interactions.columns()[3].tolist()) == [100.0, 101.0, 102.0, 103.0]
+
+
+def test_partition_folders_that_do_not_agree_are_named(tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed" / "interactions"
+    (mixed / "dt=2024-01-01").mkdir(parents=True)
+    pq.write_table(_table(user_id=[1], item_id=[1]), mixed / "dt=2024-01-01" / "part-0.parquet")
+    pq.write_table(_table(user_id=[2], item_id=[2]), mixed / "part-0.parquet")
+    with pytest.raises(DataError, match="under different partition keys"):
+        load_dataset(mixed.parent)
+    plain = tmp_path / "plain" / "interactions" / "january"
+    plain.mkdir(parents=True)
+    pq.write_table(_table(user_id=[1], item_id=[1]), plain / "part-0.parquet")
+    with pytest.raises(DataError, match="'january' is not a Hive partition"):
+        load_dataset(plain.parent.parent)
+    clash = tmp_path / "clash" / "interactions" / "user_id=5"
+    clash.mkdir(parents=True)
+    pq.write_table(_table(user_id=[1], item_id=[1]), clash / "part-0.parquet")
+    with pytest.raises(DataError, match="both a partition key and a column"):
+        load_dataset(clash.parent.parent)
+
+
+def test_a_partition_value_that_should_be_a_number_and_is_not_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "bad" / "interactions" / "rating=high"
+    folder.mkdir(parents=True)
+    pq.write_table(_table(user_id=[1], item_id=[1]), folder / "part-0.parquet")
+    with pytest.raises(DataError, match="partition 'rating' holds a value that is not a number"):
+        load_dataset(folder.parent.parent)

@@ -81,21 +81,32 @@ def is_parquet_layout(folder: Path) -> bool:
     return table_path(folder, "interactions") is not None
 
 
-def _files(path: Path) -> list[Path]:
-    """The Parquet files of a table: the file itself, or a folder's `*.parquet` files (Spark's
-    `_SUCCESS`, its hidden `.crc` checksums and anything else left aside)."""
+def _files(path: Path) -> tuple[list[Path], tuple[str, ...]]:
+    """The Parquet files of a table and its Hive partition keys: the file itself, a folder's
+    `*.parquet` files, or those of its `key=value/…` subfolders as Spark and Hive write them
+    (every file under the same keys, in the same order). What starts with `_` or `.` is left
+    aside at any depth: Spark's `_SUCCESS`, `_temporary/`, hidden `.crc` checksums."""
     if path.is_file():
-        return [path]
-    found = sorted(
-        p for p in path.iterdir()
-        if p.is_file() and p.suffix == ".parquet" and not p.name.startswith(("_", "."))
-    )  # fmt: skip
-    if any(p.is_dir() and any(p.rglob("*.parquet")) for p in path.iterdir()):
-        raise DataError(path, None, "partitioned subfolders (key=value/part-*.parquet) are "
-                          "not read: write the table as flat part files")  # fmt: skip
+        return [path], ()
+
+    def hidden(file: Path) -> bool:
+        return any(part.startswith(("_", ".")) for part in file.relative_to(path).parts)
+
+    found = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not hidden(p))
     if not found:
         raise DataError(path, None, "no .parquet files in the folder")
-    return found
+    layouts: dict[tuple[str, ...], Path] = {}
+    for file in found:
+        folders = file.relative_to(path).parts[:-1]
+        if bad := [f for f in folders if "=" not in f or f.startswith("=")]:
+            raise DataError(file, None, f"subfolder {bad[0]!r} is not a Hive partition "
+                              "(key=value): write the table flat or partitioned")  # fmt: skip
+        layouts.setdefault(tuple(f.split("=", 1)[0] for f in folders), file)
+    if len(layouts) > 1:
+        (keys_a, file_a), (keys_b, file_b) = list(layouts.items())[:2]
+        raise DataError(path, None, f"part files under different partition keys: {file_a.name} "
+                          f"under {list(keys_a)}, {file_b.name} under {list(keys_b)}")  # fmt: skip
+    return found, next(iter(layouts))
 
 
 def read_mapping(folder: Path) -> dict[str, str]:
@@ -136,7 +147,7 @@ def _dataset(path: Path) -> Any:
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    files = _files(path)
+    files, keys = _files(path)
     schemas = []
     for file in files:
         try:
@@ -152,7 +163,18 @@ def _dataset(path: Path) -> Any:
         schema = pa.unify_schemas(schemas)
     except pa.ArrowException as error:
         raise DataError(path, None, f"the part files' columns differ in type ({error})") from None
-    return ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+    if not keys:
+        return ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+    if both := [k for k in keys if k in schema.names]:
+        raise DataError(path, None, f"{both[0]!r} is both a partition key and a column of the "
+                          "files: which value is right?")  # fmt: skip
+    # Partition values as text, as the paths hold them: ids keep their leading zeros, and
+    # numbers (a rating, a day) are read by the same rules as a column of text.
+    keyed = pa.schema([(key, pa.string()) for key in keys])
+    return ds.dataset(
+        [str(f) for f in files], schema=pa.unify_schemas([schema, keyed]), format="parquet",
+        partitioning=ds.partitioning(keyed, flavor="hive"), partition_base_dir=str(path),
+    )  # fmt: skip
 
 
 def _batches(path: Path, dataset: Any, **options: Any) -> Iterator[Any]:
@@ -214,10 +236,13 @@ def read_interactions(path: Path, mapping: dict[str, str] | None = None) -> Inte
     present = [r for r in ("rating", "timestamp") if mapping[r] in dataset.schema.names]
     roles = ("user", "item", *present)
     users, items, ratings, times = [], [], [], []
+    keys = set(dataset.partitioning.schema.names) if dataset.partitioning else set()
     for batch in _batches(path, dataset, columns=[mapping[r] for r in roles]):
         users.append(_ids(path, mapping["user"], batch.column(0)))
         items.append(_ids(path, mapping["item"], batch.column(1)))
         for role, column in zip(present, batch.columns[2:], strict=True):
+            if mapping[role] in keys:  # a partition's value: text in a folder name
+                column = _parsed(path, mapping[role], column)
             convert = _number if role == "rating" else _seconds
             (ratings if role == "rating" else times).append(convert(path, mapping[role], column))
     user_codes, user_vocab = _encode(
@@ -262,6 +287,17 @@ def _encode(path: Path, name: str, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(path, None, f"id column {name!r} has a blank id")
     codes = pc.index_in(ids, value_set=vocab).to_numpy()
     return codes.astype(np.int64), np.asarray(vocab.to_pylist(), dtype=object)
+
+
+def _parsed(path: Path, name: str, column: Any) -> Any:
+    """A partition key's text as the number it spells (`rating=4.5/`)."""
+    pa = _pyarrow()
+    try:
+        return column.cast(pa.float64())
+    except pa.ArrowException:
+        raise DataError(
+            path, None, f"partition {name!r} holds a value that is not a number"
+        ) from None
 
 
 def _number(path: Path, name: str, column: Any) -> np.ndarray:
