@@ -84,3 +84,19 @@ def test_errors_are_one_line_not_tracebacks(tmp_path: Path, capsys) -> None:
     (tmp_path / "u.data").write_text("1\t2\tx\t4\n")
     assert main(["train", "--model", "pop", "--data", str(tmp_path)]) == 2
     assert "u.data:1: rating must be a number, got 'x'" in capsys.readouterr().err
+
+
+def test_train_on_a_user_sample_states_it_with_intervals(
+    synthetic_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run.json"
+    args = ["train", "--model", "pop", "--data", str(synthetic_dir), "--quiet", "--json", str(out)]
+    assert main([*args, "--eval-users", "40"]) == 0
+    printed = capsys.readouterr().out
+    evaluation = json.loads(out.read_text())["evaluation"]
+    assert evaluation["sampled"] and evaluation["users"] == 40 and evaluation["of"] > 40
+    assert "evaluated on a random sample of 40 of" in printed and "P@10 ±" in printed
+    assert main([*args, "--eval-users", "all"]) == 0
+    assert not json.loads(out.read_text())["evaluation"]["sampled"]
+    with pytest.raises(SystemExit):  # argparse: usage and exit 2
+        main([*args, "--eval-users", "1"])

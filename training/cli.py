@@ -76,6 +76,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         final_fit=not args.no_final_fit,
         cold=config.get("cold_items"),
+        eval_users=args.eval_users,
     )
     if args.output:
         checkpoint.save(args.output)
@@ -86,6 +87,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"fit {meta['fit_seconds']:.1f} s"
     )
     print(metrics_table(meta["metrics"]))
+    evaluation = meta["evaluation"]
+    if evaluation["sampled"]:
+        widths = ", ".join(f"{k} ±{v:.4f}" for k, v in evaluation["ci95"].items())
+        print(f"evaluated on a random sample of {evaluation['users']:,} of {evaluation['of']:,} "
+              f"users (seed {evaluation['seed']}); 95% intervals: {widths}")  # fmt: skip
     served = meta["served"]
     if served["fit_seconds"] is not None:
         print(
@@ -97,6 +103,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     if cold := meta.get("cold_items"):
         print(f"cold-item head: {cold['head']}, {cold['steps']} steps in {cold['seconds']:.1f} s")
     _write_json(args.json, {"model": args.model, **meta})
+
+
+def _eval_users(text: str) -> int:
+    """`--eval-users`: a positive count, or "all" (every evaluable user: no sample)."""
+    if text == "all":
+        return sys.maxsize
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected a count of at least 2, or 'all'; got {text!r}")
+    return int(text)
 
 
 def cmd_new_users(args: argparse.Namespace) -> None:
@@ -446,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], help="where the autoencoders train"
     )
+    train.add_argument(
+        "--eval-users", type=_eval_users, default=None, metavar="N|all",
+        help="evaluate a seeded random sample of N test users, with 95%% intervals, or all; "
+        "default: all up to 100,000, a sample of 100,000 above",
+    )  # fmt: skip
     train.add_argument(
         "--no-final-fit",
         action="store_true",

@@ -7,6 +7,7 @@ masked (e.g. with -inf) by the caller; only users with at least one test item ar
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,10 +44,9 @@ def evaluate_lists(
     return metrics_from_hits(hits, relevant, lists, n_items)
 
 
-def metrics_from_hits(
-    hits: np.ndarray, relevant: np.ndarray, lists: np.ndarray, n_items: int
-) -> dict[str, np.ndarray]:
-    """hits[u, k]: whether the item at rank k+1 of user u's list is a test item; relevant[u]:
+def per_user(hits: np.ndarray, relevant: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics that are means over users, per user (users × max_n): P, R, PU, NDCG, MAP.
+    hits[u, k]: whether the item at rank k+1 of user u's list is a test item; relevant[u]:
     |G_u| (> 0)."""
     max_n = hits.shape[1]
     ranks = np.arange(1, max_n + 1, dtype=np.float64)
@@ -56,18 +56,55 @@ def metrics_from_hits(
     ideal_cum = np.cumsum(discounts)
     ideal = ideal_cum[np.minimum(ranks[None, :], relevant[:, None]).astype(int) - 1]
     precision_at_hit = np.cumsum(hits * (cum_hits / ranks), axis=1)
+    return {
+        "P": cum_hits / ranks,
+        "R": cum_hits / relevant[:, None],
+        "PU": (cum_hits > 0).astype(np.float64),
+        "NDCG": dcg / ideal,
+        "MAP": precision_at_hit / np.minimum(ranks[None, :], relevant[:, None]),
+    }
+
+
+def metrics_from_hits(
+    hits: np.ndarray, relevant: np.ndarray, lists: np.ndarray, n_items: int
+) -> dict[str, np.ndarray]:
+    """The metrics at N = 1..max_n (see `per_user`); RU pools hits over users, COV counts the
+    distinct items listed."""
+    users = per_user(hits, relevant)
+    cum_hits = np.cumsum(hits, axis=1, dtype=np.float64)
     coverage = np.array(
-        [len(np.unique(lists[:, :n])) / n_items for n in range(1, max_n + 1)], dtype=np.float64
+        [len(np.unique(lists[:, :n])) / n_items for n in range(1, hits.shape[1] + 1)],
+        dtype=np.float64,
     )
     return {
-        "P": (cum_hits / ranks).mean(axis=0),
-        "R": (cum_hits / relevant[:, None]).mean(axis=0),
-        "PU": (cum_hits > 0).mean(axis=0),
+        "P": users["P"].mean(axis=0),
+        "R": users["R"].mean(axis=0),
+        "PU": users["PU"].mean(axis=0),
         "RU": cum_hits.sum(axis=0) / relevant.sum(),
-        "NDCG": (dcg / ideal).mean(axis=0),
-        "MAP": (precision_at_hit / np.minimum(ranks[None, :], relevant[:, None])).mean(axis=0),
+        "NDCG": users["NDCG"].mean(axis=0),
+        "MAP": users["MAP"].mean(axis=0),
         "COV": coverage,
     }
+
+
+def sample_intervals(
+    hits: np.ndarray, relevant: np.ndarray, population: int, z: float = 1.96
+) -> dict[str, np.ndarray]:
+    """95% half-widths of the sampled metrics (a simple random sample of `len(relevant)` of
+    `population` users, without replacement: the finite-population correction applies). Means
+    over users by their standard error; RU, a ratio of sums, by the delta method. COV is not a
+    mean over users (a sample lists fewer distinct items): it has no interval."""
+    n = len(relevant)
+    correction = np.sqrt(max(population - n, 0) / max(population - 1, 1))
+
+    def half_width(values: np.ndarray) -> np.ndarray:
+        return z * values.std(axis=0, ddof=1) / np.sqrt(n) * correction
+
+    widths = {name: half_width(values) for name, values in per_user(hits, relevant).items()}
+    cum_hits = np.cumsum(hits, axis=1, dtype=np.float64)
+    ratio = cum_hits.sum(axis=0) / relevant.sum()
+    widths["RU"] = half_width(cum_hits - ratio[None, :] * relevant[:, None]) / relevant.mean()
+    return widths
 
 
 def evaluate_scores(
@@ -125,6 +162,57 @@ def evaluate_chunked(
         evaluated = np.intersect1d(evaluated, users)
     lists = top_n_chunked(rank, train, evaluated, max_n, chunk)
     return evaluate_lists(lists, test[evaluated], n_items=test.shape[1])
+
+
+SAMPLE_ABOVE = 100_000  # evaluable users past which the default evaluation samples this many
+
+
+@dataclass
+class Sampling:
+    """How many of the evaluable users were evaluated, and each metric's 95% half-width at
+    N = 1..max_n (empty when every user was)."""
+
+    users: int
+    of: int
+    seed: int
+    ci95: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def sampled(self) -> bool:
+        return self.users < self.of
+
+    def summary(self, n: int = 10) -> dict:
+        return {"users": self.users, "of": self.of, "sampled": self.sampled, "seed": self.seed,
+                "ci95": {f"{name}@{n}": round(float(w[n - 1]), 6)
+                         for name, w in self.ci95.items()}}  # fmt: skip
+
+
+def evaluate_sampled(
+    rank: RankChunk,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    sample: int | None = None,
+    seed: int = 0,
+    max_n: int = 10,
+) -> tuple[dict[str, np.ndarray], Sampling]:
+    """Every evaluable user, or a seeded simple random sample of `sample` of them with a 95%
+    interval on each metric. None: every user up to `SAMPLE_ABOVE`, that many above (at a
+    million users the full evaluation was most of a run's time: docs/SCALE.md)."""
+    evaluable = np.flatnonzero(np.diff(test.indptr) > 0)
+    if sample is None:
+        sample = SAMPLE_ABOVE
+    if sample >= len(evaluable):
+        return evaluate_chunked(rank, train, test, max_n=max_n), Sampling(
+            len(evaluable), len(evaluable), seed
+        )
+    chosen = np.sort(np.random.default_rng(seed).choice(evaluable, sample, replace=False))
+    lists = top_n_chunked(rank, train, chosen, max_n)
+    rows = test[chosen]
+    relevant = np.diff(rows.indptr).astype(np.float64)
+    hits = np.asarray(rows[np.arange(len(chosen))[:, None], lists].todense(), dtype=bool)
+    results = metrics_from_hits(hits, relevant, lists, test.shape[1])
+    intervals = sample_intervals(hits, relevant, len(evaluable))
+    return results, Sampling(len(chosen), len(evaluable), seed, intervals)
 
 
 def summary(results: dict[str, np.ndarray], n: int = 10) -> dict[str, float]:

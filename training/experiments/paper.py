@@ -130,7 +130,7 @@ def _run(setting: Setting, seed: int, train: dict[str, Any]) -> dict[str, Any]:
     recommender = make_recommender(
         setting.kind, setting.preset, setting.model or None, train if neural else None
     )
-    results, seconds = fit_and_evaluate(recommender, prepared, seed, False, features)
+    results, seconds, _ = fit_and_evaluate(recommender, prepared, seed, False, features)
     return {
         "key": setting.key,
         "seed": seed,

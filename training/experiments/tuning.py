@@ -124,7 +124,7 @@ def tune(
         for trial, setting in enumerate(draws):
             recommender = make_recommender(kind, preset, setting.get("model"),
                                            {**setting.get("train", {})})  # fmt: skip
-            results, seconds = fit_and_evaluate(recommender, prepared, seed, progress=False)
+            results, seconds, _ = fit_and_evaluate(recommender, prepared, seed, progress=False)
             score = summary(results)["NDCG@10"]
             trials.append({"setting": setting, "NDCG@10": score, "seconds": round(seconds, 1)})
             log(f"{kind} trial {trial + 1}/{len(draws)}: NDCG@10 {score:.4f} {setting}")

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.data.prepared import Prepared
-from training.evaluation.metrics import RankChunk, evaluate_chunked, rank_by_scores
+from training.evaluation.metrics import RankChunk, Sampling, evaluate_sampled, rank_by_scores
 from training.jobs.checkpoint import Checkpoint
 from training.models.baselines import EASE, EDLAE, ItemKNN, MostPopular
 from training.models.interface import FitContext, Recommender
@@ -72,8 +72,10 @@ def fit_and_evaluate(
     seed: int = 0,
     progress: bool = True,
     user_features: np.ndarray | None = None,
-) -> tuple[dict[str, np.ndarray], float]:
-    """Fit on training-minus-validation, score the full training history, evaluate on test.
+    eval_users: int | None = None,
+) -> tuple[dict[str, np.ndarray], float, Sampling]:
+    """Fit on training-minus-validation, score the full training history, evaluate on test:
+    every user, or a sample with intervals (`evaluate_sampled`: by default past 100,000).
 
     `user_features` replaces the dataset's encoded profiles (experiments use a subset)."""
     ds = prepared.dataset
@@ -82,8 +84,10 @@ def fit_and_evaluate(
     started = time.perf_counter()
     recommender.fit(ctx)
     fit_seconds = time.perf_counter() - started
-    results = evaluate_chunked(ranker(recommender, features), prepared.train, prepared.test)
-    return results, fit_seconds
+    results, sampling = evaluate_sampled(
+        ranker(recommender, features), prepared.train, prepared.test, eval_users, seed
+    )
+    return results, fit_seconds, sampling
 
 
 def ranker(recommender: Recommender, user_features: np.ndarray) -> RankChunk:
@@ -133,6 +137,7 @@ def train_and_evaluate(
     progress: bool = True,
     final_fit: bool = True,
     cold: dict | None = None,
+    eval_users: int | None = None,
 ) -> tuple[Recommender, Checkpoint]:
     """Evaluate honestly on the holdout, then (by default) fit the served model on all data,
     then the served autoencoder's cold-item head on its frozen network.
@@ -140,7 +145,9 @@ def train_and_evaluate(
     Returns the served recommender (the evaluated one when `final_fit` is off)."""
     ds = prepared.dataset
     recommender = make_recommender(kind, preset, model, train, cold)
-    results, fit_seconds = fit_and_evaluate(recommender, prepared, seed, progress)
+    results, fit_seconds, sampling = fit_and_evaluate(
+        recommender, prepared, seed, progress, eval_users=eval_users
+    )
     served, final_state = recommender, None
     if final_fit:
         served, final_seconds = fit_final(recommender, prepared, seed, progress)
@@ -166,7 +173,8 @@ def train_and_evaluate(
             "test_positives": int(prepared.test.nnz),
         },
         "metrics": {name: values.tolist() for name, values in results.items()},
-        "evaluated_users": int((np.diff(prepared.test.indptr) > 0).sum()),
+        "evaluated_users": sampling.users,
+        "evaluation": sampling.summary(),
         "fit_seconds": round(fit_seconds, 3),
         "served": {
             "fit_on": "all data" if final_fit else "training split (final fit off)",
