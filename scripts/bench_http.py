@@ -292,8 +292,10 @@ def summarise_profile(raw: Path, out: Path, top: int = 25) -> None:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():  # a frame py-spy could not name in one piece: skipped
+            continue
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
                   + ")" for f in stack.split(";") if f]  # fmt: skip
         n = int(count)
@@ -529,11 +531,14 @@ def main() -> None:
     elif args.runs == 1:
         results = one_run(args, work, only)
     else:
-        runs = []
+        runs: list[dict] = []
         for k in range(args.runs):
             print(f"--- run {k + 1} of {args.runs}", flush=True)
             runs.append(one_run(args, work, only))
-        results = {"runs": runs, "medians": medians(runs)}
+            results = {"runs": runs, "medians": medians(runs)}
+            if args.out:  # each run kept as it ends: a later failure loses only itself
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(medians_markdown(results))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
