@@ -14,6 +14,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.state.cache import RedisCache
 from service.state.lane import ReadLane, pack
 from service.state.scripts import run_script
 from service.state.store import RedisStore, StoreUnavailable
@@ -213,6 +214,26 @@ def test_the_store_reads_through_the_lane_and_reports_it_down_as_unavailable() -
         with pytest.raises(StoreUnavailable):
             await down.user_state("u1")
         store.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_cache_and_the_catalogue_generation_read_through_the_lane() -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(URL)
+        await client.flushdb()
+        lane = ReadLane.from_url(URL, 2.0)
+        cache = RedisCache(client, ttl=100, lane=lane)
+        await cache.set("k", "f", b"answer")
+        assert await cache.get("k", "f") == b"answer" and await cache.get("k", "g") is None
+        store = RedisStore(client, lane=lane)
+        assert await store.catalogue_generation() == 0
+        down = ReadLane("127.0.0.1", _free_port(), 0, None, None, 1.0)
+        assert await RedisCache(client, ttl=100, lane=down).get("k", "f") is None  # a miss
+        with pytest.raises(StoreUnavailable):
+            await RedisStore(client, lane=down).catalogue_generation()
+        lane.close()
         await client.aclose()
 
     asyncio.run(scenario())

@@ -43,13 +43,15 @@ def build_state(settings: Settings) -> AppState:
     store: Store
     if settings.redis_url:
         client = redis_client(settings.redis_url, settings.redis_timeout_seconds)
+        # The reads every answer makes share one pipelined connection (service.state.lane)
+        lane = ReadLane.from_url(settings.redis_url, settings.redis_timeout_seconds)
         cache = RedisCache(
             client,
             settings.cache_ttl_seconds,
             settings.cache_ttl_jitter,
             settings.redis_retry_seconds,
+            lane=lane,
         )
-        lane = ReadLane.from_url(settings.redis_url, settings.redis_timeout_seconds)
         store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds, lane)
         online: Online | None = RedisOnline(
             client, settings.attribution_window_seconds, settings.impressions_retain

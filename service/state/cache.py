@@ -18,6 +18,7 @@ from typing import Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.state.lane import ReadLane, read
 from service.state.scripts import queue_script, run_script
 
 PREFIX = "cddae:rec"
@@ -118,8 +119,9 @@ class RedisCache:
         jitter: float = 0.1,
         retry_seconds: float = 1.0,
         clock=time.monotonic,
+        lane: ReadLane | None = None,
     ):
-        self._client, self._ttl, self._jitter = client, ttl, jitter
+        self._client, self._ttl, self._jitter, self._lane = client, ttl, jitter, lane
         self._retry, self._clock = retry_seconds, clock
         self._down_until = 0.0
         self._set = client.register_script(_SET)
@@ -139,7 +141,7 @@ class RedisCache:
         if self.degraded:
             return None
         try:
-            return await self._client.hget(key, field)
+            return await read(self._client, self._lane, "HGET", key, field)
         except (TimeoutError, RedisError, OSError):
             self._failed()
             return None

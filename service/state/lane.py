@@ -183,3 +183,11 @@ def _retrieved(future: asyncio.Future) -> None:
     """A connection attempt's error is its callers'; none left is no reason for a warning."""
     if not future.cancelled():
         future.exception()
+
+
+async def read(client: Any, lane: ReadLane | None, *command: Any) -> Any:
+    """One read command on `lane` where there is one, else on redis-py's `client`: the same
+    reply either way (bytes, not decoded)."""
+    if lane is None:
+        return await client.execute_command(*command)
+    return await lane.call(*command)

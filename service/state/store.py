@@ -51,7 +51,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.state.events import ITEM_EVENTS, BadEvent, Quarantine, parse
-from service.state.lane import ReadLane
+from service.state.lane import ReadLane, read
 from service.state.scripts import run_script
 
 STREAM = "cddae:events"
@@ -537,7 +537,7 @@ class RedisStore:
 
     async def catalogue_generation(self) -> int:
         try:
-            return int(await self._client.get(CATALOGUE_GEN) or 0)
+            return int(await read(self._client, self._lane, "GET", CATALOGUE_GEN) or 0)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
 
