@@ -87,8 +87,11 @@ def test_errors_are_one_line_not_tracebacks(tmp_path: Path, capsys) -> None:
 
 
 def test_train_on_a_user_sample_states_it_with_intervals(
-    synthetic_dir: Path, tmp_path: Path, capsys
+    synthetic_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import training.evaluation.metrics as metrics
+
+    monkeypatch.setattr(metrics, "MIN_SAMPLE", 20)  # the synthetic set has a few hundred users
     out = tmp_path / "run.json"
     args = ["train", "--model", "pop", "--data", str(synthetic_dir), "--quiet", "--json", str(out)]
     assert main([*args, "--eval-users", "40"]) == 0
@@ -98,5 +101,5 @@ def test_train_on_a_user_sample_states_it_with_intervals(
     assert "evaluated on a random sample of 40 of" in printed and "P@10 ±" in printed
     assert main([*args, "--eval-users", "all"]) == 0
     assert not json.loads(out.read_text())["evaluation"]["sampled"]
-    with pytest.raises(SystemExit):  # argparse: usage and exit 2
-        main([*args, "--eval-users", "1"])
+    with pytest.raises(SystemExit):  # below the intervals' minimum: argparse, exit 2
+        main([*args, "--eval-users", "19"])

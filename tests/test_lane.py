@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis
+import uvloop
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -200,6 +201,59 @@ def test_the_handshake_authenticates_and_selects_the_database() -> None:
 
     asyncio.run(scenario())
     assert seen == [[b"AUTH", b"me", b"pw"], [b"SELECT", b"3"], [b"PING"]]
+
+
+def test_a_password_alone_authenticates_as_the_default_user() -> None:
+    seen: list[list[bytes]] = []
+
+    async def recording(reader, writer) -> None:
+        async for args in _commands(reader):
+            seen.append(args)
+            writer.write(b"+OK\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with fake_redis(recording) as port:
+            lane = ReadLane.from_url(f"redis://:pw@127.0.0.1:{port}/0", 1.0)
+            assert lane is not None
+            assert await lane.call("PING") == b"OK"
+            lane.close()
+
+    asyncio.run(scenario())
+    assert seen[0] == [b"AUTH", b"default", b"pw"]
+
+
+def test_a_connection_accepted_then_closed_is_a_connection_error_under_uvloop() -> None:
+    """Redis at maxclients (or a proxy whose Redis is down) accepts, then hangs up: callers get
+    ConnectionError at once — the store's StoreUnavailable —, never a RuntimeError (a 500)."""
+
+    async def hang_up_at_once(reader, writer) -> None:
+        writer.close()
+
+    async def scenario() -> None:
+        async with fake_redis(hang_up_at_once) as port:
+            lane = ReadLane("127.0.0.1", port, 0, None, None, 1.0)
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+                with pytest.raises(ConnectionError):
+                    await lane.call("PING")
+            lane.close()
+
+    uvloop.run(scenario())
+
+
+def test_a_lane_moved_to_another_loop_connects_afresh() -> None:
+    lane = ReadLane.from_url(URL, 2.0)
+    assert lane is not None
+    for _ in range(2):
+
+        async def burst() -> list:
+            try:
+                return await asyncio.gather(*(lane.call("PING") for _ in range(20)))
+            finally:
+                lane.close()  # in its own loop: a loop's sockets do not outlive it
+
+        assert asyncio.run(burst()) == [b"PONG"] * 20
 
 
 def test_the_store_reads_through_the_lane_and_reports_it_down_as_unavailable() -> None:

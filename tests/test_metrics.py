@@ -107,7 +107,7 @@ def _population(users: int = 4000, items: int = 300, seed: int = 0):
     test.data[:] = 1.0
     train = sp.csr_matrix((users, items), dtype=np.float32)
     popular = np.argsort(-np.asarray(test.sum(axis=0)).ravel())  # good lists for some users
-    offsets = rng.integers(0, 40, size=users)
+    offsets = rng.integers(0, min(40, max(items - 10, 0)) + 1, size=users)
 
     def rank(history, rows, n):
         return np.stack([popular[offsets[u] : offsets[u] + n] for u in rows])
@@ -142,3 +142,9 @@ def test_sampled_metrics_are_the_chosen_users_and_their_intervals_cover_the_trut
     again, _ = evaluate_sampled(rank, train, test, sample=300, seed=7)
     direct = evaluate_chunked(rank, train, test, users=chosen)
     assert np.allclose(again["P"], direct["P"]) and np.allclose(again["RU"], direct["RU"])
+
+
+def test_a_catalogue_shorter_than_the_list_is_summarised() -> None:
+    rank, train, test = _population(users=20_000, items=6)
+    _, sampling = evaluate_sampled(rank, train, test, sample=1000, max_n=10)
+    assert set(sampling.summary()["ci95"]) == {"P@6", "R@6", "PU@6", "NDCG@6", "MAP@6", "RU@6"}

@@ -273,3 +273,20 @@ def test_a_partition_value_that_should_be_a_number_and_is_not_is_named(tmp_path:
     pq.write_table(_table(user_id=[1], item_id=[1]), folder / "part-0.parquet")
     with pytest.raises(DataError, match="partition 'rating' holds a value that is not a number"):
         load_dataset(folder.parent.parent)
+
+
+def test_linked_folders_and_a_key_twice_on_one_path_are_named(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere" / "day=2"
+    outside.mkdir(parents=True)
+    pq.write_table(_table(user_id=[2], item_id=[2]), outside / "part-0.parquet")
+    table = tmp_path / "linked" / "interactions"
+    (table / "day=1").mkdir(parents=True)
+    pq.write_table(_table(user_id=[1], item_id=[1]), table / "day=1" / "part-0.parquet")
+    (table / "day=2").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError, match="linked folder"):
+        load_dataset(table.parent)
+    twice = tmp_path / "twice" / "interactions" / "day=1" / "day=2"
+    twice.mkdir(parents=True)
+    pq.write_table(_table(user_id=[1], item_id=[1]), twice / "part-0.parquet")
+    with pytest.raises(DataError, match="a partition key twice"):
+        load_dataset(twice.parent.parent.parent)

@@ -106,11 +106,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _eval_users(text: str) -> int:
-    """`--eval-users`: a positive count, or "all" (every evaluable user: no sample)."""
+    """`--eval-users`: a count the intervals hold for, or "all" (every evaluable user)."""
+    from training.evaluation.metrics import MIN_SAMPLE  # numpy and scipy: not for every command
+
     if text == "all":
         return sys.maxsize
-    if not text.isdigit() or int(text) < 2:
-        raise argparse.ArgumentTypeError(f"expected a count of at least 2, or 'all'; got {text!r}")
+    if not text.isdigit() or int(text) < MIN_SAMPLE:
+        raise argparse.ArgumentTypeError(
+            f"expected a count of at least {MIN_SAMPLE:,} (the intervals need it), or 'all'; "
+            f"got {text!r}"
+        )
     return int(text)
 
 

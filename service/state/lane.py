@@ -122,18 +122,25 @@ class ReadLane:
         """One command's reply (bytes, int, None or a list of them, as redis-py gives without
         decoding); a Redis error reply raised as redis-py would."""
         loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # another loop (tests): its connection is not this one's
+            self._protocol, self._connecting, self._loop = None, None, loop
         protocol = self._protocol
-        if protocol is None or protocol.lost or self._loop is not loop:
+        if protocol is None or protocol.lost:
             protocol = await self._connect(loop)
         return await self._send(loop, protocol, args)
 
     async def _send(
         self, loop: asyncio.AbstractEventLoop, protocol: _Protocol, args: tuple[Any, ...]
     ) -> Any:
+        transport = protocol.transport
+        if protocol.lost or transport is None or transport.is_closing():
+            # Accepted, then closed (Redis at maxclients, in protected mode, a proxy whose
+            # Redis is down): a connection error like any other, never a RuntimeError
+            protocol.lost = True
+            raise ConnectionError("the connection to Redis was closed")
         future = loop.create_future()
         protocol.waiting.append(future)
-        assert protocol.transport is not None
-        protocol.transport.write(pack(args))
+        transport.write(pack(args))
         timer = loop.call_later(self.timeout, self._expire, protocol, future)
         try:
             return await future
@@ -147,8 +154,7 @@ class ReadLane:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         """One connection attempt at a time; callers meanwhile wait for the same one."""
-        if self._connecting is None or self._connecting.done() or self._loop is not loop:
-            self._loop = loop
+        if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open(loop))
             self._connecting.add_done_callback(_retrieved)
         return await asyncio.shield(self._connecting)
@@ -162,9 +168,11 @@ class ReadLane:
             raise ConnectionError(f"cannot connect to Redis: {error}") from None
         protocol.transport = transport  # uvloop may call connection_made a moment later
         try:
-            if self.password is not None:
-                auth = (self.username, self.password) if self.username else (self.password,)
-                await self._send(loop, protocol, ("AUTH", *auth))
+            if self.password is not None:  # the two-argument form, as redis-py's HELLO: a
+                # Redis whose default user has no password yet accepts it, as redis-py does
+                await self._send(
+                    loop, protocol, ("AUTH", self.username or "default", self.password)
+                )
             if self.db:
                 await self._send(loop, protocol, ("SELECT", self.db))
         except BaseException:
@@ -186,8 +194,9 @@ def _retrieved(future: asyncio.Future) -> None:
 
 
 async def read(client: Any, lane: ReadLane | None, *command: Any) -> Any:
-    """One read command on `lane` where there is one, else on redis-py's `client`: the same
-    reply either way (bytes, not decoded)."""
+    """One read command whose reply is a bulk string or nil (GET, HGET), on `lane` where
+    there is one, else on redis-py's `client`: the same bytes either way. (redis-py shapes
+    other replies — HGETALL, SMEMBERS — into dicts and sets; the lane does not.)"""
     if lane is None:
         return await client.execute_command(*command)
     return await lane.call(*command)

@@ -92,6 +92,14 @@ def _files(path: Path) -> tuple[list[Path], tuple[str, ...]]:
     def hidden(file: Path) -> bool:
         return any(part.startswith(("_", ".")) for part in file.relative_to(path).parts)
 
+    for inner in path.rglob("*"):
+        if inner.is_symlink() and inner.is_dir():  # rglob would pass it by without a word
+            raise DataError(inner, None, "a linked folder inside a table is not followed: "
+                              "copy or move its part files in")  # fmt: skip
+        try:
+            str(inner).encode()
+        except UnicodeEncodeError:
+            raise DataError(path, None, f"a file name that is not UTF-8: {inner.name!r}") from None
     found = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not hidden(p))
     if not found:
         raise DataError(path, None, "no .parquet files in the folder")
@@ -101,7 +109,10 @@ def _files(path: Path) -> tuple[list[Path], tuple[str, ...]]:
         if bad := [f for f in folders if "=" not in f or f.startswith("=")]:
             raise DataError(file, None, f"subfolder {bad[0]!r} is not a Hive partition "
                               "(key=value): write the table flat or partitioned")  # fmt: skip
-        layouts.setdefault(tuple(f.split("=", 1)[0] for f in folders), file)
+        keys = tuple(f.split("=", 1)[0] for f in folders)
+        if len(set(keys)) < len(keys):
+            raise DataError(file, None, f"a partition key twice on one path: {list(keys)}")
+        layouts.setdefault(keys, file)
     if len(layouts) > 1:
         (keys_a, file_a), (keys_b, file_b) = list(layouts.items())[:2]
         raise DataError(path, None, f"part files under different partition keys: {file_a.name} "
