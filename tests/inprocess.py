@@ -50,3 +50,20 @@ def serving(models: Path, tmp: Path, **settings) -> Iterator[Client]:
         finally:
             portal.call(http.aclose)
             lifespan.__exit__(None, None, None)
+
+
+def small_bundles(synthetic_dir: Path, models: Path, count: int = 1) -> list[str]:
+    """`count` exports of one small CDDAE trained on the synthetic set, into `models`, the first
+    promoted: a real bundle in seconds. Returns their versions."""
+    from service.bundle import promote
+    from training.data.prepared import ProtocolConfig, prepare
+    from training.jobs.export import export_checkpoint
+    from training.jobs.pipeline import train_and_evaluate
+
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    _, checkpoint = train_and_evaluate(
+        "cddae", prepared, model={"hidden": [16]}, train={"epochs": 2}, progress=False
+    )
+    versions = [export_checkpoint(checkpoint, models)[0] for _ in range(count)]
+    promote(models, versions[0])
+    return versions

@@ -10,11 +10,7 @@ from unittest import mock
 import pytest
 
 from service.api.hot_path import HotPath, bodiless, plain_ask, score_body, single_score
-from service.bundle import promote
-from tests.inprocess import Client, serving
-from training.data.prepared import ProtocolConfig, prepare
-from training.jobs.export import export_checkpoint
-from training.jobs.pipeline import train_and_evaluate
+from tests.inprocess import Client, serving, small_bundles
 
 PATH = "/users/7/recommendations"
 JSON = [(b"content-type", b"application/json")]
@@ -91,13 +87,8 @@ def test_only_one_valid_user_is_scored_here() -> None:
 
 @pytest.fixture(scope="module")
 def source_models(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
-    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
-    _, checkpoint = train_and_evaluate(
-        "cddae", prepared, model={"hidden": [16]}, train={"epochs": 2}, progress=False
-    )
     models = tmp_path_factory.mktemp("hot-models")
-    version, _ = export_checkpoint(checkpoint, models)
-    promote(models, version)
+    small_bundles(synthetic_dir, models)
     return models
 
 

@@ -66,6 +66,18 @@ async def _commands(reader: asyncio.StreamReader) -> AsyncIterator[list[bytes]]:
         yield args
 
 
+def _recording(seen: list[list[bytes]]):
+    """A fake Redis that answers +OK to everything and keeps what it was sent in `seen`."""
+
+    async def recording(reader, writer) -> None:
+        async for args in _commands(reader):
+            seen.append(args)
+            writer.write(b"+OK\r\n")
+            await writer.drain()
+
+    return recording
+
+
 def test_pack_encodes_as_redis_py_does() -> None:
     assert pack(("GET", "é", 3, 0.5, b"\x00")) == (
         b"*5\r\n$3\r\nGET\r\n$2\r\n\xc3\xa9\r\n$1\r\n3\r\n$3\r\n0.5\r\n$1\r\n\x00\r\n"
@@ -185,12 +197,7 @@ def test_a_caller_that_goes_away_never_shifts_the_replies_of_the_others() -> Non
 
 def test_the_handshake_authenticates_and_selects_the_database() -> None:
     seen: list[list[bytes]] = []
-
-    async def recording(reader, writer) -> None:
-        async for args in _commands(reader):
-            seen.append(args)
-            writer.write(b"+OK\r\n")
-            await writer.drain()
+    recording = _recording(seen)
 
     async def scenario() -> None:
         async with fake_redis(recording) as port:
@@ -205,12 +212,7 @@ def test_the_handshake_authenticates_and_selects_the_database() -> None:
 
 def test_a_password_alone_authenticates_as_the_default_user() -> None:
     seen: list[list[bytes]] = []
-
-    async def recording(reader, writer) -> None:
-        async for args in _commands(reader):
-            seen.append(args)
-            writer.write(b"+OK\r\n")
-            await writer.drain()
+    recording = _recording(seen)
 
     async def scenario() -> None:
         async with fake_redis(recording) as port:

@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 
 from service.api.ui import rate_plot
-from service.bundle import promote
 from service.experiment import CANDIDATE, start_experiment
 from service.state.store import StoreUnavailable
-from tests.inprocess import Client, serving
-from training.data.prepared import ProtocolConfig, prepare
-from training.jobs.export import export_checkpoint
-from training.jobs.pipeline import train_and_evaluate
+from tests.inprocess import Client, serving, small_bundles
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = 'adm;in "token"=1'  # characters a cookie must quote
@@ -26,14 +22,8 @@ TOKEN = 'adm;in "token"=1'  # characters a cookie must quote
 @pytest.fixture(scope="module")
 def source_models(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
     """Two real exports of one small model; the first promoted."""
-    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
-    _, checkpoint = train_and_evaluate(
-        "cddae", prepared, model={"hidden": [16]}, train={"epochs": 2}, progress=False
-    )
     models = tmp_path_factory.mktemp("ui-models")
-    control, _ = export_checkpoint(checkpoint, models)
-    promote(models, control)
-    export_checkpoint(checkpoint, models)
+    small_bundles(synthetic_dir, models, count=2)
     return models
 
 

@@ -22,8 +22,9 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.middleware import read_body, replaying
 from service.api.routes import answer_for_score, answer_for_user
 from service.api.schemas import ScoreRequest
 from service.ids import id_problem
@@ -134,19 +135,14 @@ class HotPath:
         await self.app(scope, receive, send)
 
     async def _score(self, length: int, scope: Scope, receive: Receive, send: Send) -> None:
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more and size <= length:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
+        read = await read_body(receive, length)
+        if read is None:  # the client went away
+            return
+        chunks, size, more = read
         body = b"".join(chunks)
         request = single_score(body) if not more and size == length else None
         if request is None:  # the routes decide, from the same bytes
-            await self.app(scope, _replay(chunks, more, receive), send)
+            await self.app(scope, replaying(chunks, more, receive), send)
             return
         state = scope["app"].state.cddae
 
@@ -175,17 +171,3 @@ class HotPath:
             raise
         finally:
             self.metrics.observe_request(route, method, status, time.perf_counter() - started)
-
-
-def _replay(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
-    """`receive` giving back what was read, then the rest."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": more}
-        return await receive()
-
-    return replay

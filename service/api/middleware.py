@@ -57,27 +57,14 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send, int(declared))
             return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                await self._reject(send, size)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        read = await read_body(receive, self.max_bytes)
+        if read is None:  # the client went away
+            return
+        chunks, size, _ = read  # more to come only past the limit: rejected below
+        if size > self.max_bytes:
+            await self._reject(send, size)
+            return
+        await self.app(scope, replaying(chunks, False, receive), send)
 
     async def _reject(self, send: Send, size: int) -> None:
         body = json.dumps(
@@ -86,3 +73,33 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def replaying(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
+    """`receive` giving back the body read so far (`more`: whether the rest is still to come
+    from `receive`), then whatever `receive` gives."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": more}
+        return await receive()
+
+    return replay
+
+
+async def read_body(receive: Receive, limit: int) -> tuple[list[bytes], int, bool] | None:
+    """A request body's chunks, read until the last one or until past `limit` bytes: (chunks,
+    bytes read, whether more is to come). None when the client went away meanwhile."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more and size <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+    return chunks, size, more
