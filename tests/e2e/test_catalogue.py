@@ -91,7 +91,11 @@ def shop(request, shop_models: Path, shop_data: Path, tmp_path_factory) -> Itera
     workdir = tmp_path_factory.mktemp(f"shop-{request.param}")
     url = REDIS_URL if request.param == "redis" else None
     with running(shop_models, workdir, url) as server:
-        yield Shop(server, request.param, shop_data, workdir)
+        shop = Shop(server, request.param, shop_data, workdir)
+        try:
+            yield shop
+        finally:
+            shop.client.close()  # else its sockets are found unclosed in some later test
 
 
 def test_filters_and_exclusions_hold_and_lists_stay_full(shop: Shop) -> None:

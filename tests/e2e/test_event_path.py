@@ -186,14 +186,14 @@ def test_the_deadline_times_requests_not_answers(base_models: Path, tmp_path: Pa
                 redis_process.send_signal(signal.SIGSTOP)  # the answer waits for Redis
                 try:
                     sock = socket.create_connection(("127.0.0.1", server.port))
-                    sock.sendall(write)
-                    sock.sendall(extra)  # while the answer is being computed
-                    threading.Timer(2, redis_process.send_signal, (signal.SIGCONT,)).start()
-                    sock.settimeout(60)
-                    assert sock.recv(4096).startswith(b"HTTP/1.1 201"), extra
+                    with sock:
+                        sock.sendall(write)
+                        sock.sendall(extra)  # while the answer is being computed
+                        threading.Timer(2, redis_process.send_signal, (signal.SIGCONT,)).start()
+                        sock.settimeout(60)
+                        assert sock.recv(4096).startswith(b"HTTP/1.1 201"), extra
                 finally:
                     redis_process.send_signal(signal.SIGCONT)
-                sock.close()
             trickled = socket.create_connection(("127.0.0.1", server.port))
             trickled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
             closed = False
