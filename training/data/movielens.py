@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from training.data.columns import CodedInteractions
 from training.data.errors import DataError, number
 
 # ml-1m's README: the age codes are each band's lower bound, which is also where the service's
@@ -53,25 +54,12 @@ _TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$")
 
 
 @dataclass
-class RatingColumns:
-    """Ratings as columns, ids as codes into vocabularies of unique strings (loaders.IdColumn's
-    shape): no Python object per row."""
-
-    user_codes: np.ndarray
-    user_vocab: np.ndarray
-    item_codes: np.ndarray
-    item_vocab: np.ndarray
-    ratings: np.ndarray
-    timestamps: np.ndarray
-
-
-@dataclass
 class MovieLensParts:
     """What a MovieLens folder holds; `ratings` None: read `ratings.csv` with the generic
     CSV reader (`loaders.load_interactions_csv`, pandas in columns)."""
 
     source: str
-    ratings: RatingColumns | None
+    ratings: CodedInteractions | None
     user_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     item_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -133,7 +121,7 @@ def _dat_lines(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
                 yield number, line.split(DAT_SEP)
 
 
-def read_dat_ratings(path: Path) -> RatingColumns:
+def read_dat_ratings(path: Path) -> CodedInteractions:
     """`UserID::MovieID::Rating::Timestamp` as columns (pandas' C parser, ids as codes); a file
     it cannot read cleanly is read again line by line, which names the first bad line."""
     if not path.is_file():
@@ -145,7 +133,7 @@ def read_dat_ratings(path: Path) -> RatingColumns:
     return columns if columns is not None else _dat_ratings_rows(path)
 
 
-def _dat_ratings_columns(path: Path) -> RatingColumns | None:
+def _dat_ratings_columns(path: Path) -> CodedInteractions | None:
     """Columns, or None when a field is missing or not a finite number.
 
     The C parser takes one-character separators only; split at ":" a clean line has exactly
@@ -167,7 +155,7 @@ def _dat_ratings_columns(path: Path) -> RatingColumns | None:
         return None
     if not (np.isfinite(ratings).all() and np.isfinite(times).all()):
         return None
-    return RatingColumns(*users, *items, ratings, times)
+    return CodedInteractions(*users, *items, ratings, times)
 
 
 def _codes(column: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -179,7 +167,7 @@ def _codes(column: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return codes.astype(np.int64), vocab.astype(object)
 
 
-def _dat_ratings_rows(path: Path) -> RatingColumns:
+def _dat_ratings_rows(path: Path) -> CodedInteractions:
     """The slow reader, for files the column reader refused: names the first bad line."""
     users, items, ratings, times = [], [], [], []
     for n, parts in _dat_lines(path, "latin-1"):
@@ -193,7 +181,7 @@ def _dat_ratings_rows(path: Path) -> RatingColumns:
         raise DataError(path, None, "no ratings")
     user_vocab, user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)
     item_vocab, item_codes = np.unique(np.asarray(items, dtype=str), return_inverse=True)
-    return RatingColumns(
+    return CodedInteractions(
         user_codes.astype(np.int64).ravel(), user_vocab.astype(object),
         item_codes.astype(np.int64).ravel(), item_vocab.astype(object),
         np.asarray(ratings, np.float32), np.asarray(times, np.float64),

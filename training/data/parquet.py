@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from training.data.columns import CodedInteractions
 from training.data.errors import DataError
 
 DEFAULT_COLUMNS = {
@@ -45,24 +46,10 @@ _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 @dataclass
-class InteractionColumns:
-    """Interactions as columns, ids as codes into sorted vocabularies (loaders.IdColumn's
-    shape)."""
-
-    user_codes: np.ndarray
-    user_vocab: np.ndarray
-    item_codes: np.ndarray
-    item_vocab: np.ndarray
-    ratings: np.ndarray
-    timestamps: np.ndarray
-    implicit: bool
-
-
-@dataclass
 class ParquetParts:
     """What a Parquet folder holds, for `loaders` to wrap into a `RawDataset`."""
 
-    interactions: InteractionColumns
+    interactions: CodedInteractions
     source: str
     user_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     item_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -237,7 +224,7 @@ def _profiles(path: Path, id_name: str, shape: Any) -> dict[str, dict[str, Any]]
     return profiles
 
 
-def read_interactions(path: Path, mapping: dict[str, str] | None = None) -> InteractionColumns:
+def read_interactions(path: Path, mapping: dict[str, str] | None = None) -> CodedInteractions:
     """A Parquet file or folder of interactions, in record batches of the needed columns."""
     pa = _pyarrow()
     mapping = mapping or dict(DEFAULT_COLUMNS)
@@ -264,7 +251,7 @@ def read_interactions(path: Path, mapping: dict[str, str] | None = None) -> Inte
     )
     rows = len(user_codes)
     in_order = np.arange(rows, dtype=np.float64)  # no timestamp: the rows' order
-    return InteractionColumns(
+    return CodedInteractions(
         user_codes, user_vocab, item_codes, item_vocab,
         np.concatenate([*ratings, np.zeros(0)]) if "rating" in present else np.ones(rows),
         np.concatenate([*times, np.zeros(0)]) if "timestamp" in present else in_order,
