@@ -2,6 +2,11 @@
 
     python scripts/bench_scale.py                       # 10k, 50k, 200k users (about 20 min)
     python scripts/bench_scale.py --sizes 10k 50k 200k 1m --work /tmp/cddae-scale
+    python scripts/bench_scale.py --sizes 50k --train '{"negatives": 0}' --label full
+
+`--config default` (the default) trains `cddae train --model cddae` with the shipped defaults
+and two epochs; `--config pinned` with the model issue 9's figures were measured on.
+`--train` overlays training options; `--label` names the row (results are kept by size/label).
 
 For each size it generates (seeded, cached in --work) a generic CSV data set with profiles —
 users in taste groups, Zipf popularity inside and across groups, ratings 1-5, so that a model
@@ -35,10 +40,11 @@ SIZES = {  # users, items, interactions
 GROUPS = 40
 OCCUPATIONS = [f"job{k}" for k in range(21)]
 GENRES = [f"genre{k}" for k in range(18)]
-# Two epochs; the loss over each batch's positives and 2,000 sampled items (docs/SCALE.md; a
-# sampled loss is sigmoid + BCE); batches of 256 users (the optimiser step over all weights is
-# the fixed cost per batch). The model is pinned to the one docs/SCALE.md's figures measured.
-CONFIG = {
+# The shipped defaults, two epochs (early stopping's patience no longer than that).
+DEFAULT = {"train": {"epochs": 2, "patience": 2}}
+# Issue 9's figures: two epochs; the loss over each batch's positives and 2,000 sampled items
+# (sigmoid + BCE); batches of 256 users; a 200-wide model.
+PINNED = {
     "model": {"hidden": [200], "corruption": 0.5, "l2": 0.05, "emphasis": 1.0, "rescale": True,
               "output": "sigmoid", "loss": "bce", "input_norm": False, "cold_start_rate": 0.0,
               "profile_norm": False, "side_weight": 1.0},
@@ -161,7 +167,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cddae-scale"))
     parser.add_argument("--out", type=Path, default=Path("docs/scale"))
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--config", choices=["default", "pinned"], default="default")
+    parser.add_argument("--train", type=json.loads, default={}, help="training options (JSON)")
+    parser.add_argument("--label", default="", help="the row's name after the size")
     args = parser.parse_args()
+    base = DEFAULT if args.config == "default" else PINNED
+    config_options = {**base, "train": {**base["train"], **args.train}}
+    label = args.label or args.config
     cddae = str(Path(sys.executable).parent / "cddae")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
@@ -174,7 +186,7 @@ def main() -> None:
         data = generate(work / "data", users, items, interactions)
         print(f"   data ready in {time.perf_counter() - began:.0f} s")
         config = work / "config.json"
-        config.write_text(json.dumps(CONFIG))
+        config.write_text(json.dumps(config_options))
         checkpoint, models = work / "checkpoint", work / "models"
         subprocess.run(["rm", "-rf", str(models)], check=True)
         train_s, train_gb = run(
@@ -197,7 +209,9 @@ def main() -> None:
         )  # fmt: skip
         popularity = json.loads((work / "pop.json").read_text())["metrics"]
         trained = json.loads((work / "train.json").read_text())
-        results[name] = {
+        results[f"{name}/{label}"] = {
+            "config": config_options, "negatives": trained["params"].get("sampled_negatives"),
+            "evaluation": trained.get("evaluation"),
             "users": users, "items": items, "interactions": interactions,
             "train_s": train_s, "train_peak_gb": train_gb,
             "fit_s": trained["fit_seconds"], "served_fit_s": trained["served"]["fit_seconds"],
@@ -208,7 +222,7 @@ def main() -> None:
         }  # fmt: skip
         print(f"   service ready {service['ready_s']:.1f} s, RSS "
               f"{service['service_rss_gb']:.2f} GB, uncached p50/p99 {service['p50_ms']:.1f}/"
-              f"{service['p99_ms']:.1f} ms; P@10 {results[name]['P@10']:.4f} (popularity "
+              f"{service['p99_ms']:.1f} ms; P@10 {trained['metrics']['P'][9]:.4f} (popularity "
               f"{popularity['P'][9]:.4f})")  # fmt: skip
         results_path.write_text(json.dumps(results, indent=2))
     print_table(results)

@@ -17,6 +17,13 @@ from training.models.autoencoders import (
     paper_config,
     reconstruction_cells,
 )
+from training.models.sampled_loss import (
+    DEFAULT_NEGATIVES,
+    SAMPLED_ABOVE,
+    Sampling,
+    resolve_negatives,
+    sampled_item_loss,
+)
 
 SIZES = Sizes(n_items=30, n_users=8, user_features=5, item_features=torch.rand(30, 4))
 
@@ -76,6 +83,10 @@ def test_config_rejects_bad_values() -> None:
         ModelConfig.from_dict({"widht": 3})
 
 
+def _sampling(negatives: int, share: torch.Tensor | None = None) -> Sampling:
+    return Sampling(negatives, share if share is not None else torch.full((30,), 0.3))
+
+
 @pytest.mark.parametrize("negatives", [0, 5000])
 def test_emphasis_weights_only_the_dropped_positives(negatives: int) -> None:
     """Raising `emphasis` from 1 to 4 adds 3× the loss of exactly the cells whose input the
@@ -90,9 +101,9 @@ def test_emphasis_weights_only_the_dropped_positives(negatives: int) -> None:
         return Bag(bag.items, torch.where(bag.items == 0, 0.0, bag.weights), bag.offsets)
 
     net.corrupt = drop_first
-    plain = net.loss(_bag(x), negatives=negatives)
+    plain = net.loss(_bag(x), sampling=_sampling(negatives))
     net.config = replace(net.config, emphasis=4.0)
-    emphasised = net.loss(_bag(x), negatives=negatives)
+    emphasised = net.loss(_bag(x), sampling=_sampling(negatives))
     logits = net.out(net.hidden(*net.bag_input(drop_first(_bag(x)))))[:, 0]
     first = F.binary_cross_entropy_with_logits(logits, x[:, 0], reduction="none")
     torch.testing.assert_close(emphasised - plain, 3 * first.mean())
@@ -171,18 +182,67 @@ def test_sparse_and_padded_input_layers_equal_the_dense_product(input_norm: bool
     torch.testing.assert_close(pooled_pad, want_pooled, rtol=1e-5, atol=1e-6)
 
 
-def test_sampled_loss_over_every_item_is_the_full_loss() -> None:
+@pytest.mark.parametrize("objective", [("sigmoid", "bce"), ("softmax", "cce")])
+def test_sampled_loss_over_every_item_is_the_full_loss(objective: tuple[str, str]) -> None:
     torch.manual_seed(0)
-    net = Autoencoder(ModelConfig(kind="dae", hidden=(8,), corruption=0.0), SIZES)
-    bag = _bag((torch.rand(4, 30) < 0.3).float())
+    output, loss = objective
+    config = ModelConfig(kind="dae", hidden=(8,), corruption=0.0, output=output, loss=loss)
+    net = Autoencoder(config, SIZES)
+    x = (torch.rand(4, 30) < 0.3).float()
+    if output == "softmax":  # a multinomial's counts: weighted positives
+        x = x * torch.randint(1, 4, (4, 30))
+    bag = _bag(x)
     full = net.loss(bag)
     hidden = net.hidden(*net.bag_input(bag))
-    # 5,000 draws cover all 30 items: every negative then stands for itself (weight 1).
-    sampled = net._sampled_item_loss(hidden, bag, 5000)
+    # 5,000 draws cover all 30 items: every negative then stands for itself (weight 1, π = 1).
+    sampled = net._sampled_item_loss(hidden, bag, _sampling(5000))
     torch.testing.assert_close(sampled, full)
-    assert torch.isfinite(net.loss(bag, negatives=5))
+    assert torch.isfinite(net.loss(bag, sampling=_sampling(5)))
     with pytest.raises(ValueError, match="sigmoid and loss bce"):
-        Autoencoder(ModelConfig(kind="dae", loss="mae"), SIZES).loss(bag, negatives=5)
+        resolve_negatives(5, 30, "sigmoid", "mae")
+
+
+def test_sampled_softmax_normaliser_is_unbiased_with_the_logq_correction() -> None:
+    """Over many batches, the corrected candidates' Σ exp(logit − log π) has the catalogue's
+    Σ exp(logit) as its mean; without the correction the sum falls far short. User 0 (positive:
+    item 3) shares each batch with 7 users whose positives are drawn by the items' shares (item
+    7: every user's), and 20 of 400 items are drawn."""
+    torch.manual_seed(0)
+    n_items, batch = 400, 8
+    logits = torch.randn(1, n_items).expand(batch, n_items)
+    share = torch.full((n_items,), 0.01)
+    share[7] = 1.0
+    sampling = Sampling(20, share)
+    captured: list[torch.Tensor] = []
+
+    def logits_of(columns: torch.Tensor) -> torch.Tensor:
+        captured.append(columns)
+        return logits[:, columns]
+
+    corrected, plain = [], []
+    for _ in range(4000):
+        others = torch.nonzero(torch.rand(batch - 1, n_items) < share)
+        rows = torch.cat([torch.tensor([0]), others[:, 0] + 1])
+        items = torch.cat([torch.tensor([3]), others[:, 1]])
+        weights = (rows == 0).float()  # only user 0's loss counts; the others are candidates
+        loss = sampled_item_loss(
+            logits_of, rows, items, weights, batch, sampling, ("softmax", "cce")
+        )
+        # the loss is −(logit₃ − log Ẑ) / batch: recover Ẑ; and the uncorrected sum
+        corrected.append(torch.exp(loss * batch + logits[0, 3]))
+        plain.append(torch.exp(logits[0, captured.pop()]).sum())
+    truth = torch.exp(logits[0]).sum()
+    assert abs(float(torch.stack(corrected).mean() / truth) - 1) < 0.05
+    assert float(torch.stack(plain).mean() / truth) < 0.3
+
+
+def test_automatic_sampling_switches_on_past_the_catalogue_size() -> None:
+    assert resolve_negatives(None, 1_682, "softmax", "cce") == 0  # ml-100k: the full loss
+    assert resolve_negatives(None, SAMPLED_ABOVE + 1, "softmax", "cce") == DEFAULT_NEGATIVES
+    assert resolve_negatives(None, SAMPLED_ABOVE + 1, "sigmoid", "bce") == DEFAULT_NEGATIVES
+    assert resolve_negatives(None, SAMPLED_ABOVE + 1, "sigmoid", "mae") == 0  # no sampled form
+    assert resolve_negatives(0, 10**6, "softmax", "cce") == 0  # asked for the full loss
+    assert resolve_negatives(500, 400, "softmax", "cce") == 0  # the draw covers the catalogue
 
 
 def test_bag_from_csr_keeps_rows_and_weights() -> None:

@@ -56,6 +56,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from training.data.prepared import ProtocolConfig, prepare
     from training.jobs.pipeline import train_and_evaluate
+    from training.models.distributed import join
 
     config = _load_config(args.config)
     protocol = ProtocolConfig(**{**config.get("protocol", {}), "seed": args.seed})
@@ -66,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     train = config.get("train")
     if args.device:
         train = {**(train or {}), "device": args.device}
+    world = join((train or {}).get("device", "cpu"))  # under torchrun; else a world of one
     _, checkpoint = train_and_evaluate(
         args.model,
         prepared,
@@ -78,14 +80,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         cold=config.get("cold_items"),
         eval_users=args.eval_users,
     )
+    if not world.main:  # rank 0 writes and reports
+        return
     if args.output:
         checkpoint.save(args.output)
     meta = checkpoint.meta
+    if meta["world_size"] > 1:
+        print(f"trained in {meta['world_size']} processes (torchrun, DistributedDataParallel)")
     print(
         f"{args.model} on {meta['data']['source']} — protocol {checkpoint.meta['protocol']['name']}"
         f", seed {args.seed}, {meta['evaluated_users']} users evaluated, "
         f"fit {meta['fit_seconds']:.1f} s"
     )
+    if draws := meta["params"].get("sampled_negatives"):
+        print(f"item loss: sampled, the batch's positives and {draws:,} drawn items "
+              f"({meta['data']['items']:,} in the catalogue; docs/SCALE.md)")  # fmt: skip
     print(metrics_table(meta["metrics"]))
     evaluation = meta["evaluation"]
     if evaluation["sampled"]:
@@ -103,6 +112,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     if cold := meta.get("cold_items"):
         print(f"cold-item head: {cold['head']}, {cold['steps']} steps in {cold['seconds']:.1f} s")
     _write_json(args.json, {"model": args.model, **meta})
+
+
+def _processes(text: str) -> int:
+    """`--nproc`: 1 to 64 processes."""
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a count of processes, 1 to 64; got {text!r}")
+    return int(text)
 
 
 def _eval_users(text: str) -> int:
@@ -383,7 +399,7 @@ def _retrain(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     outcome = retrain(
         args.data, args.models_dir, source, args.model, args.seed, args.gate, args.output, config,
-        trim=args.trim, new_store=args.new_store,
+        trim=args.trim, new_store=args.new_store, nproc=args.nproc,
     )  # fmt: skip
     return int(outcome)  # 0 promoted, 1 gated, 2 failed, 3 locked: cron reports all but 0
 
@@ -566,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--new-store",
         action="store_true",
         help="the version in service folded another store's events: fold this one from its start",
+    )
+    retrain.add_argument(
+        "--nproc",
+        type=_processes,
+        default=1,
+        help="train in N processes on this machine under torchrun (DistributedDataParallel)",
     )
     retrain.set_defaults(func=cmd_retrain)
 

@@ -382,7 +382,11 @@ def export_checkpoint(
     meta = checkpoint.meta
     served = meta.get("served") or {"fit_on": "training split (checkpoint without a final fit)"}
     manifest = {
-        "model": {"kind": checkpoint.kind, "params": meta.get("params", {})},
+        "model": {
+            "kind": checkpoint.kind,
+            "params": meta.get("params", {}),
+            "world_size": meta.get("world_size", 1),  # training processes (torchrun)
+        },
         "data": meta.get("data", {}),
         # What was measured (the evaluated model on the holdout) and what is served.
         "protocol": meta.get("protocol", {}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,6 +16,9 @@ from training.models.baselines import EASE, EDLAE, ItemKNN, MostPopular
 from training.models.interface import FitContext, Recommender
 from training.models.tuned import tuned
 from training.names import KINDS, NEURAL, PRESETS
+
+if TYPE_CHECKING:
+    from training.models.distributed import World
 
 
 def make_recommender(
@@ -84,10 +87,21 @@ def fit_and_evaluate(
     started = time.perf_counter()
     recommender.fit(ctx)
     fit_seconds = time.perf_counter() - started
-    results, sampling = evaluate_sampled(
-        ranker(recommender, features), prepared.train, prepared.test, eval_users, seed
-    )
+    world = _world()
+    evaluated = None
+    if world.main:  # under torchrun, rank 0 evaluates and every rank gets its figures
+        evaluated = evaluate_sampled(
+            ranker(recommender, features), prepared.train, prepared.test, eval_users, seed
+        )
+    results, sampling = world.from_main(evaluated)
     return results, fit_seconds, sampling
+
+
+def _world() -> World:
+    """torchrun's world (training/models/distributed.py), a world of one otherwise."""
+    from training.models.distributed import current  # torch: imported where a fit needs it
+
+    return current()
 
 
 def ranker(recommender: Recommender, user_features: np.ndarray) -> RankChunk:
@@ -183,6 +197,7 @@ def train_and_evaluate(
             "fit_seconds": round(final_seconds, 3) if final_fit else None,
         },
         "cold_items": cold_figures,
+        "world_size": _world().size,  # processes the fits ran in (torchrun)
     }
     checkpoint = Checkpoint(
         kind=kind,

@@ -286,6 +286,7 @@ def retrain(
     trim: bool = False,
     log: Callable[[str], None] = print,
     new_store: bool = False,
+    nproc: int = 1,
 ) -> Outcome:
     try:
         with models_lock(models_dir, wait=0), source.lock():
@@ -301,6 +302,7 @@ def retrain(
                 trim,
                 log,
                 new_store,
+                nproc,
             )
     except LockedError as error:
         log(f"retrain: locked — {error}")
@@ -311,7 +313,7 @@ def retrain(
 
 
 def _run(
-    data, models_dir, source, kind, seed, gate, output, config, trim, log, new_store
+    data, models_dir, source, kind, seed, gate, output, config, trim, log, new_store, nproc
 ) -> Outcome:
     from training.data.prepared import ProtocolConfig, prepare
     from training.evaluation.bundle_holdout import evaluate_bundle, holdout_users
@@ -345,10 +347,16 @@ def _run(
         f"{bad} unreadable record(s) quarantined in {EVENTS}/{QUARANTINE}")  # fmt: skip
     user_fields = config.get("features", {}).get("user")
     prepared = prepare(raw, ProtocolConfig(seed=seed), user_fields=user_fields)
-    _, checkpoint = train_and_evaluate(
-        kind, prepared, seed, model=config.get("model"), train=config.get("train"),
-        progress=False, cold=config.get("cold_items"),
-    )  # fmt: skip
+    if nproc > 1:
+        from training.jobs.launch import train_in_processes
+
+        log(f"retrain: training in {nproc} processes (torchrun, DistributedDataParallel)")
+        checkpoint = train_in_processes(nproc, kind, prepared, seed, config)
+    else:
+        _, checkpoint = train_and_evaluate(
+            kind, prepared, seed, model=config.get("model"), train=config.get("train"),
+            progress=False, cold=config.get("cold_items"),
+        )  # fmt: skip
     # A version that folded nothing binds to no store: a later store is read from its start.
     bound = source.name if chain or mark is not None else None
     extra = {

@@ -7,6 +7,7 @@ and side-information reconstructions, and it computes its own loss.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.models.options import Options
+from training.models.sampled_loss import Sampling, sampled_item_loss
 
 Kind = Literal["dae", "cdae", "cddae"]
 Output = Literal["sigmoid", "softmax"]
@@ -108,9 +110,9 @@ class Bag:
     weights: torch.Tensor  # float32 (nnz,)
     offsets: torch.Tensor  # int64 (batch,)
 
-    @property
+    @functools.cached_property
     def rows(self) -> torch.Tensor:
-        """The batch row of every entry."""
+        """The batch row of every entry (computed once per bag)."""
         counts = torch.diff(self.offsets, append=self.offsets.new_tensor([len(self.items)]))
         return torch.repeat_interleave(counts)
 
@@ -365,15 +367,15 @@ class Autoencoder(nn.Module):
         bag: Bag,
         user_features: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
-        negatives: int = 0,
+        sampling: Sampling | None = None,
     ) -> torch.Tensor:
         """Denoising objective on one batch: item loss + weighted side loss. The L2 penalty
         (λ/2)·Σθ² is left to the optimiser as coupled weight decay, which adds exactly its
         gradient λθ, without building it into the graph every step.
 
-        `negatives` > 0 (sigmoid + BCE only): the item loss over the batch's positives and that
-        many items drawn uniformly, each sampled negative weighted to stand for the catalogue's
-        unsampled ones — for catalogues where every item's logit per user is too dear."""
+        With `sampling`, the item loss is over the batch's positives and a draw of items
+        (training/models/sampled_loss.py) — for catalogues where every item's logit per user
+        is too dear."""
         noisy = self.corrupt(bag)
         hidden, kl = self._hidden(*self.bag_input(noisy), user_features, user_index)
         # Emphasis: a weight per positive, `emphasis` where the corruption dropped it.
@@ -381,8 +383,8 @@ class Autoencoder(nn.Module):
         if self.config.emphasis != 1.0:
             dropped = (noisy.weights == 0) & (bag.weights != 0)
             emphasis = torch.where(dropped, self.config.emphasis, 1.0)
-        if negatives and negatives < self.n_items:
-            total = self._sampled_item_loss(hidden, bag, negatives, emphasis)
+        if sampling is not None and sampling.negatives:
+            total = self._sampled_item_loss(hidden, bag, sampling, emphasis)
         else:
             n = self.n_items
             logits = F.linear(hidden, self.out.weight[:n], self.out.bias[:n])
@@ -403,9 +405,6 @@ class Autoencoder(nn.Module):
             total = (
                 total + self.config.beta * min(1.0, self.kl_steps / self.config.anneal_steps) * kl
             )
-        if self.sparse_grads:  # the L2 penalty on the rows this batch touched (lazy decay)
-            touched = F.embedding(torch.unique(bag.items), self.item_in, sparse=True)
-            total = total + 0.5 * self.config.l2 * touched.pow(2).sum()
         return total
 
     def _out_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -418,29 +417,16 @@ class Autoencoder(nn.Module):
         self,
         hidden: torch.Tensor,
         bag: Bag,
-        negatives: int,
+        sampling: Sampling,
         emphasis: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if (self.config.output, self.config.loss) != ("sigmoid", "bce"):
-            raise ValueError("a sampled loss needs output sigmoid and loss bce")
-        drawn = torch.randint(0, self.n_items, (negatives,), device=hidden.device)
-        columns, inverse = torch.unique(torch.cat([bag.items, drawn]), return_inverse=True)
-        weight = self._out_rows(columns)
-        logits = F.linear(hidden, weight, self.out.bias[columns])
-        if self.sparse_grads:  # lazy L2 on the output rows this batch used
-            penalty = 0.5 * self.config.l2 * weight.pow(2).sum()
-        else:
-            penalty = hidden.new_zeros(())
-        target = torch.zeros_like(logits)
-        target[bag.rows, inverse[: len(bag.items)]] = 1.0
-        positives = target.sum(dim=1, keepdim=True)
-        # Each of a user's (columns − positives) negatives stands for (items − positives).
-        scale = (self.n_items - positives) / (len(columns) - positives).clamp_min(1.0)
-        weights = torch.where(target > 0, torch.ones_like(target), scale.expand_as(target))
-        if emphasis is not None:
-            weights[bag.rows, inverse[: len(bag.items)]] = emphasis
-        cells = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        return (cells * weights).sum(dim=1).mean() + penalty
+        def logits_of(columns: torch.Tensor) -> torch.Tensor:
+            return F.linear(hidden, self._out_rows(columns), self.out.bias[columns])
+
+        return sampled_item_loss(
+            logits_of, bag.rows, bag.items, bag.weights, len(bag.offsets), sampling,
+            (self.config.output, self.config.loss), emphasis,
+        )  # fmt: skip
 
 
 def reconstruction_cells(

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from training.models.autoencoders import Autoencoder, Bag, reconstruction_cells
 from training.models.options import Options
+from training.models.sampled_loss import Sampling, sampled_item_loss
 
 Layers = list[tuple[np.ndarray, np.ndarray]]  # (weight in × out, bias), ReLU between
 
@@ -105,7 +106,7 @@ def fit_cold_head(
     user_features: np.ndarray,
     item_features: np.ndarray,
     config: ColdHeadConfig,
-    negatives: int = 0,
+    sampling: Sampling | None = None,
 ) -> tuple[ColdHead, dict[str, Any]]:
     """Train a head on the frozen `net` (left in eval mode, unchanged); return it and figures."""
     started = time.perf_counter()
@@ -133,7 +134,7 @@ def fit_cold_head(
             empty = torch.rand(n, generator=generator) < config.empty_share
             loss = _step_loss(
                 net, head, train[batch], user_features[batch], batch, features,
-                cold.to(device), (cold & empty).to(device), rows, biases, negatives, generator,
+                cold.to(device), (cold & empty).to(device), rows, biases, sampling, generator,
             )  # fmt: skip
             optimizer.zero_grad()
             loss.backward()
@@ -162,7 +163,7 @@ def _step_loss(
     empty: torch.Tensor,
     rows: torch.Tensor,
     biases: torch.Tensor,
-    negatives: int,
+    sampling: Sampling | None,
     generator: torch.Generator,
 ) -> torch.Tensor:
     """One batch: the cold items out of the input, the head's rows in their place at the output."""
@@ -176,9 +177,10 @@ def _step_loss(
             torch.from_numpy(np.asarray(user_features, np.float32)).to(device),
             torch.from_numpy(np.asarray(users, np.int64)).to(device),
         )
-    if negatives and negatives < net.n_items:
-        return _sampled_loss(hidden, bag, head, features, cold, empty, rows, biases, negatives,
-                             generator)  # fmt: skip
+    if sampling is not None and sampling.negatives:
+        objective = (net.config.output, net.config.loss)
+        return _sampled_loss(hidden, bag, head, features, cold, empty, rows, biases, sampling,
+                             objective, generator)  # fmt: skip
     cold_items = torch.nonzero(cold).flatten()
     predicted = head(features[cold_items] * (~empty[cold_items]).unsqueeze(1))
     output, loss = net.config.output, net.config.loss
@@ -198,28 +200,25 @@ def _sampled_loss(
     empty: torch.Tensor,
     rows: torch.Tensor,
     biases: torch.Tensor,
-    negatives: int,
+    sampling: Sampling,
+    objective: tuple[str, str],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """The trainer's sampled BCE (positives and `negatives` drawn items, each negative standing
-    for the unsampled ones), with the cold columns' rows from the head: the head runs on the
-    batch's cold columns only, so a step costs the same on any catalogue."""
-    n = len(rows)
-    drawn = torch.randint(0, n, (negatives,), generator=generator).to(hidden.device)
-    columns, inverse = torch.unique(torch.cat([bag.items, drawn]), return_inverse=True)
-    at = torch.nonzero(cold[columns]).flatten()  # places of the cold columns
-    items = columns[at]
-    predicted = head(features[items] * (~empty[items]).unsqueeze(1))
-    weight = rows[columns].index_put((at,), predicted[:, :-1])
-    bias = biases[columns].index_put((at,), predicted[:, -1])
-    logits = F.linear(hidden, weight, bias)
-    target = torch.zeros_like(logits)
-    target[bag.rows, inverse[: len(bag.items)]] = 1.0
-    positives = target.sum(dim=1, keepdim=True)
-    scale = (n - positives) / (len(columns) - positives).clamp_min(1.0)
-    weights = torch.where(target > 0, torch.ones_like(target), scale.expand_as(target))
-    cells = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return (cells * weights).sum(dim=1).mean()
+    """The trainer's sampled loss with the cold columns' rows from the head: the head runs on
+    the batch's cold columns only, so a step costs the same on any catalogue."""
+
+    def logits_of(columns: torch.Tensor) -> torch.Tensor:
+        at = torch.nonzero(cold[columns]).flatten()  # places of the cold columns
+        items = columns[at]
+        predicted = head(features[items] * (~empty[items]).unsqueeze(1))
+        weight = rows[columns].index_put((at,), predicted[:, :-1])
+        bias = biases[columns].index_put((at,), predicted[:, -1])
+        return F.linear(hidden, weight, bias)
+
+    return sampled_item_loss(
+        logits_of, bag.rows, bag.items, bag.weights, len(bag.offsets), sampling, objective,
+        generator=generator,
+    )  # fmt: skip
 
 
 def head_fits(net: Autoencoder | None, item_features: np.ndarray) -> bool:

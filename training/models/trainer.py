@@ -15,8 +15,11 @@ from service.item_path import COLD_PREFIX, cold_layers, layer_arrays
 from training.evaluation.metrics import evaluate_chunked
 from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
 from training.models.cold_items import ColdHeadConfig, Layers, fit_cold_head, head_fits
+from training.models.distributed import Loss, World, join, loss_function
 from training.models.interface import FitContext
+from training.models.optimizers import Pair, RowAdam
 from training.models.options import Options
+from training.models.sampled_loss import Sampling, resolve_negatives
 
 
 @dataclass
@@ -32,16 +35,17 @@ class TrainConfig(Options):
     # Early stopping scores a seeded sample of this many validation users each epoch (all of
     # them on small data); the final evaluation always takes every test user.
     valid_users: int = 10_000
-    # 0: the item loss over every item. > 0: over the batch's positives and this many sampled
-    # items (sigmoid + BCE only): for catalogues too large for every logit (docs/SCALE.md).
-    negatives: int = 0
+    # The item loss over every item (0), or over the batch's positives and this many items
+    # drawn (sigmoid + BCE, or softmax + CCE with the logQ correction): for catalogues too large
+    # for every logit. Unset: automatic, sampled past SAMPLED_ABOVE items (docs/SCALE.md).
+    negatives: int | None = None
     device: str = "cpu"  # cpu | cuda | auto (cuda when available)
     threads: int = 0  # torch intra-op threads; 0: torch's default (all cores)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
-        if self.negatives < 0 or self.valid_users < 1 or self.threads < 0:
+        if (self.negatives or 0) < 0 or self.valid_users < 1 or self.threads < 0:
             raise ValueError("negatives and threads must be ≥ 0, valid_users ≥ 1")
 
     def torch_device(self) -> torch.device:
@@ -69,6 +73,8 @@ class AutoencoderRecommender:
         self.net: Autoencoder | None = None
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
+        self.sampled = 0  # the draws per batch of the last fit (0: the full loss)
+        self.world = World()  # torchrun's, once a fit has joined it
 
     def _build(self, ctx: FitContext, train: sp.csr_matrix | None = None) -> Autoencoder:
         """A fresh network; with `train`, its output biases start at the items' rates there."""
@@ -84,24 +90,32 @@ class AutoencoderRecommender:
             net.init_output_bias(torch.from_numpy(rates))
         return net.to(self.device)
 
-    def _optimizer(self, net: Autoencoder) -> torch.optim.Optimizer | _Pair:
+    def _sampling(self, train: sp.csr_matrix) -> Sampling | None:
+        """The sampled loss of a fit on `train` (None: the full loss), decided by the options and
+        the catalogue size; recorded in `self.sampled` for the checkpoint's parameters."""
+        config = self.model_config
+        draws = resolve_negatives(
+            self.train_config.negatives, train.shape[1], config.output, config.loss
+        )
+        self.sampled = draws
+        return Sampling.of(train, draws, self.device) if draws else None
+
+    def _optimizer(self, net: Autoencoder, sampled: bool) -> torch.optim.Optimizer | Pair:
         """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4).
 
         With a sampled loss, the catalogue-sized matrices (items × width, twice) get row-sparse
-        gradients and a SparseAdam that updates only the rows a batch touched, their L2 applied
-        lazily to those rows in the loss: a dense step over every row of a 100k-item catalogue
-        costs more than the batch itself."""
-        cfg = self.train_config
-        net.sparse_grads = 0 < cfg.negatives < net.n_items
+        gradients and a RowAdam that updates only the rows a batch touched, their L2 applied
+        lazily to those rows: a dense step over every row of a 100k-item catalogue costs more
+        than the batch itself."""
+        cfg, l2 = self.train_config, self.model_config.l2
+        net.sparse_grads = sampled
         if not net.sparse_grads:
-            return torch.optim.Adam(
-                net.parameters(), lr=cfg.lr, weight_decay=self.model_config.l2, fused=True
-            )
+            return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=l2, fused=True)
         sparse = [net.item_in, net.out.weight]
         dense = [p for p in net.parameters() if all(p is not s for s in sparse)]
-        return _Pair(
-            torch.optim.SparseAdam(sparse, lr=cfg.lr),
-            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=self.model_config.l2, fused=True),
+        return Pair(
+            RowAdam(sparse, lr=cfg.lr, weight_decay=l2),
+            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=l2, fused=True),
         )
 
     def fit(self, ctx: FitContext) -> None:
@@ -110,22 +124,29 @@ class AutoencoderRecommender:
         cfg = self.train_config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.world = join(self.device)
         if not ctx.valid.nnz:
             self.best_epoch = cfg.epochs
             self.net = self._fit_epochs(ctx, ctx.train, cfg.epochs, "fit")
             return
         torch.manual_seed(ctx.seed)
         net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
-        optimizer = self._optimizer(net)
+        sampling = self._sampling(ctx.train)
+        optimizer = self._optimizer(net, sampling is not None)
+        step_loss = loss_function(net, self.world)
         rng = np.random.default_rng(ctx.seed)
         sample = _validation_sample(ctx.valid, cfg.valid_users, ctx.seed)
         # Epoch 0 scores the untrained network: the baseline any training must beat.
-        bar = tqdm(range(cfg.epochs + 1), desc=self.kind, disable=not ctx.progress, leave=False)
+        shown = ctx.progress and self.world.main
+        bar = tqdm(range(cfg.epochs + 1), desc=self.kind, disable=not shown, leave=False)
         for epoch in bar:
-            loss = self._epoch(net, optimizer, ctx, ctx.train, rng) if epoch else float("nan")
+            loss = (
+                self._epoch(net, step_loss, optimizer, ctx, ctx.train, rng, sampling)
+                if epoch
+                else float("nan")
+            )
             self.net = net
-            result = evaluate_chunked(self.ranker(ctx.user_features), ctx.train, ctx.valid, sample)
-            value = float(result[cfg.metric][9])
+            value = self.world.from_main(self._validate(ctx, sample))
             self.history.append({"epoch": epoch, "loss": loss, f"valid_{cfg.metric}@10": value})
             bar.set_postfix(loss=f"{loss:.3f}", valid=f"{value:.4f}", best=self.best_epoch)
             if value > best:
@@ -148,9 +169,12 @@ class AutoencoderRecommender:
         torch.manual_seed(ctx.seed)
         rng = rng if rng is not None else np.random.default_rng(ctx.seed)
         net = self._build(ctx, train)
-        optimizer = self._optimizer(net)
-        for _ in tqdm(range(epochs), desc=label, disable=not ctx.progress, leave=False):
-            self._epoch(net, optimizer, ctx, train, rng)
+        sampling = self._sampling(train)
+        optimizer = self._optimizer(net, sampling is not None)
+        step_loss = loss_function(net, self.world)
+        shown = ctx.progress and self.world.main
+        for _ in tqdm(range(epochs), desc=label, disable=not shown, leave=False):
+            self._epoch(net, step_loss, optimizer, ctx, train, rng, sampling)
         return net.eval()
 
     def production(self) -> AutoencoderRecommender:
@@ -169,29 +193,40 @@ class AutoencoderRecommender:
         config = replace(self.cold_config, seed=ctx.seed)
         head, figures = fit_cold_head(
             self.net, ctx.full_train, ctx.user_features, ctx.item_features, config,
-            self.train_config.negatives,
+            self._sampling(ctx.full_train),
         )  # fmt: skip
         self.cold_layers = head.arrays()
         self.cold_figures = {"head": head.describe(), **figures}
         return True
 
-    def _epoch(self, net, optimizer, ctx: FitContext, train: sp.csr_matrix, rng) -> float:
+    def _epoch(
+        self, net: Autoencoder, step_loss: Loss, optimizer, ctx: FitContext, train, rng, sampling
+    ) -> float:
+        """One pass over the users with history, in seeded batches; under torchrun each rank
+        takes its share of every batch (training/models/distributed.py)."""
         net.train()
         users = rng.permutation(np.flatnonzero(np.diff(train.indptr) > 0))
         total = 0.0
         for start in range(0, len(users), self.train_config.batch_size):
-            batch = users[start : start + self.train_config.batch_size]
-            loss = net.loss(
+            batch = self.world.share(users[start : start + self.train_config.batch_size])
+            loss = step_loss(
                 Bag.from_csr(train[batch]).to(self.device),
                 torch.from_numpy(ctx.user_features[batch].astype(np.float32)).to(self.device),
                 torch.from_numpy(batch.astype(np.int64)).to(self.device),
-                self.train_config.negatives,
+                sampling,
             )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
-        return total / max(len(users), 1)
+        return total / max(len(users), 1) * self.world.size
+
+    def _validate(self, ctx: FitContext, sample: np.ndarray | None) -> float | None:
+        """The early-stopping metric on validation, scored on rank 0 only (None elsewhere)."""
+        if not self.world.main:
+            return None
+        ranked = evaluate_chunked(self.ranker(ctx.user_features), ctx.train, ctx.valid, sample)
+        return float(ranked[self.train_config.metric][9])
 
     def ranker(self, user_features: np.ndarray):
         """A chunk ranker for `training.evaluation.metrics.evaluate_chunked`: the history masked
@@ -239,6 +274,7 @@ class AutoencoderRecommender:
             "model": self.model_config.to_dict(),
             "train": self.train_config.to_dict(),
             "best_epoch": self.best_epoch,
+            "sampled_negatives": self.sampled,  # 0: the full loss
             "cold_items": self.cold_config.to_dict(),
         }
 
@@ -267,18 +303,3 @@ def _validation_sample(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarra
     if len(users) <= limit:
         return None
     return np.sort(np.random.default_rng(seed + 1).choice(users, limit, replace=False))
-
-
-class _Pair:
-    """Two optimisers stepped as one (row-sparse and dense parameters)."""
-
-    def __init__(self, *optimizers: torch.optim.Optimizer):
-        self.optimizers = optimizers
-
-    def zero_grad(self) -> None:
-        for optimizer in self.optimizers:
-            optimizer.zero_grad()
-
-    def step(self) -> None:
-        for optimizer in self.optimizers:
-            optimizer.step()
