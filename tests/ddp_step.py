@@ -1,7 +1,8 @@
 """One optimiser step of the autoencoder on a batch split in two, for tests/test_distributed.py.
 
-Under torchrun (2 ranks) each rank takes its share of the batch through the trainer's
-DistributedDataParallel loss; in one process, the reference averages the two shares' losses.
+Under torchrun (2 ranks) each rank takes its share of the batch (21 and 20 users) through the
+trainer's DistributedDataParallel loss, weighted as the trainer weights it; in one process, the
+reference is the batch's mean loss, each share's mean weighted by its size.
 The weights after the step must agree: DDP averaged the gradients, the dense and the row-sparse.
 
     torchrun --nproc_per_node 2 -m tests.ddp_step OUT_FOLDER
@@ -21,7 +22,7 @@ from training.models.autoencoders import Bag
 from training.models.distributed import World, join, loss_function
 from training.models.interface import FitContext
 
-USERS, ITEMS = 40, 50
+USERS, ITEMS = 41, 50  # shares of 21 and 20 users
 CASES = {"dense": 0, "sparse": 20}  # negatives: the full loss, a sampled one (row-sparse)
 
 
@@ -48,7 +49,7 @@ def step(negatives: int, world: World) -> tuple[Weights, Weights]:
     net = recommender._build(ctx, train)
     sampling = recommender._sampling(train)
     optimizer = recommender._optimizer(net, sampling is not None)
-    shares = np.array_split(np.arange(USERS), 2)
+    shares = np.array_split(np.arange(USERS), 2)  # 21 and 20 users
 
     def loss_of(users: np.ndarray, loss) -> torch.Tensor:
         torch.manual_seed(1)  # the same negatives drawn on each rank and for each share
@@ -60,9 +61,10 @@ def step(negatives: int, world: World) -> tuple[Weights, Weights]:
     net.train()
     synchronised = loss_function(net, world)  # held: DDP's hooks need it through backward
     if world.size > 1:
-        loss = loss_of(world.share(np.arange(USERS)), synchronised)
-    else:
-        loss = (loss_of(shares[0], net.loss) + loss_of(shares[1], net.loss)) / 2
+        mine, weight = world.share(np.arange(USERS))
+        loss = loss_of(mine, synchronised) * weight
+    else:  # the batch's mean loss: each share's mean weighted by its size
+        loss = sum(len(share) * loss_of(share, net.loss) for share in shares) / USERS
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -56,7 +56,10 @@ def test_explicit_split_files_reproduce_the_builtin_split(
     evaluated = tmp_path / "evaluated.json"
     assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--test-file",
                  str(tmp_path / "test.csv"), "--json", str(evaluated)]) == 0  # fmt: skip
-    assert json.loads(evaluated.read_text())["metrics"] == a["metrics"]
+    report = json.loads(evaluated.read_text())
+    assert report["metrics"] == a["metrics"]
+    assert report["evaluation"]["sampled"] is False  # 120 users: every one, as train did
+    assert report["evaluation"]["users"] == a["evaluation"]["users"]
 
 
 def test_recommend_writes_n_unseen_items_per_user(

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from service import bundle
 from tests.ddp_step import CASES, step
 from tests.test_retrain import FileLog, Job, _interaction
+from training.cli import main
 from training.jobs.checkpoint import Checkpoint
 from training.jobs.retrain import Outcome
 from training.models.distributed import World
@@ -97,3 +99,83 @@ def test_retrain_trains_in_two_processes_and_promotes(
     assert "new-1" in loaded.user_ids.tolist()
     with pytest.raises(SystemExit):
         job(events, "--nproc", "0")
+
+
+def test_retrain_refuses_what_it_cannot_run_before_any_work(
+    synthetic_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    events = FileLog(tmp_path / "events.jsonl")
+    events.record([_interaction("new-1", 1, 1e9)])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"output": "sigmoid", "loss": "mse"},
+                               "train": {"negatives": 50}}))  # fmt: skip
+    models = tmp_path / "models"
+    base = ["retrain", "--data", str(synthetic_dir), "--models-dir", str(models),
+            "--events", str(events.path), "--nproc", "2"]  # fmt: skip
+    assert main([*base, "--config", str(bad)]) == Outcome.FAILED
+    assert "train.negatives 50: a sampled loss needs" in capsys.readouterr().out
+    assert main([*base, "--model", "pop"]) == Outcome.FAILED
+    assert "--nproc trains the autoencoders" in capsys.readouterr().out
+    assert [p.name for p in models.iterdir()] == [".lock"]  # no events folded, no version
+
+
+def test_a_stopped_retrain_stops_its_workers_and_removes_the_data(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to `cddae retrain --nproc 2` while the ranks train: the job stops torchrun and
+    the ranks, removes the pickled data, and exits; nothing is promoted."""
+    events = FileLog(tmp_path / "events.jsonl")
+    events.record([_interaction("new-1", 1, 1e9)])
+    slow = tmp_path / "slow.json"
+    train = {"epochs": 5000, "patience": 5000, "batch_size": 8}
+    slow.write_text(json.dumps({"model": {"hidden": [16]}, "train": train}))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(Path.cwd())}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "training.cli", "retrain", "--data", str(synthetic_dir),
+         "--models-dir", str(tmp_path / "models"), "--events", str(events.path), "--config",
+         str(slow), "--gate", "0", "--nproc", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        workers = _wait_for_workers(str(scratch), count=2)
+        job.send_signal(signal.SIGTERM)
+        out, _ = job.communicate(timeout=90)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0, out
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "torchrun's workers outlived the job"
+    assert list(scratch.glob("cddae-launch-*")) == []  # the pickled data removed
+    assert not (tmp_path / "models" / "CURRENT").exists()
+
+
+def _wait_for_workers(folder: str, count: int) -> list[int]:
+    """The pids of the `training.jobs.launch` ranks working in `folder`, once they train."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"training.jobs.launch" in command and any(folder.encode() in c for c in command):
+                pids.append(int(entry.name))
+        if len(pids) >= count:
+            time.sleep(3)  # past loading: in the fit
+            return pids
+        time.sleep(0.2)
+    raise AssertionError("the torchrun workers did not start")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

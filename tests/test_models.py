@@ -250,3 +250,22 @@ def test_bag_from_csr_keeps_rows_and_weights() -> None:
     bag = Bag.from_csr(matrix)
     assert bag.rows.tolist() == [0, 2, 2]
     torch.testing.assert_close(bag.dense(3), torch.from_numpy(matrix.toarray()))
+
+
+@pytest.mark.parametrize("negatives", ["5", 1.5, True, -1])
+def test_a_bad_negatives_option_is_named_before_any_work(negatives: object) -> None:
+    from training.models.trainer import TrainConfig
+
+    with pytest.raises(ValueError, match=r"train\.negatives must be a whole number"):
+        TrainConfig.from_dict({"negatives": negatives})
+    TrainConfig.from_dict({"negatives": 0})  # the full loss
+    TrainConfig.from_dict({"negatives": None})  # automatic
+
+
+def test_world_size_that_is_not_a_count_is_named() -> None:
+    from training.models.distributed import launched
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORLD_SIZE", "two")
+        with pytest.raises(ValueError, match="WORLD_SIZE must be a count"):
+            launched()

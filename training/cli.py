@@ -10,11 +10,13 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from training.evaluation.tables import metrics_table
+from training.names import NEURAL
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:
@@ -68,6 +70,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.device:
         train = {**(train or {}), "device": args.device}
     world = join((train or {}).get("device", "cpu"))  # under torchrun; else a world of one
+    if world.size > 1 and args.model not in NEURAL:
+        raise ValueError(f"torchrun trains the autoencoders ({', '.join(NEURAL)}); "
+                         f"{args.model} fits in one process")  # fmt: skip
     _, checkpoint = train_and_evaluate(
         args.model,
         prepared,
@@ -96,11 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"item loss: sampled, the batch's positives and {draws:,} drawn items "
               f"({meta['data']['items']:,} in the catalogue; docs/SCALE.md)")  # fmt: skip
     print(metrics_table(meta["metrics"]))
-    evaluation = meta["evaluation"]
-    if evaluation["sampled"]:
-        widths = ", ".join(f"{k} ±{v:.4f}" for k, v in evaluation["ci95"].items())
-        print(f"evaluated on a random sample of {evaluation['users']:,} of {evaluation['of']:,} "
-              f"users (seed {evaluation['seed']}); 95% intervals: {widths}")  # fmt: skip
+    _print_sampling(meta["evaluation"])
     served = meta["served"]
     if served["fit_seconds"] is not None:
         print(
@@ -186,7 +187,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from training.data.loaders import load_interactions_csv
-    from training.evaluation.metrics import evaluate_chunked
+    from training.evaluation.metrics import evaluate_sampled
     from training.jobs.checkpoint import Checkpoint
     from training.jobs.pipeline import ranker, restore
 
@@ -195,10 +196,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.test_file is not None:
         test = _map_test_file(checkpoint, load_interactions_csv(args.test_file))
     rank = ranker(restore(checkpoint), checkpoint.user_features)  # in chunks: no users × items
-    results = {k: v.tolist() for k, v in evaluate_chunked(rank, checkpoint.train, test).items()}
-    print(f"{checkpoint.kind} from {args.checkpoint}")
+    started = time.perf_counter()
+    scored, sampling = evaluate_sampled(rank, checkpoint.train, test, args.eval_users, args.seed)
+    seconds = time.perf_counter() - started
+    results = {k: v.tolist() for k, v in scored.items()}
+    print(f"{checkpoint.kind} from {args.checkpoint}: {sampling.users:,} users in {seconds:.1f} s")
     print(metrics_table(results))
-    _write_json(args.json, {"model": checkpoint.kind, "metrics": results})
+    _print_sampling(sampling.summary())
+    evaluation = {"evaluation": sampling.summary(), "seconds": round(seconds, 3)}
+    _write_json(args.json, {"model": checkpoint.kind, "metrics": results, **evaluation})
+
+
+def _print_sampling(evaluation: dict[str, Any]) -> None:
+    """The sample and its intervals, when the evaluation took one."""
+    if evaluation["sampled"]:
+        widths = ", ".join(f"{k} ±{v:.4f}" for k, v in evaluation["ci95"].items())
+        print(f"evaluated on a random sample of {evaluation['users']:,} of {evaluation['of']:,} "
+              f"users (seed {evaluation['seed']}); 95% intervals: {widths}")  # fmt: skip
 
 
 def _map_test_file(checkpoint, inter):
@@ -430,7 +444,6 @@ def cmd_experiments(args: argparse.Namespace) -> None:
         from tqdm.auto import tqdm
 
         from training.experiments.new_users import run
-        from training.names import NEURAL
 
         capped = {kind: {"train": train} for kind in NEURAL} if train else {}
         for seed in tqdm(seeds, desc="new users"):
@@ -498,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--test-file", type=Path)
     evaluate.add_argument("--json", type=Path)
+    evaluate.add_argument("--eval-users", type=_eval_users, default=None, metavar="N|all",
+                          help="as for train: all up to 100,000, a sample above")  # fmt: skip
+    evaluate.add_argument("--seed", type=int, default=0, help="the sample's seed")
     evaluate.set_defaults(func=cmd_evaluate)
 
     recommend = sub.add_parser("recommend", help="top-N lists of every training user as TSV")

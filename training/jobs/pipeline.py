@@ -133,7 +133,7 @@ def fit_cold_items(
 ) -> dict[str, Any] | None:
     """The cold-item head of a fitted autoencoder, learnt on the frozen network from `matrix`
     (the positives it was fit on); its figures, or None for a model without one."""
-    if not hasattr(served, "fit_cold_items"):
+    if not hasattr(served, "fit_cold_items") or not _world().main:  # torchrun: rank 0's job
         return None
     ds = prepared.dataset
     empty = sp.csr_matrix(matrix.shape, dtype=np.float32)

@@ -320,6 +320,10 @@ def _run(
     from training.jobs.export import export_checkpoint
     from training.jobs.pipeline import train_and_evaluate
 
+    if nproc > 1:  # before any work: what the torchrun workers would fail on
+        from training.jobs.launch import check
+
+        check(kind, config)
     current = current_version(models_dir)  # blank, unreadable or not a version: BundleError
     state = _events_state(models_dir, current)
     known = state.get("source")

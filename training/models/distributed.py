@@ -37,14 +37,18 @@ class World:
         """The rank that evaluates and writes."""
         return self.rank == 0
 
-    def share(self, batch: np.ndarray) -> np.ndarray:
-        """This rank's part of a batch's users: near-equal, never empty (a batch smaller than
-        the world repeats users), so every rank takes every step the all-reduce waits for."""
+    def share(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """This rank's part of a batch's users — near-equal, never empty (a batch smaller than
+        the world repeats users), so every rank takes every step the all-reduce waits for — and
+        the weight of its mean loss: DDP averages the ranks' gradients, and weighting each
+        share's mean by its size makes that average the whole batch's mean when the shares
+        differ by one user."""
         if self.size == 1:
-            return batch
+            return batch, 1.0
         if len(batch) < self.size:
             batch = np.resize(batch, self.size)
-        return np.array_split(batch, self.size)[self.rank]
+        mine = np.array_split(batch, self.size)[self.rank]
+        return mine, len(mine) * self.size / len(batch)
 
     def from_main(self, value: Any) -> Any:
         """Rank 0's `value` on every rank."""
@@ -69,7 +73,12 @@ class World:
 
 def launched() -> bool:
     """Whether torchrun started this process in a world of more than one."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    size = os.environ.get("WORLD_SIZE", "1")
+    if not size.isdigit():
+        raise ValueError(
+            f"WORLD_SIZE must be a count of processes (torchrun sets it); got {size!r}"
+        )
+    return int(size) > 1
 
 
 def current() -> World:
@@ -122,9 +131,10 @@ def loss_function(net: Autoencoder, world: World) -> Loss:
     if world.size == 1:
         return net.loss
     # Buffers (the item profiles) never change: no broadcast before every step. Which
-    # parameters a step leaves unused depends on the kind and the options: DDP finds them.
+    # parameters a step uses depends on the kind and the options, never on the step: a static
+    # graph, which DDP learns in the first step (no search of the graph every step after).
     wrapped = DistributedDataParallel(
-        _TrainingStep(net), forward_sync_buffers=False, find_unused_parameters=True
+        _TrainingStep(net), forward_sync_buffers=False, static_graph=True
     )
 
     def loss(bag: Bag, user_features, user_index, sampling) -> torch.Tensor:

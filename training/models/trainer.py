@@ -19,7 +19,7 @@ from training.models.distributed import Loss, World, join, loss_function
 from training.models.interface import FitContext
 from training.models.optimizers import Pair, RowAdam
 from training.models.options import Options
-from training.models.sampled_loss import Sampling, resolve_negatives
+from training.models.sampled_loss import Sampling, check_objective, resolve_negatives
 
 
 @dataclass
@@ -45,8 +45,14 @@ class TrainConfig(Options):
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
-        if (self.negatives or 0) < 0 or self.valid_users < 1 or self.threads < 0:
-            raise ValueError("negatives and threads must be ≥ 0, valid_users ≥ 1")
+        negatives = self.negatives
+        if negatives is not None and (type(negatives) is not int or negatives < 0):
+            raise ValueError(
+                "train.negatives must be a whole number ≥ 0 (0: the full loss) or unset "
+                f"(automatic); got {negatives!r}"
+            )
+        if self.valid_users < 1 or self.threads < 0:
+            raise ValueError("threads must be ≥ 0, valid_users ≥ 1")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -66,6 +72,7 @@ class AutoencoderRecommender:
         self.model_config = model
         self.train_config = train or TrainConfig()
         self.cold_config = cold or ColdHeadConfig()
+        check_objective(self.train_config.negatives, model.output, model.loss)  # before any data
         self.cold_layers: Layers = []  # the cold-item head (training/models/cold_items.py)
         self.cold_figures: dict[str, Any] = {}
         self.device = self.train_config.torch_device()
@@ -208,18 +215,19 @@ class AutoencoderRecommender:
         users = rng.permutation(np.flatnonzero(np.diff(train.indptr) > 0))
         total = 0.0
         for start in range(0, len(users), self.train_config.batch_size):
-            batch = self.world.share(users[start : start + self.train_config.batch_size])
+            batch = users[start : start + self.train_config.batch_size]
+            mine, weight = self.world.share(batch)
             loss = step_loss(
-                Bag.from_csr(train[batch]).to(self.device),
-                torch.from_numpy(ctx.user_features[batch].astype(np.float32)).to(self.device),
-                torch.from_numpy(batch.astype(np.int64)).to(self.device),
+                Bag.from_csr(train[mine]).to(self.device),
+                torch.from_numpy(ctx.user_features[mine].astype(np.float32)).to(self.device),
+                torch.from_numpy(mine.astype(np.int64)).to(self.device),
                 sampling,
             )
             optimizer.zero_grad()
-            loss.backward()
+            (loss * weight if weight != 1.0 else loss).backward()
             optimizer.step()
-            total += loss.item() * len(batch)
-        return total / max(len(users), 1) * self.world.size
+            total += loss.item() * len(batch)  # this rank's share's mean stands for the batch
+        return total / max(len(users), 1)
 
     def _validate(self, ctx: FitContext, sample: np.ndarray | None) -> float | None:
         """The early-stopping metric on validation, scored on rank 0 only (None elsewhere)."""
