@@ -251,24 +251,27 @@ def print_table(results: dict) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Time and memory against interactions, one line per label (configuration)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(results.values(), key=lambda r: r["interactions"])
-    x = [r["interactions"] / 1e6 for r in rows]
+    labels = sorted({key.partition("/")[2] or "pinned" for key in results})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(x, [r["train_s"] for r in rows], "o-", label="train (evaluation + production fit)")
-    left.plot(x, [r["export_s"] for r in rows], "s-", label="export")
-    left.set(xlabel="interactions (millions)", ylabel="seconds", xscale="log", yscale="log",
-             title="time")  # fmt: skip
-    left.legend()
-    right.plot(x, [r["train_peak_gb"] for r in rows], "o-", label="train peak RSS")
-    right.plot(x, [r["service_rss_gb"] for r in rows], "s-", label="service RSS")
+    for label in labels:
+        rows = sorted((r for key, r in results.items() if (key.partition("/")[2] or "pinned")
+                       == label), key=lambda r: r["interactions"])  # fmt: skip
+        x = [r["interactions"] / 1e6 for r in rows]
+        left.plot(x, [r["train_s"] for r in rows], "o-", label=f"train, {label}")
+        right.plot(x, [r["train_peak_gb"] for r in rows], "o-", label=f"train peak RSS, {label}")
+        right.plot(x, [r["service_rss_gb"] for r in rows], "s--", label=f"service RSS, {label}")
+    left.set(xlabel="interactions (millions)", ylabel="seconds (evaluation + production fit)",
+             xscale="log", yscale="log", title="train time")  # fmt: skip
+    left.legend(fontsize=7)
     right.set(xlabel="interactions (millions)", ylabel="GB", xscale="log", yscale="log",
               title="memory")  # fmt: skip
-    right.legend()
+    right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -19,7 +19,7 @@ import torch
 
 from training.jobs.pipeline import make_recommender
 from training.models.autoencoders import Bag
-from training.models.distributed import World, join, loss_function
+from training.models.distributed import TrainingStep, World, join
 from training.models.interface import FitContext
 
 USERS, ITEMS = 41, 50  # shares of 21 and 20 users
@@ -59,14 +59,15 @@ def step(negatives: int, world: World) -> tuple[Weights, Weights]:
 
     before = _weights(net)
     net.train()
-    synchronised = loss_function(net, world)  # held: DDP's hooks need it through backward
+    synchronised = TrainingStep(net, world)
     if world.size > 1:
         mine, weight = world.share(np.arange(USERS))
-        loss = loss_of(mine, synchronised) * weight
+        loss = loss_of(mine, synchronised.loss) * weight
     else:  # the batch's mean loss: each share's mean weighted by its size
         loss = sum(len(share) * loss_of(share, net.loss) for share in shares) / USERS
     optimizer.zero_grad()
     loss.backward()
+    synchronised.reduce_sparse()
     optimizer.step()
     return before, _weights(net)
 

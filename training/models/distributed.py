@@ -12,6 +12,7 @@ one: none of this applies.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from training.models.autoencoders import Autoencoder, Bag
-from training.models.sampled_loss import Sampling
 
 
 @dataclass(frozen=True)
@@ -99,45 +99,93 @@ def join(device: torch.device | str = "cpu") -> World:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # Left at exit (atexit runs before the interpreter's teardown): a process group destroyed
+    # by teardown aborted both ranks at exit ("terminate called without an active exception").
+    atexit.register(_leave)
     return current()
 
 
-class _TrainingStep(nn.Module):
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.barrier()  # no rank leaves while another still talks to it
+        dist.destroy_process_group()
+
+
+class _Forward(nn.Module):
     """The autoencoder's loss as a module's forward: what DistributedDataParallel wraps."""
 
     def __init__(self, net: Autoencoder):
         super().__init__()
-        # DDP all-reduces a gradient as row-sparse only where an Embedding with sparse=True
-        # holds the parameter. These views, registered before the network so that DDP counts
-        # the shared parameters as theirs, declare the two catalogue-sized matrices so.
-        views = []
-        if net.sparse_grads:
-            for parameter in (net.item_in, net.out.weight):
-                view = nn.Embedding(1, 1, sparse=True)
-                view.weight = parameter
-                views.append(view)
-        self.sparse_views = nn.ModuleList(views)
         self.net = net
 
     def forward(self, items, weights, offsets, user_features, user_index, sampling):
         return self.net.loss(Bag(items, weights, offsets), user_features, user_index, sampling)
 
 
-Loss = Callable[[Bag, torch.Tensor, torch.Tensor, Sampling | None], torch.Tensor]
+class TrainingStep:
+    """One process's loss and gradients, synchronised across the world's ranks.
+
+    The dense gradients are DistributedDataParallel's. The sampled loss's row-sparse ones (the
+    two catalogue-sized matrices) are left out of it — nccl has no sparse all-reduce, and gloo's
+    crashed here at 1M users — and reduced by `reduce_sparse` after the backward: every rank's
+    touched rows and their gradients gathered (two all-gathers, any backend), summed per row
+    and averaged, as DDP averages."""
+
+    def __init__(self, net: Autoencoder, world: World):
+        self.net, self.world = net, world
+        self.sparse = [net.item_in, net.out.weight] if net.sparse_grads else []
+        self._forward: Callable[..., torch.Tensor] = _Forward(net)
+        if world.size == 1:
+            return
+        if self.sparse:
+            names = ["net.item_in", "net.out.weight"]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self._forward, names
+            )
+            for parameter in self.sparse:  # DDP broadcasts the rest at construction
+                dist.broadcast(parameter.data, src=0)
+        # Buffers (the item profiles) never change: no broadcast before every step. Which
+        # parameters a step uses depends on the kind and the options, never on the step: a
+        # static graph, which DDP learns in the first step (no search of the graph after).
+        self._forward = DistributedDataParallel(
+            self._forward, forward_sync_buffers=False, static_graph=True
+        )
+
+    def loss(self, bag: Bag, user_features, user_index, sampling) -> torch.Tensor:
+        return self._forward(
+            bag.items, bag.weights, bag.offsets, user_features, user_index, sampling
+        )
+
+    def reduce_sparse(self) -> None:
+        """Average the row-sparse gradients across the ranks (a no-op in a world of one)."""
+        if self.world.size == 1:
+            return
+        for parameter in self.sparse:
+            parameter.grad = _all_reduce_rows(parameter.grad, self.world.size)
 
 
-def loss_function(net: Autoencoder, world: World) -> Loss:
-    """`net.loss`, synchronised across the world's ranks when there is more than one."""
-    if world.size == 1:
-        return net.loss
-    # Buffers (the item profiles) never change: no broadcast before every step. Which
-    # parameters a step uses depends on the kind and the options, never on the step: a static
-    # graph, which DDP learns in the first step (no search of the graph every step after).
-    wrapped = DistributedDataParallel(
-        _TrainingStep(net), forward_sync_buffers=False, static_graph=True
+def _all_reduce_rows(grad: torch.Tensor | None, size: int) -> torch.Tensor:
+    """Every rank's row-sparse gradient, summed per row and divided by the world's size."""
+    assert grad is not None and grad.is_sparse, "the sampled loss gives row-sparse gradients"
+    grad = grad.coalesce()
+    rows, values = grad.indices()[0], grad.values()
+    count = torch.tensor([len(rows)], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    most = int(max(int(c) for c in counts))
+    padded_rows = rows.new_zeros(most)
+    padded_rows[: len(rows)] = rows
+    padded_values = values.new_zeros((most, *values.shape[1:]))
+    padded_values[: len(rows)] = values
+    all_rows = [torch.empty_like(padded_rows) for _ in range(size)]
+    all_values = [torch.empty_like(padded_values) for _ in range(size)]
+    dist.all_gather(all_rows, padded_rows)
+    dist.all_gather(all_values, padded_values)
+    kept = [int(c) for c in counts]
+    merged_rows = torch.cat([r[:k] for r, k in zip(all_rows, kept, strict=True)])
+    merged_values = torch.cat([v[:k] for v, k in zip(all_values, kept, strict=True)]) / size
+    # Rows from the ranks' own coalesced gradients: in range by construction.
+    merged = torch.sparse_coo_tensor(
+        merged_rows[None], merged_values, grad.shape, check_invariants=False
     )
-
-    def loss(bag: Bag, user_features, user_index, sampling) -> torch.Tensor:
-        return wrapped(bag.items, bag.weights, bag.offsets, user_features, user_index, sampling)
-
-    return loss
+    return merged.coalesce()

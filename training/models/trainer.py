@@ -15,7 +15,7 @@ from service.item_path import COLD_PREFIX, cold_layers, layer_arrays
 from training.evaluation.metrics import evaluate_chunked
 from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
 from training.models.cold_items import ColdHeadConfig, Layers, fit_cold_head, head_fits
-from training.models.distributed import Loss, World, join, loss_function
+from training.models.distributed import TrainingStep, World, join
 from training.models.interface import FitContext
 from training.models.optimizers import Pair, RowAdam
 from training.models.options import Options
@@ -140,7 +140,7 @@ class AutoencoderRecommender:
         net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
         sampling = self._sampling(ctx.train)
         optimizer = self._optimizer(net, sampling is not None)
-        step_loss = loss_function(net, self.world)
+        step = TrainingStep(net, self.world)
         rng = np.random.default_rng(ctx.seed)
         sample = _validation_sample(ctx.valid, cfg.valid_users, ctx.seed)
         # Epoch 0 scores the untrained network: the baseline any training must beat.
@@ -148,7 +148,7 @@ class AutoencoderRecommender:
         bar = tqdm(range(cfg.epochs + 1), desc=self.kind, disable=not shown, leave=False)
         for epoch in bar:
             loss = (
-                self._epoch(net, step_loss, optimizer, ctx, ctx.train, rng, sampling)
+                self._epoch(step, optimizer, ctx, ctx.train, rng, sampling)
                 if epoch
                 else float("nan")
             )
@@ -178,10 +178,10 @@ class AutoencoderRecommender:
         net = self._build(ctx, train)
         sampling = self._sampling(train)
         optimizer = self._optimizer(net, sampling is not None)
-        step_loss = loss_function(net, self.world)
+        step = TrainingStep(net, self.world)
         shown = ctx.progress and self.world.main
         for _ in tqdm(range(epochs), desc=label, disable=not shown, leave=False):
-            self._epoch(net, step_loss, optimizer, ctx, train, rng, sampling)
+            self._epoch(step, optimizer, ctx, train, rng, sampling)
         return net.eval()
 
     def production(self) -> AutoencoderRecommender:
@@ -206,18 +206,16 @@ class AutoencoderRecommender:
         self.cold_figures = {"head": head.describe(), **figures}
         return True
 
-    def _epoch(
-        self, net: Autoencoder, step_loss: Loss, optimizer, ctx: FitContext, train, rng, sampling
-    ) -> float:
+    def _epoch(self, step: TrainingStep, optimizer, ctx: FitContext, train, rng, sampling) -> float:
         """One pass over the users with history, in seeded batches; under torchrun each rank
         takes its share of every batch (training/models/distributed.py)."""
-        net.train()
+        step.net.train()
         users = rng.permutation(np.flatnonzero(np.diff(train.indptr) > 0))
         total = 0.0
         for start in range(0, len(users), self.train_config.batch_size):
             batch = users[start : start + self.train_config.batch_size]
             mine, weight = self.world.share(batch)
-            loss = step_loss(
+            loss = step.loss(
                 Bag.from_csr(train[mine]).to(self.device),
                 torch.from_numpy(ctx.user_features[mine].astype(np.float32)).to(self.device),
                 torch.from_numpy(mine.astype(np.int64)).to(self.device),
@@ -225,6 +223,7 @@ class AutoencoderRecommender:
             )
             optimizer.zero_grad()
             (loss * weight if weight != 1.0 else loss).backward()
+            step.reduce_sparse()
             optimizer.step()
             total += loss.item() * len(batch)  # this rank's share's mean stands for the batch
         return total / max(len(users), 1)
