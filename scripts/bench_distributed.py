@@ -90,7 +90,10 @@ def main() -> None:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        from training.models.distributed import leave
+
         worker(args.worker, args.epochs, args.result)
+        leave(0)
         return
     inputs = write_inputs(args.size, args.work)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}

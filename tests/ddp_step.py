@@ -19,7 +19,7 @@ import torch
 
 from training.jobs.pipeline import make_recommender
 from training.models.autoencoders import Bag
-from training.models.distributed import TrainingStep, World, join
+from training.models.distributed import TrainingStep, World, join, leave
 from training.models.interface import FitContext
 
 USERS, ITEMS = 41, 50  # shares of 21 and 20 users
@@ -82,3 +82,4 @@ if __name__ == "__main__":
         _, state = step(negatives, world)
         if world.main:
             np.savez(Path(sys.argv[1]) / f"{name}.npz", **state)
+    leave(0)

@@ -674,10 +674,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models" and args.action == "promote" and len(args.words) != 1:
         parser.error("models promote needs one VERSION")
     try:
-        return args.func(args) or 0  # a command returns nothing, or an exit code
+        code = args.func(args) or 0  # a command returns nothing, or an exit code
     except (ValueError, OSError, RuntimeError) as error:  # OSError: a path one cannot use
         print(f"cddae: error: {error}", file=sys.stderr)
-        return 2
+        code = 2
+    if "torch.distributed" in sys.modules:  # a torchrun rank ends here (no-op otherwise)
+        from training.models.distributed import leave
+
+        return leave(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -133,4 +133,7 @@ def _main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
+    from training.models.distributed import leave
+
     main(Path(sys.argv[1]))
+    leave(0)

@@ -12,8 +12,8 @@ one: none of this applies.
 
 from __future__ import annotations
 
-import atexit
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -99,16 +99,21 @@ def join(device: torch.device | str = "cpu") -> World:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    # Left at exit (atexit runs before the interpreter's teardown): a process group destroyed
-    # by teardown aborted both ranks at exit ("terminate called without an active exception").
-    atexit.register(_leave)
     return current()
 
 
-def _leave() -> None:
-    if dist.is_initialized():
-        dist.barrier()  # no rank leaves while another still talks to it
-        dist.destroy_process_group()
+def leave(code: int = 0) -> int:
+    """A rank's way out: wait for the others, leave the group, and end the process here with
+    `code`. The interpreter's own teardown, with gloo's threads still alive, aborted ranks at
+    exit now and then ("terminate called without an active exception", more often on a busy
+    machine), failing a finished run. Outside torchrun: returns `code`."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return code
+    dist.barrier()  # no rank leaves while another still talks to it
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Forward(nn.Module):
