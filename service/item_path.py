@@ -57,9 +57,14 @@ def item_scores(
     vectors: np.ndarray,
     biases: np.ndarray,
     output: str,
+    offset: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Scores (users × items) of items given by output weights, on the graph's scale."""
+    """Scores (users × items) of items given by output weights, on the graph's scale; `offset`
+    (users × items) adds logits from elsewhere (a catalogue item's linear path: a new item has
+    none)."""
     logits = hidden @ vectors.T + biases
+    if offset is not None:
+        logits = logits + offset
     if output == "softmax":
         return np.exp(np.minimum(logits - log_norm.reshape(-1, 1), 0.0))
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))

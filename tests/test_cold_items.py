@@ -104,8 +104,17 @@ def test_export_writes_the_item_path(trained, tmp_path: Path) -> None:
     feeds = dict(zip(INPUTS, (items, weights, checkpoint.user_features[users], users),
                      strict=True))  # fmt: skip
     scores, hidden, log_norm = session.run(["scores", "hidden", "log_norm"], feeds)
+    # A catalogue item's score also holds the linear path's logit (CDDAE's default); a new
+    # item has no column in B, so its score is the head's row alone on the same normaliser.
+    net = restore(checkpoint, served=True).net
+    assert net.linear is not None
+    with torch.no_grad():
+        offset = net.linear.padded(torch.from_numpy(items), torch.from_numpy(weights)).numpy()
     rebuilt = item_scores(hidden, log_norm, bundle.item_vectors, bundle.item_bias, "softmax")
-    np.testing.assert_allclose(rebuilt, scores, atol=1e-6)
+    assert np.abs(rebuilt - scores).max() > 1e-3  # without it, the scores are not rebuilt
+    rebuilt = item_scores(hidden, log_norm, bundle.item_vectors, bundle.item_bias, "softmax",
+                          offset)  # fmt: skip
+    np.testing.assert_allclose(rebuilt, scores, rtol=1e-5, atol=1e-6)  # float32 sums
     empty = cold_weights(bundle.cold_layers, np.zeros((1, checkpoint.item_features.shape[1])))
     with torch.no_grad():
         want = ColdHead.from_arrays(bundle.cold_layers)(

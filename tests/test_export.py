@@ -21,12 +21,19 @@ VARIATIONAL = {
 }  # Mult-VAE's code: the graph takes its mean
 
 
-@pytest.mark.parametrize("kind", ["cddae", "cdae", "ease", "edlae", "cddae-vae"])
+# The linear path (items × items beside the network) on a softmax model: one more Gather.
+LINEAR = {"hidden": [16], "output": "softmax", "loss": "cce", "input_norm": True,
+          "linear_path": "ease", "linear_scale": 5.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["cddae", "cdae", "ease", "edlae", "cddae-vae", "cddae-linear"])
 def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str) -> None:
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
     neural = kind not in ("ease", "edlae")
-    model = VARIATIONAL if kind.endswith("-vae") else {"hidden": [16]}
-    kind = kind.removesuffix("-vae")
+    variants = {"-vae": VARIATIONAL, "-linear": LINEAR}
+    model = next((v for k, v in variants.items() if kind.endswith(k)), {"hidden": [16]})
+    linear = kind.endswith("-linear")
+    kind = kind.removesuffix("-vae").removesuffix("-linear")
     _, checkpoint = train_and_evaluate(
         kind, prepared, model=model if neural else None,
         train=FAST if neural else None, progress=False,
@@ -37,6 +44,12 @@ def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str
 
     loaded = load_bundle(tmp_path / version)
     assert loaded.manifest["model"]["kind"] == kind
+    stated = loaded.manifest["model"]["params"].get("linear_path")
+    if linear:  # the served model's linear path: EASE's weights beside it, at its scale
+        items = prepared.dataset.n_items
+        assert stated == f"ease ({items:,} × {items:,}), scale 5"
+    elif kind == "cdae":  # CDDAE's default only
+        assert stated == "off"
     assert loaded.manifest["parity"] == figures
     assert len(loaded.item_ids) == prepared.dataset.n_items
     # The served model's input is every positive; its exclusion list every interaction.

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from training.data.prepared import ProtocolConfig, prepare
 from training.experiments.tuning import TUNING_SEED, tune, tuning_split
 
 
-def test_the_tuning_split_never_holds_its_test_part(synthetic_dir: Path) -> None:
-    outer = prepare(synthetic_dir, ProtocolConfig(seed=TUNING_SEED))
-    tuning = tuning_split(synthetic_dir, TUNING_SEED)
+@pytest.mark.parametrize("protocol", ["random", "temporal"])
+def test_the_tuning_split_never_holds_its_test_part(synthetic_dir: Path, protocol: str) -> None:
+    outer = prepare(synthetic_dir, ProtocolConfig(name=protocol, seed=TUNING_SEED))
+    tuning = tuning_split(synthetic_dir, TUNING_SEED, protocol)
     assert (tuning.train != outer.fit).nnz == 0 and (tuning.test != outer.valid).nnz == 0
     for part in (tuning.train, tuning.test, tuning.fit, tuning.valid):
         assert part.multiply(outer.test).nnz == 0  # the split's own test items: never seen
@@ -43,6 +46,8 @@ def test_the_defaults_are_the_tuners_choices() -> None:
             part: set(options) for part, options in draw.items()
         }, kind
     cddae = make_recommender("cddae").params()
+    assert cddae["model"]["linear_path"] == "auto"  # EASE's weights beside it, at EASE's λ
+    assert cddae["model"]["linear_lambda"] == TUNED["ease"]["model"]["lambdas"][0]
     assert cddae["model"]["short_history_rate"] == NEW_USERS["cddae"]["model"]["short_history_rate"]
     assert list(cddae["model"]["hidden"]) == TUNED["cddae"]["model"]["hidden"]
     assert cddae["train"]["lr"] == TUNED["cddae"]["train"]["lr"]

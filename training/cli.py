@@ -100,6 +100,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if draws := meta["params"].get("sampled_negatives"):
         print(f"item loss: sampled, the batch's positives and {draws:,} drawn items "
               f"({meta['data']['items']:,} in the catalogue; docs/SCALE.md)")  # fmt: skip
+    if (linear := meta["params"].get("linear_path", "off")) != "off":
+        print(f"linear path (items × items beside the network): {linear}")
     print(metrics_table(meta["metrics"]))
     _print_sampling(meta["evaluation"])
     served = meta["served"]
@@ -178,7 +180,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     kinds = tuple(k for k in args.models.split(",") if k)
     settings = json.loads(args.settings.read_text()) if args.settings else None
-    report = tune(args.data, kinds, args.budget, args.seed, settings=settings)
+    report = tune(args.data, kinds, args.budget, args.seed, settings=settings,
+                  protocol=args.protocol)  # fmt: skip
     for kind, chosen in report["models"].items():
         print(f"{kind:8s} validation NDCG@10 {chosen['NDCG@10']:.4f}  {chosen['chosen']}")
     if args.json:
@@ -643,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune_.add_argument("--models", default="ease,edlae,itemknn,dae,cdae,cddae")
     tune_.add_argument("--budget", type=int, default=8, help="trials per model")
     tune_.add_argument("--seed", type=int, default=100, help="the tuning split (not reported)")
+    tune_.add_argument(
+        "--protocol",
+        choices=["random", "temporal"],
+        default="random",
+        help="the tuning split's kind (temporal: validation is each user's latest)",
+    )
     tune_.add_argument(
         "--settings",
         type=Path,

@@ -48,6 +48,9 @@ def paper_settings(quick: bool = False) -> list[Setting]:
         *(Setting("baselines", label, kind, preset="default")
           for label, kind in (("item-kNN", "itemknn"), ("EASE", "ease"), ("EDLAE", "edlae"))),
         *(Setting("headline", k.upper(), k, preset="default") for k in ("dae", "cdae", "cddae")),
+        # The ablation of CDDAE's linear path (EASE's weights beside the network).
+        Setting("headline", "CDDAE without linear path", "cddae", preset="default",
+                model={"linear_path": "off"}),
     ]  # fmt: skip
     # Experiment 1 as the paper ran it (sigmoid + MAE), and again under the loss Experiment 2
     # finds best: under MAE the three models can collapse to the popularity ranking.
@@ -107,7 +110,7 @@ def user_columns(spec: FeatureSpec, names: Iterable[str] | None) -> np.ndarray:
 _PREPARED: dict[int, Any] = {}
 
 
-def _init_worker(data: str, seeds: list[int]) -> None:
+def _init_worker(data: str, seeds: list[int], protocol: str = "random") -> None:
     import torch
 
     from training.data.loaders import load_dataset
@@ -116,7 +119,7 @@ def _init_worker(data: str, seeds: list[int]) -> None:
     torch.set_num_threads(1)
     raw = load_dataset(data)
     for seed in seeds:
-        _PREPARED[seed] = prepare(raw, ProtocolConfig(seed=seed))
+        _PREPARED[seed] = prepare(raw, ProtocolConfig(name=protocol, seed=seed))
 
 
 def _run(setting: Setting, seed: int, train: dict[str, Any]) -> dict[str, Any]:
@@ -146,14 +149,15 @@ def run_all(
     train: dict[str, Any] | None = None,
     workers: int = 2,
     progress: bool = True,
+    protocol: str = "random",
 ) -> dict[str, list[dict[str, Any]]]:
-    """key -> one result per seed, in seed order."""
+    """key -> one result per seed, in seed order; each seed's split of kind `protocol`."""
     results: dict[str, list[dict[str, Any]]] = {s.key: [] for s in settings}
     jobs = [(s, seed) for seed in seeds for s in settings]
     context = get_context("spawn")  # no torch state shared with the parent
     started = time.perf_counter()
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(str(data), seeds)
+        workers, mp_context=context, initializer=_init_worker, initargs=(str(data), seeds, protocol)
     ) as pool:
         futures = [pool.submit(_run, s, seed, train or {}) for s, seed in jobs]
         bar = tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress)

@@ -311,6 +311,7 @@ def _summary(by_exp: dict[str, dict[str, Stats]]) -> list[str]:
         ]
         rivals = [(k, head[k]) for k in ("DAE", "CDAE")]
         rivals += [(k, base[k]) for k in ("EASE", "EDLAE") if k in base]
+        rivals += [(k, head[k]) for k in ("CDDAE without linear path",) if k in head]
         for label, rival in rivals:
             lines.append(f"| {label} | {_paired(x, rival, 'P')} | {_paired(x, rival, 'R')} | "
                          f"{_ahead(x, rival, 'P')} / {_ahead(x, rival, 'R')} |")  # fmt: skip
@@ -320,7 +321,7 @@ def _summary(by_exp: dict[str, dict[str, Stats]]) -> list[str]:
 def _tuning() -> list[str]:
     """The settings every tuned row uses, and where they came from."""
     from training.experiments.tuning import SPACE_DOC, TUNING_SEED
-    from training.models.tuned import BUDGET, NEW_USERS, TUNED, tuned
+    from training.models.tuned import BUDGET, LINEAR_PATH, NEW_USERS, TUNED, tuned
 
     lines = [
         "",
@@ -344,6 +345,11 @@ def _tuning() -> list[str]:
     )  # fmt: skip
     if extra:
         lines += ["", f"Chosen afterwards on the new-users protocol of the same seed: {extra}."]
+    if LINEAR_PATH:
+        lines += ["", "Then CDDAE's linear path (EASE's weights beside the network, at EASE's "
+                  "tuned λ; its scale chosen on validation inside each fit), kept for beating the "
+                  "previous default on validation of a random and a temporal tuning split "
+                  "(docs/MODELS.md, \"The linear path\")."]  # fmt: skip
     return lines
 
 

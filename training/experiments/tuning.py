@@ -93,10 +93,14 @@ SPACE_DOC = {
 }
 
 
-def tuning_split(data: Path | RawDataset, seed: int = TUNING_SEED) -> Prepared:
+def tuning_split(
+    data: Path | RawDataset, seed: int = TUNING_SEED, protocol: str = "random"
+) -> Prepared:
     """The tuning split seen as a fresh problem: its training part is the data, its validation
-    part the test; early stopping carves its own validation from the training part."""
-    outer = prepare(data, ProtocolConfig(seed=seed))
+    part the test; early stopping carves its own validation from the training part. With
+    `temporal`, validation is each user's latest positives of the training part (the split's
+    own test part, later still, is never read either way)."""
+    outer = prepare(data, ProtocolConfig(name=protocol, seed=seed))
     # A random split reads no timestamps: the matrix stands in for them.
     inner = split(outer.fit, outer.fit, "random", 0.2, seed + 20_021)
     return replace(outer, train=outer.fit, test=outer.valid, fit=inner.train, valid=inner.test)
@@ -109,12 +113,14 @@ def tune(
     seed: int = TUNING_SEED,
     log: Callable[[str], None] = print,
     settings: list[dict[str, Any]] | None = None,
+    protocol: str = "random",
 ) -> dict[str, Any]:
     """Each kind's best of `budget` draws; or, with `settings`, those settings scored the same
     way on each kind (a setting's options over the kind's defaults: how attempts are logged)."""
-    prepared = tuning_split(data, seed)
-    report: dict[str, Any] = {"seed": seed, "budget": budget, "metric": "validation NDCG@10",
-                              "spaces": SPACE_DOC, "models": {}}  # fmt: skip
+    prepared = tuning_split(data, seed, protocol)
+    report: dict[str, Any] = {"seed": seed, "protocol": protocol, "budget": budget,
+                              "metric": "validation NDCG@10", "spaces": SPACE_DOC,
+                              "models": {}}  # fmt: skip
     for kind in kinds:
         rng = random.Random(f"{kind}-{seed}")
         trials = []

@@ -82,7 +82,8 @@ class InferencePath(nn.Module):
         if self.kind in NEURAL:
             net = self.net
             hidden = net.hidden(*net.padded_input(items, weights), user_features, user_index)
-            output = net.out(hidden)
+            linear = net.linear.padded(items, weights) if net.linear is not None else None
+            output = net.with_linear(net.out(hidden), linear)
             logits = output[:, : net.n_items]
             if net.config.output == "softmax":
                 log_norm = torch.logsumexp(logits, dim=1)
@@ -224,7 +225,12 @@ def parity(
             want = (want[0] if isinstance(want, tuple) else want).numpy()
         worst = max(worst, float(np.abs(got - want).max()))
         if path is not None:
-            rebuilt = item_scores(results[1], results[2], path.vectors, path.bias, path.output)
+            linear = module.net.linear  # the catalogue items' linear logits (none for new ones)
+            with torch.no_grad():
+                offset = linear.padded(inputs[0], inputs[1]).numpy() if linear else None
+            rebuilt = item_scores(
+                results[1], results[2], path.vectors, path.bias, path.output, offset
+            )
             worst_item_path = max(worst_item_path, float(np.abs(rebuilt - got).max()))
         seen = checkpoint.seen[users]
         same += int(

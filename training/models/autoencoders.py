@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.models.linear_path import LinearMode, LinearPath
 from training.models.options import Options
 from training.models.sampled_loss import Sampling, sampled_item_loss
 
@@ -67,6 +68,13 @@ class ModelConfig(Options):
     beta: float = 0.0
     code_width: int = 200
     anneal_steps: int = 1000
+    # Departure (after VASP, Vančura & Kordík 2021): EASE's items × items weights (λ =
+    # `linear_lambda`) beside the network, `scale · x B` added to the item logits; the scale
+    # chosen on validation after the network's fit, or `linear_scale` when given
+    # (training/models/linear_path.py). `auto`: on where it fits (full item loss, memory).
+    linear_path: LinearMode = "off"
+    linear_lambda: float = 300.0
+    linear_scale: float | None = None
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -83,6 +91,10 @@ class ModelConfig(Options):
             raise ValueError("emphasis must be > 0")
         if self.beta < 0.0 or self.anneal_steps < 1 or self.code_width < 1:
             raise ValueError("beta must be ≥ 0, anneal_steps and code_width ≥ 1")
+        if self.linear_path not in ("off", "ease", "auto"):
+            raise ValueError(f"linear_path must be off, ease or auto, got {self.linear_path!r}")
+        if self.linear_lambda <= 0.0 or (self.linear_scale is not None and self.linear_scale < 0):
+            raise ValueError("linear_lambda must be > 0 and linear_scale ≥ 0 (or unset)")
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (
@@ -198,6 +210,7 @@ class Autoencoder(nn.Module):
         )
         last = (code, *config.decoder_hidden)[-1]
         self.out = nn.Linear(last, sizes.n_items + sum(self.side_widths))
+        self.linear: LinearPath | None = None  # set after the fit (AutoencoderRecommender)
         # Row-sparse gradients for the two catalogue-sized matrices (item_in, out.weight): set
         # by the trainer with a sampled loss, so the optimiser touches only the batch's rows.
         self.sparse_grads = False
@@ -297,10 +310,25 @@ class Autoencoder(nn.Module):
         user_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits over items followed by the side reconstructions (see `split_output`)."""
-        return self.out(self.hidden(*self.bag_input(bag), user_features, user_index))
+        hidden = self.hidden(*self.bag_input(bag), user_features, user_index)
+        return self.with_linear(self.out(hidden), self.linear_logits(bag))
 
     def forward_padded(self, items, weights, user_features=None, user_index=None) -> torch.Tensor:
-        return self.out(self.hidden(*self.padded_input(items, weights), user_features, user_index))
+        hidden = self.hidden(*self.padded_input(items, weights), user_features, user_index)
+        linear = self.linear.padded(items, weights) if self.linear is not None else None
+        return self.with_linear(self.out(hidden), linear)
+
+    def linear_logits(self, bag: Bag) -> torch.Tensor | None:
+        """The linear path's item logits for a bag (None without one)."""
+        if self.linear is None:
+            return None
+        return self.linear.bag(bag.items, bag.weights, bag.offsets)
+
+    def with_linear(self, output: torch.Tensor, linear: torch.Tensor | None) -> torch.Tensor:
+        """The output with the linear path's logits added to its item part."""
+        if linear is None:
+            return output
+        return output + F.pad(linear, (0, output.shape[1] - self.n_items))
 
     def split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return output[:, : self.n_items], output[:, self.n_items :]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,20 @@ def check_item_item(kind: str, n_items: int, copies: int, itemsize: int) -> None
             f"machine's memory, or {ITEM_ITEM_LIMIT_ENV}). Use --model cddae (memory grows with "
             "the catalogue, not its square), or fewer items."
         )
+
+
+def ease_weights(
+    x: sp.csr_matrix, penalty: float | Callable[[np.ndarray], np.ndarray | float]
+) -> np.ndarray:
+    """EASE's closed form: B = I − P·diag(1/diag(P)), P = (XᵀX + Λ)⁻¹, zero diagonal (float32).
+    Λ's diagonal is `penalty`, or `penalty(diag(XᵀX))` (EDLAE shapes it by popularity)."""
+    gram = np.asarray((x.T @ x).todense(), dtype=np.float64)
+    diagonal = np.diag(gram).copy()
+    gram[np.diag_indices_from(gram)] += penalty(diagonal) if callable(penalty) else penalty
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return b.astype(np.float32)
 
 
 class MostPopular:
@@ -137,12 +152,7 @@ class EASE(_ItemItem):
         return float(setting)
 
     def closed_form(self, x: sp.csr_matrix, setting: Any) -> np.ndarray:
-        gram = np.asarray((x.T @ x).todense(), dtype=np.float64)
-        gram[np.diag_indices_from(gram)] += self.penalty(setting, np.diag(gram).copy())
-        p = np.linalg.inv(gram)
-        b = -p / np.diag(p)
-        np.fill_diagonal(b, 0.0)
-        return b.astype(np.float32)
+        return ease_weights(x, lambda diagonal: self.penalty(setting, diagonal))
 
     def fit(self, ctx: FitContext) -> None:
         # The float64 Gram matrix and its inverse, then the float32 weights: about 2.5 copies.

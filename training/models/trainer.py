@@ -17,6 +17,8 @@ from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
 from training.models.cold_items import ColdHeadConfig, Layers, fit_cold_head, head_fits
 from training.models.distributed import TrainingStep, World, join
 from training.models.interface import FitContext
+from training.models.linear_path import DEFAULT_SCALE, LinearPath, choose_scale, ease_start
+from training.models.linear_path import resolve as resolve_linear
 from training.models.optimizers import Pair, RowAdam
 from training.models.options import Options
 from training.models.sampled_loss import Sampling, check_objective, resolve_negatives
@@ -81,6 +83,9 @@ class AutoencoderRecommender:
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
         self.sampled = 0  # the draws per batch of the last fit (0: the full loss)
+        self.linear_note = "off"  # the linear path of the last fit, and why
+        self.linear_scale: float | None = None  # its scale (chosen on validation or given)
+        self.linear_validation: dict[str, float] = {}  # validation metric by scale
         self.world = World()  # torchrun's, once a fit has joined it
 
     def _build(self, ctx: FitContext, train: sp.csr_matrix | None = None) -> Autoencoder:
@@ -135,6 +140,8 @@ class AutoencoderRecommender:
         if not ctx.valid.nnz:
             self.best_epoch = cfg.epochs
             self.net = self._fit_epochs(ctx, ctx.train, cfg.epochs, "fit")
+            given = self.model_config.linear_scale
+            self._attach_linear(ctx.train, DEFAULT_SCALE if given is None else given)
             return
         torch.manual_seed(ctx.seed)
         net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
@@ -164,10 +171,48 @@ class AutoencoderRecommender:
                 if stale >= cfg.patience:
                     break
         net.load_state_dict(best_state)
+        self.net = net.eval()
+        self._attach_linear(ctx.train, self.model_config.linear_scale, ctx, sample)
         if cfg.refit:
-            net = self._fit_epochs(ctx, ctx.full_train, self.best_epoch, "refit", rng)
-        self.net = net
+            self.net = self._fit_epochs(ctx, ctx.full_train, self.best_epoch, "refit", rng)
+            self._attach_linear(ctx.full_train, self.linear_scale)
         self.net.eval()
+
+    def _attach_linear(
+        self,
+        train: sp.csr_matrix,
+        scale: float | None,
+        ctx: FitContext | None = None,
+        sample: np.ndarray | None = None,
+    ) -> None:
+        """Put EASE's weights on `train` beside the fitted network, where the options and the
+        catalogue give it a linear path; `scale` None: chosen on `ctx`'s validation (rank 0
+        judges, every rank gets the choice). A scale of 0 leaves the network alone."""
+        config, net = self.model_config, self.net
+        assert net is not None
+        draws = resolve_negatives(self.train_config.negatives, train.shape[1], config.output,
+                                  config.loss)  # fmt: skip
+        built, self.linear_note = resolve_linear(config.linear_path, train.shape[1], draws > 0)
+        if not built or scale == 0.0:
+            net.linear = None
+            self.linear_scale = 0.0 if built else None
+            if built:
+                self.linear_note = "off: scale 0 (the network alone)"
+            return
+        path = LinearPath(ease_start(train, config.linear_lambda), scale or 0.0)
+        net.linear = path.to(self.device)
+        if scale is None:
+            assert ctx is not None
+
+            def judge() -> float:  # rank 0 scores, every rank gets its figure
+                return self.world.from_main(self._validate(ctx, sample))
+
+            self.linear_scale, self.linear_validation = choose_scale(net.linear, judge)
+            if self.linear_scale == 0.0:
+                return self._attach_linear(train, 0.0)
+        else:
+            self.linear_scale = scale
+        self.linear_note += f", scale {self.linear_scale:g}"
 
     def _fit_epochs(
         self, ctx: FitContext, train: sp.csr_matrix, epochs: int, label: str, rng=None
@@ -189,7 +234,8 @@ class AutoencoderRecommender:
         stopping picked. Batches are users, so an epoch on all data takes as many steps as one
         on the training split (each user's vector is just fuller): the count carries over."""
         train = replace(self.train_config, epochs=self.best_epoch, refit=False)
-        return AutoencoderRecommender(self.model_config, train, self.cold_config)
+        model = replace(self.model_config, linear_scale=self.linear_scale)
+        return AutoencoderRecommender(model, train, self.cold_config)
 
     def fit_cold_items(self, ctx: FitContext) -> bool:
         """Learn the cold-item head on the fitted, frozen network from every positive in `ctx`
@@ -282,6 +328,8 @@ class AutoencoderRecommender:
             "train": self.train_config.to_dict(),
             "best_epoch": self.best_epoch,
             "sampled_negatives": self.sampled,  # 0: the full loss
+            "linear_path": self.linear_note,
+            "linear_validation": self.linear_validation,  # validation metric by scale
             "cold_items": self.cold_config.to_dict(),
         }
 
@@ -294,6 +342,9 @@ class AutoencoderRecommender:
     def load_state(self, state: dict[str, np.ndarray], ctx: FitContext | None = None) -> None:
         assert ctx is not None, "the autoencoder needs the feature sizes to rebuild"
         self.net = self._build(ctx)
+        if "linear.weight" in state:  # the saved path's shape; its values come with the state
+            n = self.net.n_items
+            self.net.linear = LinearPath(torch.zeros(n, n), 0.0).to(self.device)
         self.cold_layers = cold_layers(state)
         tensors = {
             k: torch.from_numpy(np.asarray(v))

@@ -1,0 +1,99 @@
+"""A full-rank linear path beside the autoencoder's nonlinear one (after VASP, Vančura & Kordík
+2021): the item logits become `out(hidden) + scale · x B`.
+
+B is EASE's closed form (items × items, zero diagonal: an item never recommends itself) on the
+data the network was fit on; `scale` is chosen on validation from `SCALES` after the network's
+own early stopping, 0 included, so validation may also say "the network alone". EASE is the
+strongest model on MovieLens-sized catalogues and the network learns what it cannot — the
+profiles and non-additive tastes — so the sum ranks better than either (docs/MODELS.md).
+Trained jointly instead (B fine-tuned or frozen, the scale learned) the network learned to
+undo the linear path and the sum fell below EASE alone; that design was measured and dropped.
+
+B is dense, so the path exists only where it fits: `linear_path: auto` turns it on for the full
+item loss under the item-item memory limit and off otherwise, and the checkpoint says which. In
+the exported graph it is one Gather and ReduceSum over B's rows, the input layer's shape.
+
+A new item has no column in B: its score is the cold-item head's row alone. The head is
+trained on the network alone (the network is fit before the path exists, so the head is the
+same as without one); in served lists the new items then compete with warm items that also
+carry the linear path's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.models.baselines import check_item_item, ease_weights
+
+LinearMode = Literal["off", "ease", "auto"]
+# The scales validation chooses from (0: the network alone; 500: EASE all but alone).
+SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 100.0, 200.0, 500.0)
+# Without validation data (a fit told its epochs) and no scale given: the random tuning split's
+# choice (docs/MODELS.md).
+DEFAULT_SCALE = 10.0
+
+
+def resolve(mode: LinearMode, n_items: int, sampled: bool) -> tuple[bool, str]:
+    """(whether the path is built, why) for a fit on `n_items` items. `ease` asked outright
+    refuses what it cannot do; `auto` says why it is off."""
+    if mode == "off":
+        return False, "off"
+    if sampled:
+        if mode == "ease":
+            raise ValueError(
+                "model.linear_path 'ease' needs the full item loss (train.negatives 0): a "
+                "sampled loss is for catalogues an items × items matrix does not fit"
+            )
+        return False, "off: sampled item loss (catalogue too large for items × items)"
+    try:  # EASE's own estimate: the float64 Gram matrix, its inverse and the result
+        check_item_item("the linear path", n_items, copies=3, itemsize=8)
+    except ValueError as error:
+        if mode == "ease":
+            raise
+        return False, f"off: {error}"
+    return True, f"ease ({n_items:,} × {n_items:,})"
+
+
+def ease_start(train: sp.csr_matrix, lam: float) -> torch.Tensor:
+    """B: EASE's closed form on the binarised training positives."""
+    x = train.astype(np.float32)
+    x.data[:] = 1.0
+    return torch.from_numpy(ease_weights(x, lam))
+
+
+class LinearPath(nn.Module):
+    """scale · x B for a bag or a padded batch; fixed weights (buffers), never trained."""
+
+    def __init__(self, weight: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("weight", weight.clone().fill_diagonal_(0.0))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def bag(self, items: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor):
+        summed = F.embedding_bag(items, self.weight, offsets, mode="sum",
+                                 per_sample_weights=weights)  # fmt: skip
+        return self.scale * summed
+
+    def padded(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.scale * (self.weight[items] * weights.unsqueeze(-1)).sum(dim=1)
+
+
+def choose_scale(
+    path: LinearPath, judge: Callable[[], float], scales: tuple[float, ...] = SCALES
+) -> tuple[float, dict[str, float]]:
+    """The scale with the best `judge()` (the validation metric of the model with the path at
+    that scale; ties: the smaller scale), and every scale's figure. Leaves the path at it."""
+    figures: dict[str, float] = {}
+    for scale in scales:
+        path.scale.fill_(scale)
+        figures[f"{scale:g}"] = judge()
+    best = max(scales, key=lambda s: (figures[f"{s:g}"], -s))
+    path.scale.fill_(best)
+    return best, figures
