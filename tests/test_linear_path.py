@@ -130,6 +130,8 @@ def test_where_the_path_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_linear_options_are_named() -> None:
     with pytest.raises(ValueError, match="linear_path"):
         ModelConfig(linear_path="yes")
-    for bad in ({"linear_lambda": 0.0}, {"linear_scale": -1.0}):
+    nan, inf = float("nan"), float("inf")
+    for bad in ({"linear_lambda": 0.0}, {"linear_lambda": nan}, {"linear_lambda": inf},
+                {"linear_scale": -1.0}, {"linear_scale": nan}, {"linear_scale": inf}):  # fmt: skip
         with pytest.raises(ValueError, match="linear_lambda must be > 0 and linear_scale"):
             ModelConfig(**bad)

@@ -256,7 +256,8 @@ def test_bag_from_csr_keeps_rows_and_weights() -> None:
 def test_a_bad_negatives_option_is_named_before_any_work(negatives: object) -> None:
     from training.models.trainer import TrainConfig
 
-    with pytest.raises(ValueError, match=r"train\.negatives must be a whole number"):
+    named = r"train\.negatives must be a whole number|option 'negatives' must be int/null"
+    with pytest.raises(ValueError, match=named):
         TrainConfig.from_dict({"negatives": negatives})
     TrainConfig.from_dict({"negatives": 0})  # the full loss
     TrainConfig.from_dict({"negatives": None})  # automatic
@@ -269,3 +270,14 @@ def test_world_size_that_is_not_a_count_is_named() -> None:
         patch.setenv("WORLD_SIZE", "two")
         with pytest.raises(ValueError, match="WORLD_SIZE must be a count"):
             launched()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("corruption", "x"), ("hidden", 600), ("rescale", "yes"), ("linear_scale", "5"),
+     ("l2", True), ("kind", 3)],
+)  # fmt: skip
+def test_a_config_value_of_the_wrong_kind_is_named(option: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"model option '{option}' must be"):
+        ModelConfig.from_dict({option: value})
+    ModelConfig.from_dict({"corruption": 1 / 3, "hidden": [8], "linear_scale": None, "l2": 1})

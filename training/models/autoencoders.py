@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,8 +94,9 @@ class ModelConfig(Options):
             raise ValueError("beta must be ≥ 0, anneal_steps and code_width ≥ 1")
         if self.linear_path not in ("off", "ease", "auto"):
             raise ValueError(f"linear_path must be off, ease or auto, got {self.linear_path!r}")
-        if self.linear_lambda <= 0.0 or (self.linear_scale is not None and self.linear_scale < 0):
-            raise ValueError("linear_lambda must be > 0 and linear_scale ≥ 0 (or unset)")
+        scale = 0.0 if self.linear_scale is None else self.linear_scale
+        if not (0.0 < self.linear_lambda < math.inf and 0.0 <= scale < math.inf):
+            raise ValueError("linear_lambda must be > 0 and linear_scale ≥ 0 (or unset), finite")
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (
