@@ -10,7 +10,14 @@ from training.jobs.export import padded
 from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
 from training.models.baselines import EASE, ITEM_ITEM_LIMIT_ENV, TooLarge
 from training.models.interface import FitContext
-from training.models.linear_path import SCALES, LinearPath, choose_scale, ease_start, resolve
+from training.models.linear_path import (
+    AUTO_MAX_ITEMS,
+    SCALES,
+    LinearPath,
+    choose_scale,
+    ease_start,
+    resolve,
+)
 from training.models.trainer import AutoencoderRecommender, TrainConfig
 
 SOFTMAX = {"output": "softmax", "loss": "cce", "input_norm": True}
@@ -116,11 +123,12 @@ def test_a_given_scale_is_used_without_choosing() -> None:
 def test_where_the_path_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve("off", 1_000, sampled=False) == (False, "off")
     assert resolve("auto", 1_000, sampled=False) == (True, "ease (1,000 × 1,000)")
-    built, why = resolve("auto", 50_000, sampled=True)
-    assert not built and "sampled item loss" in why
+    built, why = resolve("auto", AUTO_MAX_ITEMS + 1, sampled=False)  # items² per served user
+    assert not built and f"> {AUTO_MAX_ITEMS:,}" in why
+    assert resolve("ease", AUTO_MAX_ITEMS + 1, sampled=False)[0]  # asked for: built
     with pytest.raises(ValueError, match="needs the full item loss"):
         resolve("ease", 50_000, sampled=True)
-    monkeypatch.setenv(ITEM_ITEM_LIMIT_ENV, "0.001")  # 1 MiB: 1,000 items need 23 MiB
+    monkeypatch.setenv(ITEM_ITEM_LIMIT_ENV, "0.001")  # 1 MiB: 1,000 items need 38 MiB
     built, why = resolve("auto", 1_000, sampled=False)
     assert not built and "the limit is 0.0 GiB" in why
     with pytest.raises(TooLarge, match="linear path on 1,000 items"):
@@ -131,7 +139,16 @@ def test_bad_linear_options_are_named() -> None:
     with pytest.raises(ValueError, match="linear_path"):
         ModelConfig(linear_path="yes")
     nan, inf = float("nan"), float("inf")
-    for bad in ({"linear_lambda": 0.0}, {"linear_lambda": nan}, {"linear_lambda": inf},
-                {"linear_scale": -1.0}, {"linear_scale": nan}, {"linear_scale": inf}):  # fmt: skip
-        with pytest.raises(ValueError, match="linear_lambda must be > 0 and linear_scale"):
+    for bad in ({"linear_lambda": 1e-300}, {"linear_lambda": nan}, {"linear_lambda": inf},
+                {"linear_scale": -1.0}, {"linear_scale": nan}, {"linear_scale": 1e39}):  # fmt: skip
+        with pytest.raises(ValueError, match=r"linear_lambda must be in \[0.01, 1e9\]"):
             ModelConfig(**bad)
+
+
+def test_an_impossible_linear_path_is_refused_before_any_epoch() -> None:
+    ctx = _context()
+    config = ModelConfig(kind="dae", hidden=(8,), linear_path="ease", **SOFTMAX)
+    model = AutoencoderRecommender(config, TrainConfig(epochs=50, negatives=10))
+    with pytest.raises(ValueError, match="needs the full item loss"):
+        model.fit(ctx)
+    assert model.history == [] and model.net is None

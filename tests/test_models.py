@@ -281,3 +281,7 @@ def test_a_config_value_of_the_wrong_kind_is_named(option: str, value: object) -
     with pytest.raises(ValueError, match=f"model option '{option}' must be"):
         ModelConfig.from_dict({option: value})
     ModelConfig.from_dict({"corruption": 1 / 3, "hidden": [8], "linear_scale": None, "l2": 1})
+    # A whole number written as a float (2.0, 1e4 from a JSON writer) is a count.
+    assert ModelConfig.from_dict({"short_history_max": 2.0}).short_history_max == 2
+    with pytest.raises(ValueError, match="'short_history_max' must be int"):
+        ModelConfig.from_dict({"short_history_max": 2.5})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,8 +94,10 @@ class ModelConfig(Options):
         if self.linear_path not in ("off", "ease", "auto"):
             raise ValueError(f"linear_path must be off, ease or auto, got {self.linear_path!r}")
         scale = 0.0 if self.linear_scale is None else self.linear_scale
-        if not (0.0 < self.linear_lambda < math.inf and 0.0 <= scale < math.inf):
-            raise ValueError("linear_lambda must be > 0 and linear_scale ≥ 0 (or unset), finite")
+        if not (0.01 <= self.linear_lambda <= 1e9 and 0.0 <= scale <= 1e4):
+            raise ValueError(
+                "linear_lambda must be in [0.01, 1e9] and linear_scale in [0, 10000] (or unset)"
+            )
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (

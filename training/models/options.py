@@ -24,6 +24,10 @@ def _kind_of(field: Any) -> tuple[type, ...] | None:
     return found + ((type(None),) if optional else ())
 
 
+def _integral(value: Any) -> bool:
+    return isinstance(value, float) and value.is_integer()
+
+
 class Options:
     what = "option"  # how error messages name these options
 
@@ -35,8 +39,11 @@ class Options:
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         if unknown := set(data) - set(known):
             raise ValueError(f"unknown {cls.what}(s): {sorted(unknown)}")
+        data = dict(data)
         for name, value in data.items():
             kinds = _kind_of(known[name])
+            if kinds and int in kinds and float not in kinds and _integral(value):
+                data[name] = value = int(value)  # 2.0 or 1e4 from a JSON writer: a count
             wrong_bool = isinstance(value, bool) and bool not in (kinds or ())
             if kinds is not None and (not isinstance(value, kinds) or wrong_bool):
                 wanted = "/".join(k.__name__.replace("NoneType", "null") for k in kinds)

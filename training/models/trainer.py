@@ -136,6 +136,7 @@ class AutoencoderRecommender:
         cfg = self.train_config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self._linear_fits(ctx.train.shape[1])  # refuse an impossible `ease` before any epoch
         self.world = join(self.device)
         if not ctx.valid.nnz:
             self.best_epoch = cfg.epochs
@@ -190,9 +191,7 @@ class AutoencoderRecommender:
         judges, every rank gets the choice). A scale of 0 leaves the network alone."""
         config, net = self.model_config, self.net
         assert net is not None
-        draws = resolve_negatives(self.train_config.negatives, train.shape[1], config.output,
-                                  config.loss)  # fmt: skip
-        built, self.linear_note = resolve_linear(config.linear_path, train.shape[1], draws > 0)
+        built, self.linear_note = self._linear_fits(train.shape[1])
         if not built or scale == 0.0:
             net.linear = None
             self.linear_scale = 0.0 if built else None
@@ -213,6 +212,13 @@ class AutoencoderRecommender:
         else:
             self.linear_scale = scale
         self.linear_note += f", scale {self.linear_scale:g}"
+
+    def _linear_fits(self, n_items: int) -> tuple[bool, str]:
+        """(whether the linear path is built, why) on `n_items`; raises for `ease` asked where
+        it cannot be."""
+        config = self.model_config
+        draws = resolve_negatives(self.train_config.negatives, n_items, config.output, config.loss)
+        return resolve_linear(config.linear_path, n_items, draws > 0)
 
     def _fit_epochs(
         self, ctx: FitContext, train: sp.csr_matrix, epochs: int, label: str, rng=None
