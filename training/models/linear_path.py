@@ -11,8 +11,8 @@ undo the linear path and the sum fell below EASE alone; that design was measured
 
 B is dense, so the path exists only where it fits: `linear_path: auto` turns it on up to
 `AUTO_MAX_ITEMS`, for the full item loss, under the item-item memory limit, and off otherwise;
-the checkpoint says which. In
-the exported graph it is a scatter of the history into a dense row and one MatMul with B.
+the checkpoint says which. In the exported graph it is a scatter of the history into a dense
+row and one MatMul with B.
 
 A new item has no column in B: its score is the cold-item head's row alone. The head is
 trained on the network alone (the network is fit before the path exists, so the head is the
