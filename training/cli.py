@@ -102,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> None:
               f"({meta['data']['items']:,} in the catalogue; docs/SCALE.md)")  # fmt: skip
     if (linear := meta["params"].get("linear_path", "off")) != "off":
         print(f"linear path (items × items beside the network): {linear}")
+    if (short := meta["params"].get("short_head", "off")) != "off":
+        print(f"short head (the network's copy for short histories): {short}")
     print(metrics_table(meta["metrics"]))
     _print_sampling(meta["evaluation"])
     served = meta["served"]

@@ -57,18 +57,29 @@ UNSEEN_USER = "mean of the learned per-user vectors (CDAE V_u / CDDAE user node)
 
 
 class InferencePath(nn.Module):
-    """The inference path with the bundle's fixed signature: no corruption, no dropout."""
+    """The inference path with the bundle's fixed signature: no corruption, no dropout.
+
+    With a short head (ModelConfig.short_head_share) the graph holds both encoders: a row whose
+    history has at most `short_max` entries of non-zero weight takes the head's code, every
+    other row the network's — the trainer's rule (AutoencoderRecommender._output) — and the
+    shared decoder, output layer and linear path run once."""
 
     def __init__(self, recommender: Any, kind: str):
         super().__init__()
         self.kind = kind
         self.cold_layers = list(getattr(recommender, "cold_layers", []))
+        self.short: nn.Module | None = None
+        self.short_max = -1
         if kind in NEURAL:
             self.net = copy.deepcopy(recommender.net).eval()
-            vectors = self.net.user_vector
-            if vectors is not None:  # the reserved last row serves unseen users
-                with torch.no_grad():
-                    vectors.weight[-1] = vectors.weight[:-1].mean(dim=0)
+            if recommender.short_net is not None:
+                self.short = copy.deepcopy(recommender.short_net).eval()
+                self.short_max = recommender.model_config.short_history_max
+            for net in (self.net, self.short):
+                vectors = net.user_vector if net is not None else None
+                if vectors is not None:  # the reserved last row serves unseen users
+                    with torch.no_grad():
+                        vectors.weight[-1] = vectors.weight[:-1].mean(dim=0)
         elif kind == "pop":
             self.register_buffer("counts", torch.from_numpy(recommender.counts.astype(np.float32)))
         else:
@@ -82,8 +93,13 @@ class InferencePath(nn.Module):
         if self.kind in NEURAL:
             net = self.net
             hidden = net.hidden(*net.padded_input(items, weights), user_features, user_index)
-            linear = net.linear.padded(items, weights) if net.linear is not None else None
-            output = net.with_linear(net.out(hidden), linear)
+            if self.short is not None:
+                short = (weights != 0).sum(dim=1, keepdim=True) <= self.short_max
+                head = self.short.hidden(
+                    *self.short.padded_input(items, weights), user_features, user_index
+                )
+                hidden = torch.where(short, head, hidden)
+            output = net.with_linear(net.out(hidden), net.linear_padded(items, weights))
             logits = output[:, : net.n_items]
             if net.config.output == "softmax":
                 log_norm = torch.logsumexp(logits, dim=1)
@@ -108,9 +124,21 @@ def padded(rows: sp.csr_matrix, min_length: int = 1) -> tuple[np.ndarray, np.nda
     return items, weights
 
 
-def model_inputs(checkpoint: Checkpoint, users: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """The bundle's inputs for `users`, as the service builds them: every positive."""
-    items, weights = padded(checkpoint.positives[users], min_length=3)
+def first_entries(rows: sp.csr_matrix, cut: int) -> sp.csr_matrix:
+    """Each row's first `cut` stored entries (a new matrix; `rows` is left as it is)."""
+    lengths = np.diff(rows.indptr)
+    keep = np.arange(rows.nnz) - np.repeat(rows.indptr[:-1], lengths) < cut
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(lengths, cut))])
+    return sp.csr_matrix((rows.data[keep], rows.indices[keep], indptr), shape=rows.shape)
+
+
+def model_inputs(
+    checkpoint: Checkpoint, users: np.ndarray, cut: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """The bundle's inputs for `users`, as the service builds them: every positive (with
+    `cut`, only the first `cut` of them: short histories)."""
+    rows = checkpoint.positives[users]
+    items, weights = padded(rows if cut is None else first_entries(rows, cut), min_length=3)
     return (
         torch.from_numpy(items),
         torch.from_numpy(weights),
@@ -214,9 +242,14 @@ def parity(
     names = list(NEURAL_OUTPUTS if path is not None else ("scores",))
     sample = parity_sample(checkpoint.positives.shape[0])
     worst, worst_item_path, same = 0.0, 0.0, 0
-    for start in range(0, len(sample), 256):
+    short_max = getattr(module, "short_max", -1)
+    # With a short head, every user twice: the whole history, and its first `short_max` items.
+    chunks = [(start, None) for start in range(0, len(sample), 256)]
+    if short_max >= 0:
+        chunks += [(start, short_max) for start in range(0, len(sample), 256)]
+    for start, cut in chunks:
         users = sample[start : start + 256]
-        inputs = model_inputs(checkpoint, users)
+        inputs = model_inputs(checkpoint, users, cut)
         feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
         results = session.run(names, feeds)
         got = results[0]
@@ -236,7 +269,8 @@ def parity(
         same += int(
             (top_n(mask_seen(got, seen), 10) == top_n(mask_seen(want, seen), 10)).all(1).sum()
         )
-    figures = {"max_abs_diff": worst, "top10_agreement": same / len(sample), "users": len(sample)}
+    rows = len(sample) * (2 if short_max >= 0 else 1)
+    figures = {"max_abs_diff": worst, "top10_agreement": same / rows, "users": len(sample)}
     if path is not None:
         figures["item_path_max_abs_diff"] = worst_item_path
     if path is not None and path.head:
@@ -425,6 +459,14 @@ def export_checkpoint(
     }
     if (cold := cold_section(checkpoint, path)) is not None:
         manifest["cold_items"] = cold
+    if module.short is not None:
+        manifest["short_head"] = {
+            "max_history": module.short_max,
+            "rule": f"a history of at most {module.short_max} items (new users, POST /score "
+            "with a handful) is encoded by the short head, a longer one by the network; one "
+            "graph, one decoder",
+            "options": (meta.get("params") or {}).get("short_head"),
+        }
     manifest.update(extra or {})
     with models_lock(models_dir):
         version = write_bundle(models_dir, bundle_files(checkpoint, graph, path), manifest)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -57,6 +57,15 @@ class ModelConfig(Options):
     # has done so far (POST /score with a handful of items).
     short_history_rate: float = 0.0
     short_history_max: int = 5
+    # Departure (two jobs, two heads): above 0, after the network's fit a copy of it trains
+    # its encoder on, for this share of the network's epochs, with histories cut short
+    # (`short_head_history_rate` of the users, to 1..`short_history_max` items) and dropped
+    # whole (`short_head_cold_rate`): the copy (the short head) serves histories of at most
+    # `short_history_max` positives, the network every longer one, each with its own options.
+    short_head_share: float = 0.0
+    short_head_history_rate: float = 0.5
+    short_head_cold_rate: float = 0.1
+    short_head_lr_scale: float = 1.0  # the head's learning rate over the network's
     # Emphasised denoising (Steck, NeurIPS 2020): the loss weight of the positives the
     # corruption dropped, against 1 for every other cell. Above 1 the network gains more from
     # predicting what it could not see than from copying what it could (the identity).
@@ -87,6 +96,10 @@ class ModelConfig(Options):
             raise ValueError("cold_start_rate must be in [0, 1)")
         if not 0.0 <= self.short_history_rate < 1.0 or self.short_history_max < 1:
             raise ValueError("short_history_rate must be in [0, 1) and short_history_max ≥ 1")
+        if not (0.0 <= self.short_head_share <= 10.0 and 0.0 < self.short_head_lr_scale <= 100.0):
+            raise ValueError("short_head_share must be in [0, 10], short_head_lr_scale in (0, 100]")
+        if not (0.0 <= self.short_head_history_rate < 1 and 0.0 <= self.short_head_cold_rate < 1):
+            raise ValueError("short_head_history_rate and short_head_cold_rate must be in [0, 1)")
         if self.emphasis <= 0.0:
             raise ValueError("emphasis must be > 0")
         if self.beta < 0.0 or self.anneal_steps < 1 or self.code_width < 1:
@@ -107,6 +120,14 @@ class ModelConfig(Options):
             "mse",
         ):
             raise ValueError(f"unknown output/loss {self.output}/{self.loss}")
+
+    def short_head_options(self) -> ModelConfig:
+        """The short head's training options: the network's, with the head's own rates."""
+        return replace(
+            self,
+            short_history_rate=self.short_head_history_rate,
+            cold_start_rate=self.short_head_cold_rate,
+        )
 
 
 def paper_config(kind: Kind = "cddae", **overrides: Any) -> ModelConfig:
@@ -318,8 +339,11 @@ class Autoencoder(nn.Module):
 
     def forward_padded(self, items, weights, user_features=None, user_index=None) -> torch.Tensor:
         hidden = self.hidden(*self.padded_input(items, weights), user_features, user_index)
-        linear = self.linear.padded(items, weights) if self.linear is not None else None
-        return self.with_linear(self.out(hidden), linear)
+        return self.with_linear(self.out(hidden), self.linear_padded(items, weights))
+
+    def linear_padded(self, items, weights) -> torch.Tensor | None:
+        """The linear path's logits from padded histories (None without a path)."""
+        return self.linear.padded(items, weights) if self.linear is not None else None
 
     def linear_logits(self, bag: Bag) -> torch.Tensor | None:
         """The linear path's item logits for a bag (None without one)."""

@@ -138,7 +138,8 @@ class TrainingStep:
 
     def __init__(self, net: Autoencoder, world: World):
         self.net, self.world = net, world
-        self.sparse = [net.item_in, net.out.weight] if net.sparse_grads else []
+        catalogue = (net.item_in, net.out.weight)
+        self.sparse = [p for p in catalogue if p.requires_grad] if net.sparse_grads else []
         self._forward: Callable[..., torch.Tensor] = _Forward(net)
         if world.size == 1:
             return

@@ -23,6 +23,11 @@ from training.models.optimizers import Pair, RowAdam
 from training.models.options import Options
 from training.models.sampled_loss import Sampling, check_objective, resolve_negatives
 
+# The short head's weights in a state: its own (the encoder) under this prefix; the layers it
+# shares with the network (decoder, output, linear path, item profiles) only once, unprefixed.
+SHORT_PREFIX = "short."
+SHARED = ("decoder", "out", "linear", "item_features")
+
 
 @dataclass
 class TrainConfig(Options):
@@ -80,6 +85,10 @@ class AutoencoderRecommender:
         self.device = self.train_config.torch_device()
         self.kind = model.kind
         self.net: Autoencoder | None = None
+        # The short head (ModelConfig.short_head_share): the network's copy, with its own
+        # encoder, that scores histories of at most `short_history_max` positives.
+        self.short_net: Autoencoder | None = None
+        self.short_head_epochs = 0
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
         self.sampled = 0  # the draws per batch of the last fit (0: the full loss)
@@ -112,22 +121,25 @@ class AutoencoderRecommender:
         self.sampled = draws
         return Sampling.of(train, draws, self.device) if draws else None
 
-    def _optimizer(self, net: Autoencoder, sampled: bool) -> torch.optim.Optimizer | Pair:
+    def _optimizer(
+        self, net: Autoencoder, sampled: bool, lr_scale: float = 1.0
+    ) -> torch.optim.Optimizer | Pair:
         """Adam; the model's L2 penalty as coupled weight decay (gradient λθ, as eq. 4).
 
         With a sampled loss, the catalogue-sized matrices (items × width, twice) get row-sparse
         gradients and a RowAdam that updates only the rows a batch touched, their L2 applied
         lazily to those rows: a dense step over every row of a 100k-item catalogue costs more
         than the batch itself."""
-        cfg, l2 = self.train_config, self.model_config.l2
+        l2, lr = self.model_config.l2, self.train_config.lr * lr_scale
         net.sparse_grads = sampled
+        trained = [p for p in net.parameters() if p.requires_grad]  # the short head: encoder
         if not net.sparse_grads:
-            return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=l2, fused=True)
-        sparse = [net.item_in, net.out.weight]
-        dense = [p for p in net.parameters() if all(p is not s for s in sparse)]
+            return torch.optim.Adam(trained, lr=lr, weight_decay=l2, fused=True)
+        sparse = [p for p in (net.item_in, net.out.weight) if p.requires_grad]
+        dense = [p for p in trained if all(p is not s for s in sparse)]
         return Pair(
-            RowAdam(sparse, lr=cfg.lr, weight_decay=l2),
-            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=l2, fused=True),
+            RowAdam(sparse, lr=lr, weight_decay=l2),
+            torch.optim.Adam(dense, lr=lr, weight_decay=l2, fused=True),
         )
 
     def fit(self, ctx: FitContext) -> None:
@@ -143,6 +155,7 @@ class AutoencoderRecommender:
             self.net = self._fit_epochs(ctx, ctx.train, cfg.epochs, "fit")
             given = self.model_config.linear_scale
             self._attach_linear(ctx.train, DEFAULT_SCALE if given is None else given)
+            self._fit_short_head(ctx, ctx.train)
             return
         torch.manual_seed(ctx.seed)
         net, best_state, best, stale = self._build(ctx, ctx.train), None, -np.inf, 0
@@ -178,6 +191,35 @@ class AutoencoderRecommender:
             self.net = self._fit_epochs(ctx, ctx.full_train, self.best_epoch, "refit", rng)
             self._attach_linear(ctx.full_train, self.linear_scale)
         self.net.eval()
+        self._fit_short_head(ctx, ctx.full_train if cfg.refit else ctx.train, rng)
+
+    def _fit_short_head(self, ctx: FitContext, train: sp.csr_matrix, rng=None) -> None:
+        """The short head: a copy of the fitted network whose encoder alone trains on, with
+        its own new-user rates (histories cut short, dropped whole), for `short_head_share` of
+        the network's epochs (early stopping's count: the same in the refit and production).
+        The decoder and output layer stay the network's, so item vectors (similar items, the
+        cold-item head) mean the same under both heads; the linear path is shared."""
+        self.short_net = None
+        share = self.model_config.short_head_share
+        if not share:
+            return
+        epochs = self.short_head_epochs = max(1, round(share * self.best_epoch))
+        assert self.net is not None
+        short = copy.deepcopy(self.net)
+        short.config = self.model_config.short_head_options()
+        for shared in (short.decoder, short.out):
+            shared.requires_grad_(False)
+        rng = rng if rng is not None else np.random.default_rng(ctx.seed)
+        sampling = self._sampling(train)
+        # A fine-tune from the fitted network: a step of its own size.
+        optimizer = self._optimizer(
+            short, sampling is not None, self.model_config.short_head_lr_scale
+        )
+        step = TrainingStep(short, self.world)
+        shown = ctx.progress and self.world.main
+        for _ in tqdm(range(epochs), desc="short head", disable=not shown, leave=False):
+            self._epoch(step, optimizer, ctx, train, rng, sampling)
+        self.short_net = short.eval()
 
     def _attach_linear(
         self,
@@ -295,13 +337,8 @@ class AutoencoderRecommender:
         @torch.no_grad()
         def rank(history: sp.csr_matrix, users: np.ndarray, n: int) -> np.ndarray:
             assert self.net is not None, "fit or load_state first"
-            self.net.eval()
             bag = Bag.from_csr(history).to(self.device)
-            logits = self.net(
-                bag,
-                torch.from_numpy(np.asarray(user_features[users], np.float32)).to(self.device),
-                torch.from_numpy(np.asarray(users, np.int64)).to(self.device),
-            )[:, : self.net.n_items]
+            logits = self._output(history, user_features[users], users)[:, : self.net.n_items]
             logits[bag.rows, bag.items] = -torch.inf
             values, items = torch.topk(logits, min(n, logits.shape[1]), dim=1)
             values, items = values.cpu().numpy(), items.cpu().numpy()
@@ -316,17 +353,36 @@ class AutoencoderRecommender:
     ) -> np.ndarray:
         """Scores of the rows of `history` (a chunk of users: the output is rows × items)."""
         assert self.net is not None, "fit or load_state first"
-        self.net.eval()
         out = []
         for start in range(0, history.shape[0], 1024):
             rows = slice(start, start + 1024)
-            output = self.net(
+            output = self._output(history[rows], user_features[rows], user_index[rows])
+            out.append(self.net.scores(output).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.net.n_items), np.float32)
+
+    @torch.no_grad()
+    def _output(
+        self, history: sp.csr_matrix, user_features: np.ndarray, user_index: np.ndarray
+    ) -> torch.Tensor:
+        """The output for a chunk of users: from the network, and for the rows of at most
+        `short_history_max` positives from the short head where there is one — the exported
+        graph's rule (training.jobs.export.InferencePath)."""
+        assert self.net is not None, "fit or load_state first"
+
+        def run(net: Autoencoder, rows: np.ndarray | slice) -> torch.Tensor:
+            net.eval()
+            return net(
                 Bag.from_csr(history[rows]).to(self.device),
                 torch.from_numpy(np.asarray(user_features[rows], np.float32)).to(self.device),
                 torch.from_numpy(np.asarray(user_index[rows], np.int64)).to(self.device),
             )
-            out.append(self.net.scores(output).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.net.n_items), np.float32)
+
+        output = run(self.net, slice(None))
+        if self.short_net is not None:
+            short = np.flatnonzero(np.diff(history.indptr) <= self.model_config.short_history_max)
+            if len(short):
+                output[torch.from_numpy(short).to(self.device)] = run(self.short_net, short)
+        return output
 
     def params(self) -> dict[str, Any]:
         return {
@@ -336,6 +392,12 @@ class AutoencoderRecommender:
             "sampled_negatives": self.sampled,  # 0: the full loss
             "linear_path": self.linear_note,
             "linear_validation": self.linear_validation,  # validation metric by scale
+            "short_head": (
+                f"{self.short_head_epochs} epochs, histories of at most "
+                f"{self.model_config.short_history_max} positives"
+                if self.short_net is not None
+                else "off"
+            ),
             "cold_items": self.cold_config.to_dict(),
         }
 
@@ -343,6 +405,12 @@ class AutoencoderRecommender:
         """The network's weights, and the cold-item head's layers as `cold_w0, cold_b0, …`."""
         assert self.net is not None
         state = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        if self.short_net is not None:
+            state |= {
+                SHORT_PREFIX + k: v.detach().cpu().numpy()
+                for k, v in self.short_net.state_dict().items()
+                if k.split(".")[0] not in SHARED
+            }
         return {**state, **layer_arrays(self.cold_layers)}
 
     def load_state(self, state: dict[str, np.ndarray], ctx: FitContext | None = None) -> None:
@@ -355,10 +423,21 @@ class AutoencoderRecommender:
         tensors = {
             k: torch.from_numpy(np.asarray(v))
             for k, v in state.items()
-            if not k.startswith(COLD_PREFIX)
+            if not k.startswith((*COLD_PREFIX, SHORT_PREFIX))
         }
         self.net.load_state_dict(tensors)
         self.net.eval()
+        self.short_net = None
+        own = {
+            k.removeprefix(SHORT_PREFIX): torch.from_numpy(np.asarray(v))
+            for k, v in state.items()
+            if k.startswith(SHORT_PREFIX)
+        }
+        if own:  # the short head: the network's shared layers, its own encoder
+            self.short_net = copy.deepcopy(self.net)
+            self.short_net.config = self.model_config.short_head_options()
+            self.short_net.load_state_dict({**tensors, **own})
+            self.short_net.eval()
 
 
 def _validation_sample(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray | None:

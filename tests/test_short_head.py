@@ -1,0 +1,125 @@
+"""Two jobs, two heads: the short head (ModelConfig.short_head_share) scores histories of at
+most `short_history_max` positives, the network every longer one — in training's evaluation,
+in the saved state, in the exported bundle and in the service, by one rule."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from service.bundle import load_bundle
+from service.serving.onnx_model import Model, Query
+from training.data.prepared import ProtocolConfig, prepare
+from training.jobs.export import export_checkpoint, first_entries
+from training.jobs.pipeline import train_and_evaluate
+from training.models.autoencoders import ModelConfig
+from training.models.interface import FitContext
+from training.models.trainer import SHORT_PREFIX, AutoencoderRecommender, TrainConfig
+
+HEAD = {"hidden": [16], "short_head_share": 0.75, "short_head_history_rate": 0.5,
+        "short_head_cold_rate": 0.1, "short_history_max": 2}  # fmt: skip
+FAST = {"epochs": 4, "patience": 4, "batch_size": 16}
+
+
+def _context(users: int = 90, items: int = 30, seed: int = 0) -> FitContext:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((users, items)) < 0.2).astype(np.float32)
+    dense[:10, :] = 0.0
+    dense[:10, :2] = 1.0  # ten users with two positives: the short head's
+    valid = (rng.random((users, items)) < 0.03) & (dense == 0)
+    return FitContext(
+        sp.csr_matrix(dense), sp.csr_matrix(valid.astype(np.float32)),
+        np.zeros((users, 0), np.float32), np.zeros((items, 0), np.float32), seed, False,
+    )  # fmt: skip
+
+
+def _fitted() -> tuple[AutoencoderRecommender, FitContext]:
+    model = AutoencoderRecommender(ModelConfig(**HEAD), TrainConfig(**FAST))
+    ctx = _context()
+    model.fit(ctx)
+    return model, ctx
+
+
+def test_the_network_trains_without_the_new_user_options_and_the_head_with_them() -> None:
+    model, _ = _fitted()
+    assert model.net is not None and model.short_net is not None
+    assert model.net.config.short_history_rate == 0.0 and model.net.config.cold_start_rate == 0.0
+    assert model.short_net.config.short_history_rate == 0.5
+    assert model.short_net.config.cold_start_rate == 0.1
+    # The head's own encoder moved; the decoder and output layer are the network's.
+    assert not torch.equal(model.net.item_in, model.short_net.item_in)
+    for name, value in model.net.out.state_dict().items():
+        assert torch.equal(value, model.short_net.out.state_dict()[name])
+    assert model.params()["short_head"] == "3 epochs, histories of at most 2 positives"
+
+
+def test_scores_route_by_history_length_and_survive_the_saved_state() -> None:
+    model, ctx = _fitted()
+    history = ctx.train[:20]
+    users, features = np.arange(20), ctx.user_features[:20]
+    both = model.score(history, users, features)
+    short = np.diff(history.indptr) <= 2
+    assert short[:10].all() and not short[10:].any()
+    head_only = AutoencoderRecommender(model.model_config, model.train_config)
+    head_only.net = model.short_net
+    network_only = AutoencoderRecommender(model.model_config, model.train_config)
+    network_only.net = model.net
+    alone = {  # each head on its own rows (batch size moves the last float bits)
+        "head": head_only.score(history[:10], users[:10], features[:10]),
+        "network": network_only.score(history[10:], users[10:], features[10:]),
+    }
+    np.testing.assert_allclose(both[:10], alone["head"], atol=1e-6)
+    np.testing.assert_allclose(both[10:], alone["network"], atol=1e-6)
+    assert not np.allclose(both[:10], network_only.score(history[:10], users[:10], features[:10]))
+
+    state = model.state()
+    own = [k for k in state if k.startswith(SHORT_PREFIX)]
+    assert own and not any(k.removeprefix(SHORT_PREFIX).startswith("out.") for k in own)
+    restored = AutoencoderRecommender(model.model_config, model.train_config)
+    restored.load_state(state, ctx)
+    np.testing.assert_allclose(restored.score(history, users, features), both, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def served(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    recommender, checkpoint = train_and_evaluate(
+        "cddae", prepared, model={**HEAD, "short_history_max": 3}, train=FAST, progress=False
+    )
+    models = tmp_path_factory.mktemp("models")
+    version, figures = export_checkpoint(checkpoint, models)
+    return recommender, checkpoint, models / version, figures
+
+
+def test_the_graph_follows_the_trainers_rule(served) -> None:
+    recommender, checkpoint, folder, figures = served
+    manifest = load_bundle(folder).manifest
+    assert manifest["short_head"]["max_history"] == 3
+    assert manifest["parity"] == figures and figures["max_abs_diff"] <= 1e-4
+    model = Model.load(folder)
+    users = np.arange(40)
+    positives = checkpoint.positives[users]
+    # Each user twice: the first 3 positives (the short head's) and the first 4 (the network's).
+    for length in (3, 4):
+        rows = first_entries(positives, length)
+        assert (np.diff(rows.indptr) == length).all()
+        features = checkpoint.user_features[users]
+        want = recommender.score(rows, np.full(len(users), -1), features)
+        queries = [
+            Query(dict.fromkeys(rows[u].indices.tolist(), 1.0), features[u]) for u in range(40)
+        ]
+        np.testing.assert_allclose(model.scores(queries), want, atol=1e-4)
+    # The two encoders differ: the same three items score otherwise as part of a longer row.
+    short = Query({0: 1.0, 1: 1.0, 2: 1.0}, np.zeros(model.bundle.user_spec.width, np.float32))
+    padded = Query({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0}, short.features)  # weight 0: padding
+    np.testing.assert_allclose(model.scores([short]), model.scores([padded]), atol=1e-6)
+    head_off = recommender.short_net
+    recommender.short_net = None
+    try:
+        history = sp.csr_matrix(([1.0] * 3, [0, 1, 2], [0, 3]), shape=(1, len(model.item_index)))
+        network = recommender.score(history, np.array([-1]), short.features[None])
+    finally:
+        recommender.short_net = head_off
+    assert not np.allclose(model.scores([short]), network, atol=1e-4)
