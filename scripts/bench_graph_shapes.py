@@ -2,9 +2,10 @@
 
     python scripts/bench_graph_shapes.py MODELS_DIR [MODELS_DIR ...] [--calls 500]
 
-For each models folder's current bundle: one user with 100 and with as many history entries as
-the catalogue has items (the longest a POST /score can send there), median and p99 per call;
-and one batch of 64 users × 100 entries. Random items, unit weights, no profile: the cost of
+For each models folder's current bundle: one user with 3 history entries (a new visitor: the
+short head where there is one), with 100, and with as many as the catalogue has items (the
+longest a POST /score can send there), median and p99 per call; and one batch of 64 users × 100
+entries. Random items, unit weights, no profile: the cost of
 the graph's shapes, not of any user. Written to compare graph forms (docs/MODELS.md, the
 linear path); figures are only comparable within one run.
 """
@@ -45,7 +46,7 @@ def main() -> None:
         rng, n, width = np.random.default_rng(0), len(bundle.item_ids), bundle.user_spec.width
 
         cells = []
-        for length in (100, n):
+        for length in (3, 100, n):
             feed, times = _feeds(rng, n, width, 1, length), []
             for _ in range(args.calls):
                 started = time.perf_counter()

@@ -48,7 +48,21 @@ def test_quick_suite_writes_a_complete_report(synthetic_dir: Path, tmp_path: Pat
 def test_quick_is_a_subset_of_the_full_suite() -> None:
     quick = {s.key for s in paper_settings(quick=True)}
     full = {s.key for s in paper_settings(quick=False)}
-    assert quick < full and len(full) == 49  # 48 of the paper and baselines, one ablation
+    assert quick < full and len(full) == 50  # 48 of the paper and baselines, two ablations
+
+
+def test_new_users_files_are_checked_before_any_run(
+    synthetic_dir: Path, tmp_path: Path, capsys
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    base = ["experiments", "paper", "--data", str(synthetic_dir), "--seeds", "1",
+            "--output", str(tmp_path / "report")]  # fmt: skip
+    assert main([*base, "--new-users-json", str(bad), str(bad)]) == 2
+    assert "one file per seed (1), got 2" in capsys.readouterr().err
+    assert main([*base, "--new-users-json", str(bad)]) == 2
+    assert "bad.json: not a `cddae new-users --json` file" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_model_at_popularitys_figures_is_reported_as_collapsed() -> None:

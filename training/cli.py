@@ -443,9 +443,9 @@ def cmd_experiments(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds if args.seeds is not None else 2 if args.quick else 5))
     train = {"epochs": args.epochs} if args.epochs else {}
     print(f"{len(settings)} settings × {len(seeds)} seeds = {len(settings) * len(seeds)} runs")
+    new_users = _new_users_files(args.new_users_json or [], len(seeds))  # before any run
     results = run_all(args.data, settings, seeds, train, workers=args.workers)
-    new_users = []
-    if not args.no_new_users:
+    if not new_users and not args.no_new_users:
         from tqdm.auto import tqdm
 
         from training.experiments.new_users import run
@@ -457,6 +457,21 @@ def cmd_experiments(args: argparse.Namespace) -> None:
     report = write_report(results, settings, args.output, command, seeds, source, new_users)
     minutes = results["_elapsed"][0]["seconds"] / 60
     print(f"wrote {report} in {minutes:.1f} min")
+
+
+def _new_users_files(paths: list[Path], seeds: int) -> list[dict]:
+    """The new-users section's runs from `cddae new-users --seed S --json F` files, one per
+    seed in order ([] without files): {row: {K: metrics}} with K back to numbers."""
+    if paths and len(paths) != seeds:
+        raise ValueError(f"--new-users-json takes one file per seed ({seeds}), got {len(paths)}")
+    runs = []
+    for path in paths:
+        try:
+            rows = json.loads(path.read_text())
+            runs.append({name: {int(k): v for k, v in ks.items()} for name, ks in rows.items()})
+        except (json.JSONDecodeError, AttributeError, ValueError) as error:
+            raise ValueError(f"{path}: not a `cddae new-users --json` file ({error})") from None
+    return runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -672,6 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_argument("--workers", type=int, default=2, help="parallel runs")
     experiments.add_argument(
         "--no-new-users", action="store_true", help="skip the user-disjoint (new users) section"
+    )
+    experiments.add_argument(
+        "--new-users-json",
+        type=Path,
+        nargs="+",
+        help="the new-users section from `cddae new-users --seed S --json F` runs of the same "
+        "data and default settings, one file per seed in order, instead of running them again",
     )
     experiments.set_defaults(func=cmd_experiments)
     return parser

@@ -51,6 +51,10 @@ def paper_settings(quick: bool = False) -> list[Setting]:
         # The ablation of CDDAE's linear path (EASE's weights beside the network).
         Setting("headline", "CDDAE without linear path", "cddae", preset="default",
                 model={"linear_path": "off"}),
+        # The ablation of the short head: one network trained for both jobs (before issue 22).
+        Setting("headline", "CDDAE one network", "cddae", preset="default",
+                model={"short_head_share": 0.0, "short_history_rate": 0.25,
+                       "cold_start_rate": 0.1}),
     ]  # fmt: skip
     # Experiment 1 as the paper ran it (sigmoid + MAE), and again under the loss Experiment 2
     # finds best: under MAE the three models can collapse to the popularity ranking.

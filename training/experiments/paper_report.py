@@ -311,7 +311,8 @@ def _summary(by_exp: dict[str, dict[str, Stats]]) -> list[str]:
         ]
         rivals = [(k, head[k]) for k in ("DAE", "CDAE")]
         rivals += [(k, base[k]) for k in ("EASE", "EDLAE") if k in base]
-        rivals += [(k, head[k]) for k in ("CDDAE without linear path",) if k in head]
+        ablations = ("CDDAE without linear path", "CDDAE one network")
+        rivals += [(k, head[k]) for k in ablations if k in head]
         for label, rival in rivals:
             lines.append(f"| {label} | {_paired(x, rival, 'P')} | {_paired(x, rival, 'R')} | "
                          f"{_ahead(x, rival, 'P')} / {_ahead(x, rival, 'R')} |")  # fmt: skip
@@ -344,7 +345,11 @@ def _tuning() -> list[str]:
         for name in part
     )  # fmt: skip
     if extra:
-        lines += ["", f"Chosen afterwards on the new-users protocol of the same seed: {extra}."]
+        lines += ["", f"Chosen afterwards ({extra}): two heads — CDDAE's network without the "
+                  "new-user options, kept for beating the previous default on validation of a "
+                  "random and a temporal tuning split, and a short head for histories of at most "
+                  "5 items, its share and rates chosen on the new-users protocol of the same seed "
+                  "(docs/MODELS.md, \"Two heads\")."]  # fmt: skip
     if LINEAR_PATH:
         lines += ["", "Then CDDAE's linear path (EASE's weights beside the network, at EASE's "
                   "tuned λ; its scale chosen on validation inside each fit), kept for beating the "
