@@ -123,3 +123,41 @@ def test_the_graph_follows_the_trainers_rule(served) -> None:
     finally:
         recommender.short_net = head_off
     assert not np.allclose(model.scores([short]), network, atol=1e-4)
+
+
+def test_parity_is_against_the_trainer_and_catches_a_wrong_rule(served) -> None:
+    from training.jobs.export import InferencePath, ItemPath, model_inputs, parity, to_onnx
+
+    recommender, checkpoint, _, _ = served
+    module = InferencePath(recommender, "cddae")
+    module.short_max = 0  # the graph's rule no longer the trainer's: only empty rows short
+    graph = to_onnx(module, model_inputs(checkpoint, np.arange(2)), module.outputs)
+
+    def scorer(rows: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+        return recommender.score(rows, users, checkpoint.user_features[users])
+
+    module.short_max = 3  # parity's sides follow the trainer's limit
+    figures = parity(graph, module, checkpoint, ItemPath.of(module), scorer)
+    assert figures["max_abs_diff"] > 1e-4  # export would refuse it
+
+
+def test_a_checkpoint_whose_head_does_not_match_its_options_is_refused() -> None:
+    model, ctx = _fitted()
+    state = model.state()
+    for broken in (
+        {**state, SHORT_PREFIX + "out.weight": state["out.weight"]},  # a shared layer
+        {k: v for k, v in state.items() if k != SHORT_PREFIX + "item_in_bias"},  # one missing
+        {k: v for k, v in state.items() if not k.startswith(SHORT_PREFIX)},  # none: share 0.75
+    ):
+        restored = AutoencoderRecommender(model.model_config, model.train_config)
+        with pytest.raises(ValueError, match="short head"):
+            restored.load_state(broken, ctx)
+    no_head = AutoencoderRecommender(ModelConfig(hidden=(16,)), model.train_config)
+    with pytest.raises(ValueError, match="short head"):
+        no_head.load_state(state, ctx)
+    wider = dict(state)
+    wider[SHORT_PREFIX + "item_in"] = np.zeros((30, 8), np.float32)
+    with pytest.raises(ValueError, match=r"(?s)the checkpoint.s short head: .*item_in"):
+        AutoencoderRecommender(model.model_config, model.train_config).load_state(wider, ctx)
+    with pytest.raises(ValueError, match="short_history_max in"):
+        ModelConfig(short_history_max=2**63 - 1)

@@ -622,7 +622,8 @@ class Recommendations:
             absent = set(missing)
             values = [w for item, w in request.weights.items() if item not in absent]
             weights.update((i, float(w)) for i, w in zip(indices, values, strict=True))
-            weights = {i: w for i, w in weights.items() if w}
+            # 0 as the graph reads it (float32): 1e-46 is no weight, not a short history
+            weights = {i: w for i, w in weights.items() if np.float32(w)}
             unknown += missing
         features = model.encode_profile(request.profile)
         known = any(v is not None for v in (request.profile or {}).values())

@@ -110,6 +110,9 @@ def test_history_is_the_union_of_items_vector_and_weights(server: Server) -> Non
     union = _post(server, "/score", json={"items": ["1"], "weights": {"2": 3.0, "1": 0}})
     only = _post(server, "/score", json={"weights": {"2": 3.0}})
     assert union.status_code == 200 and union.json()["items"] == only.json()["items"]
+    # A weight that is 0 as the graph reads it (float32) takes the item out as 0 does.
+    tiny = _post(server, "/score", json={"weights": {"2": 3.0, "1": 1e-46}})
+    assert tiny.status_code == 200 and tiny.json()["items"] == only.json()["items"]
 
 
 @pytest.mark.parametrize(

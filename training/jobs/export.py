@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,17 @@ def padded(rows: sp.csr_matrix, min_length: int = 1) -> tuple[np.ndarray, np.nda
     return items, weights
 
 
+def at_least(rows: sp.csr_matrix, length: int) -> sp.csr_matrix:
+    """Each row with fewer than `length` entries filled up with the lowest items it lacks, at
+    weight 1 (a new matrix): histories long enough for the network's side of a short head."""
+    out = sp.lil_matrix(rows)
+    for row in np.flatnonzero(np.diff(rows.indptr) < length):
+        have = set(rows.indices[rows.indptr[row] : rows.indptr[row + 1]].tolist())
+        extra = [i for i in range(rows.shape[1]) if i not in have][: length - len(have)]
+        out[row, extra] = 1.0
+    return out.tocsr()
+
+
 def first_entries(rows: sp.csr_matrix, cut: int) -> sp.csr_matrix:
     """Each row's first `cut` stored entries (a new matrix; `rows` is left as it is)."""
     lengths = np.diff(rows.indptr)
@@ -138,7 +150,14 @@ def model_inputs(
     """The bundle's inputs for `users`, as the service builds them: every positive (with
     `cut`, only the first `cut` of them: short histories)."""
     rows = checkpoint.positives[users]
-    items, weights = padded(rows if cut is None else first_entries(rows, cut), min_length=3)
+    return inputs_of(checkpoint, rows if cut is None else first_entries(rows, cut), users)
+
+
+def inputs_of(
+    checkpoint: Checkpoint, rows: sp.csr_matrix, users: np.ndarray
+) -> tuple[torch.Tensor, ...]:
+    """The bundle's inputs for `users` with these histories."""
+    items, weights = padded(rows, min_length=3)
     return (
         torch.from_numpy(items),
         torch.from_numpy(weights),
@@ -224,11 +243,17 @@ def parity(
     module: nn.Module,
     checkpoint: Checkpoint,
     path: ItemPath | None = None,
+    scorer: Callable[[sp.csr_matrix, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """onnxruntime against PyTorch on a seeded sample of users, in chunks: largest score
     difference and the share of users whose top-10 (seen items excluded) is the same; with an
     item path, also the largest difference between the graph's scores and
-    `service.item_path.item_scores` of its `hidden` and `log_norm` outputs."""
+    `service.item_path.item_scores` of its `hidden` and `log_norm` outputs.
+
+    `scorer(histories, users)` is what PyTorch's side is (the module by default): for the
+    autoencoders the trainer's own scoring, what evaluation measured. With a short head every
+    user goes in twice, on each side of its rule: the first `short_max` items, and a history of
+    more than `short_max` (filled up with items where the user has fewer)."""
     import onnxruntime as ort
 
     from training.evaluation.metrics import mask_seen
@@ -243,19 +268,24 @@ def parity(
     sample = parity_sample(checkpoint.positives.shape[0])
     worst, worst_item_path, same = 0.0, 0.0, 0
     short_max = getattr(module, "short_max", -1)
-    # With a short head, every user twice: the whole history, and its first `short_max` items.
-    chunks = [(start, None) for start in range(0, len(sample), 256)]
-    if short_max >= 0:
-        chunks += [(start, short_max) for start in range(0, len(sample), 256)]
-    for start, cut in chunks:
+    sides = ["whole"] if short_max < 0 else ["long", "short"]
+    for start, side in [(start, side) for side in sides for start in range(0, len(sample), 256)]:
         users = sample[start : start + 256]
-        inputs = model_inputs(checkpoint, users, cut)
+        rows = checkpoint.positives[users]
+        if side == "long":
+            rows = at_least(rows, short_max + 1)
+        elif side == "short":
+            rows = first_entries(rows, short_max)
+        inputs = inputs_of(checkpoint, rows, users)
         feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
         results = session.run(names, feeds)
         got = results[0]
-        with torch.no_grad():
-            want = module(*inputs)
-            want = (want[0] if isinstance(want, tuple) else want).numpy()
+        if scorer is not None:
+            want = scorer(rows, users)
+        else:
+            with torch.no_grad():
+                want = module(*inputs)
+                want = (want[0] if isinstance(want, tuple) else want).numpy()
         worst = max(worst, float(np.abs(got - want).max()))
         if path is not None:
             linear = module.net.linear  # the catalogue items' linear logits (none for new ones)
@@ -269,8 +299,8 @@ def parity(
         same += int(
             (top_n(mask_seen(got, seen), 10) == top_n(mask_seen(want, seen), 10)).all(1).sum()
         )
-    rows = len(sample) * (2 if short_max >= 0 else 1)
-    figures = {"max_abs_diff": worst, "top10_agreement": same / rows, "users": len(sample)}
+    checked = len(sample) * len(sides)
+    figures = {"max_abs_diff": worst, "top10_agreement": same / checked, "users": len(sample)}
     if path is not None:
         figures["item_path_max_abs_diff"] = worst_item_path
     if path is not None and path.head:
@@ -412,11 +442,18 @@ def export_checkpoint(
     return (version, parity figures). `extra` adds manifest sections (the retraining job's)."""
     from service.bundle import models_lock
 
-    module = InferencePath(restore(checkpoint, served=True), checkpoint.kind)
+    recommender = restore(checkpoint, served=True)
+    module = InferencePath(recommender, checkpoint.kind)
     example = model_inputs(checkpoint, np.arange(2))
     graph = to_onnx(module, example, module.outputs, external_above=external_above)
     path = ItemPath.of(module)
-    figures = parity(graph, module, checkpoint, path)
+    scorer = None
+    if checkpoint.kind in NEURAL:  # against what evaluation measured: the trainer's scoring
+
+        def scorer(rows: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+            return recommender.score(rows, users, checkpoint.user_features[users])
+
+    figures = parity(graph, module, checkpoint, path, scorer)
     check_parity(figures)
     n_users, n_items = checkpoint.train.shape
     meta = checkpoint.meta

@@ -94,8 +94,10 @@ class ModelConfig(Options):
             raise ValueError("corruption must be in [0, 1)")
         if not 0.0 <= self.cold_start_rate < 1.0:
             raise ValueError("cold_start_rate must be in [0, 1)")
-        if not 0.0 <= self.short_history_rate < 1.0 or self.short_history_max < 1:
-            raise ValueError("short_history_rate must be in [0, 1) and short_history_max ≥ 1")
+        if not 0.0 <= self.short_history_rate < 1.0 or not 1 <= self.short_history_max <= 10_000:
+            raise ValueError(
+                "short_history_rate must be in [0, 1) and short_history_max in [1, 10000]"
+            )
         if not (0.0 <= self.short_head_share <= 10.0 and 0.0 < self.short_head_lr_scale <= 100.0):
             raise ValueError("short_head_share must be in [0, 10], short_head_lr_scale in (0, 100]")
         if not (0.0 <= self.short_head_history_rate < 1 and 0.0 <= self.short_head_cold_rate < 1):

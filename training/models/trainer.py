@@ -433,10 +433,20 @@ class AutoencoderRecommender:
             for k, v in state.items()
             if k.startswith(SHORT_PREFIX)
         }
+        expected = {k for k in tensors if k.split(".")[0] not in SHARED}
+        if bool(own) != bool(self.model_config.short_head_share) or (own and set(own) != expected):
+            raise ValueError(
+                f"the checkpoint's short head does not match its options (short_head_share "
+                f"{self.model_config.short_head_share}; short-head weights: "
+                f"{sorted(set(own) ^ expected) if own else 'none'})"
+            )
         if own:  # the short head: the network's shared layers, its own encoder
             self.short_net = copy.deepcopy(self.net)
             self.short_net.config = self.model_config.short_head_options()
-            self.short_net.load_state_dict({**tensors, **own})
+            try:
+                self.short_net.load_state_dict({**tensors, **own})
+            except RuntimeError as error:
+                raise ValueError(f"the checkpoint's short head: {error}") from None
             self.short_net.eval()
 
 
