@@ -41,8 +41,11 @@ def test_quick_suite_writes_a_complete_report(synthetic_dir: Path, tmp_path: Pat
     assert "## New users" in report and (out / "new_users.png").read_bytes()[:4] == b"\x89PNG"
     for metric in ("P@10", "R@10"):
         assert f"| {metric} | K = 0 | K = 1 | K = 3 | K = 5 |" in report
-    assert re.search(r"Goal at K = 0, CDDAE's P@10 ≥ popularity by \w+'s: \*\*(met|missed)", report)
-    assert re.search(r"Goal at K = 3, CDDAE's R@10 ≥ ease's: \*\*(met|missed)\*\*", report)
+    goal = r"Goal at K = {}, CDDAE's {} ≥ the best of {} \(\w+\){}: \*\*(met|missed)\*\*"
+    demographic = "popularity by gender, popularity by occupation, popularity by age"
+    assert re.search(goal.format(0, "P@10", demographic, " on ≥ 80% of the seeds"), report)
+    for k in (1, 3, 5):
+        assert re.search(goal.format(k, "R@10", "ease, edlae, itemknn", ""), report), k
 
 
 def test_quick_is_a_subset_of_the_full_suite() -> None:
