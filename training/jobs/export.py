@@ -61,9 +61,10 @@ class InferencePath(nn.Module):
     """The inference path with the bundle's fixed signature: no corruption, no dropout.
 
     With a short head (ModelConfig.short_head_share) the graph holds both encoders: a row whose
-    history has at most `short_max` entries of non-zero weight takes the head's code, every
-    other row the network's — the trainer's rule (AutoencoderRecommender._output) — and the
-    shared decoder, output layer and linear path run once."""
+    non-zero weights all lie in its first `short_max` places (a history of at most that many
+    items, entries first as the service builds rows) takes the head's code, every other row the
+    network's — the trainer's rule (AutoencoderRecommender._output) — and the shared decoder,
+    output layer and linear path run once."""
 
     def __init__(self, recommender: Any, kind: str):
         super().__init__()
@@ -95,9 +96,16 @@ class InferencePath(nn.Module):
             net = self.net
             hidden = net.hidden(*net.padded_input(items, weights), user_features, user_index)
             if self.short is not None:
-                short = (weights != 0).sum(dim=1, keepdim=True) <= self.short_max
+                # Short: every non-zero weight within the first `short_max` places — a history
+                # of at most that many items, as the service and parity lay rows out (entries
+                # first, padding after). The head then reads those places only: its cost does
+                # not grow with a long history it would not serve.
+                k = self.short_max
+                short = (weights[:, k:] != 0).sum(dim=1, keepdim=True) == 0
                 head = self.short.hidden(
-                    *self.short.padded_input(items, weights), user_features, user_index
+                    *self.short.padded_input(items[:, :k], weights[:, :k]),
+                    user_features,
+                    user_index,
                 )
                 hidden = torch.where(short, head, hidden)
             output = net.with_linear(net.out(hidden), net.linear_padded(items, weights))
