@@ -92,12 +92,27 @@ class LinearPath(nn.Module):
         return self.scale * summed
 
     def padded(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The exported graph's form: the history scattered into a dense row, one MatMul with
-        B. Memory is batch × items whatever the history's length (gathering B's rows per entry
-        would hold batch × length × items: 400 MB for one 10,000-item POST /score at 10,000
-        items); compute is items² per user, a fraction of a millisecond at MovieLens sizes."""
-        dense = weights.new_zeros((items.shape[0], self.weight.shape[0]))
-        return self.scale * (dense.scatter_add(1, items, weights) @ self.weight)
+        """The exported graph's form, chosen per call (an ONNX `If`): B's rows gathered and
+        summed while that holds at most GATHERED_MAX floats (batch × length × items) — a
+        typical user reads length rows of B, not all of it — else the history scattered into a
+        dense row and one MatMul with B, whose memory is batch × items whatever the length (a
+        10,000-item POST /score at 10,000 items would have gathered 400 MB) but which reads all
+        of B (11 MB at ml-100k: a millisecond per call, even for three items)."""
+        n = self.weight.shape[0]
+
+        def gathered(items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+            return (self.weight[items] * weights.unsqueeze(-1)).sum(dim=1)
+
+        def dense(items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+            rows = weights.new_zeros((items.shape[0], n))
+            return rows.scatter_add(1, items, weights) @ self.weight
+
+        small = items.numel() * n <= GATHERED_MAX
+        return self.scale * torch.cond(small, gathered, dense, (items, weights))
+
+
+# The gathered form's bound, in floats (4 MB): above it the dense form (LinearPath.padded).
+GATHERED_MAX = 1 << 20
 
 
 def choose_scale(
