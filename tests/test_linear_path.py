@@ -152,3 +152,21 @@ def test_an_impossible_linear_path_is_refused_before_any_epoch() -> None:
     with pytest.raises(ValueError, match="needs the full item loss"):
         model.fit(ctx)
     assert model.history == [] and model.net is None
+
+
+def test_the_graph_form_is_the_same_gathered_or_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.models.linear_path as linear_path
+
+    rng = np.random.default_rng(0)
+    path = LinearPath(torch.from_numpy(rng.standard_normal((50, 50)).astype(np.float32)), 2.0)
+    items = torch.from_numpy(rng.integers(0, 50, (4, 6)))
+    weights = torch.from_numpy(rng.random((4, 6)).astype(np.float32))
+    weights[:, -2:] = 0.0  # padding
+    want = 2.0 * (
+        torch.zeros(4, 50).scatter_add(1, items, weights) @ path.weight
+    )  # x B, written out
+    gathered = path.padded(items, weights)  # 4 × 6 × 50 floats: under the bound
+    monkeypatch.setattr(linear_path, "GATHERED_MAX", 10)
+    dense = path.padded(items, weights)
+    torch.testing.assert_close(gathered, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dense, want, atol=1e-5, rtol=1e-5)

@@ -277,8 +277,12 @@ def parity(
     worst, worst_item_path, same = 0.0, 0.0, 0
     short_max = getattr(module, "short_max", -1)
     sides = ["whole"] if short_max < 0 else ["long", "short"]
-    for start, side in [(start, side) for side in sides for start in range(0, len(sample), 256)]:
-        users = sample[start : start + 256]
+    # Chunks of 256 users, and the first 16 again one at a time: a graph may take another
+    # branch for one user than for a batch (the linear path's gathered and dense forms).
+    spans = [(start, 256) for start in range(0, len(sample), 256)]
+    spans += [(start, 1) for start in range(min(16, len(sample)))]
+    for (start, size), side in [(span, side) for side in sides for span in spans]:
+        users = sample[start : start + size]
         rows = checkpoint.positives[users]
         if side == "long":
             rows = at_least(rows, short_max + 1)
@@ -307,7 +311,7 @@ def parity(
         same += int(
             (top_n(mask_seen(got, seen), 10) == top_n(mask_seen(want, seen), 10)).all(1).sum()
         )
-    checked = len(sample) * len(sides)
+    checked = (len(sample) + min(16, len(sample))) * len(sides)
     figures = {"max_abs_diff": worst, "top10_agreement": same / checked, "users": len(sample)}
     if path is not None:
         figures["item_path_max_abs_diff"] = worst_item_path
