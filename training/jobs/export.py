@@ -139,7 +139,9 @@ def at_least(rows: sp.csr_matrix, length: int) -> sp.csr_matrix:
     out = sp.lil_matrix(rows)
     for row in np.flatnonzero(np.diff(rows.indptr) < length):
         have = set(rows.indices[rows.indptr[row] : rows.indptr[row + 1]].tolist())
-        extra = [i for i in range(rows.shape[1]) if i not in have][: length - len(have)]
+        # At most len(have) of the first length + len(have) items are in the row: enough.
+        pool = range(min(rows.shape[1], length + len(have)))
+        extra = [i for i in pool if i not in have][: length - len(have)]
         out[row, extra] = 1.0
     return out.tocsr()
 
@@ -152,13 +154,9 @@ def first_entries(rows: sp.csr_matrix, cut: int) -> sp.csr_matrix:
     return sp.csr_matrix((rows.data[keep], rows.indices[keep], indptr), shape=rows.shape)
 
 
-def model_inputs(
-    checkpoint: Checkpoint, users: np.ndarray, cut: int | None = None
-) -> tuple[torch.Tensor, ...]:
-    """The bundle's inputs for `users`, as the service builds them: every positive (with
-    `cut`, only the first `cut` of them: short histories)."""
-    rows = checkpoint.positives[users]
-    return inputs_of(checkpoint, rows if cut is None else first_entries(rows, cut), users)
+def model_inputs(checkpoint: Checkpoint, users: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """The bundle's inputs for `users`, as the service builds them: every positive."""
+    return inputs_of(checkpoint, checkpoint.positives[users], users)
 
 
 def inputs_of(
