@@ -158,14 +158,14 @@ def test_the_graph_form_is_the_same_gathered_or_dense(monkeypatch: pytest.Monkey
     import training.models.linear_path as linear_path
 
     rng = np.random.default_rng(0)
-    path = LinearPath(torch.from_numpy(rng.standard_normal((50, 50)).astype(np.float32)), 2.0)
-    items = torch.from_numpy(rng.integers(0, 50, (4, 6)))
+    path = LinearPath(torch.from_numpy(rng.standard_normal((200, 200)).astype(np.float32)), 2.0)
+    items = torch.from_numpy(rng.integers(0, 200, (4, 6)))
     weights = torch.from_numpy(rng.random((4, 6)).astype(np.float32))
     weights[:, -2:] = 0.0  # padding
     want = 2.0 * (
-        torch.zeros(4, 50).scatter_add(1, items, weights) @ path.weight
+        torch.zeros(4, 200).scatter_add(1, items, weights) @ path.weight
     )  # x B, written out
-    gathered = path.padded(items, weights)  # 4 × 6 × 50 floats: under the bound
+    gathered = path.padded(items, weights)  # 24 entries ≤ 200 / 8, 4,800 floats: gathered
     monkeypatch.setattr(linear_path, "GATHERED_MAX", 10)
     dense = path.padded(items, weights)
     torch.testing.assert_close(gathered, want, atol=1e-5, rtol=1e-5)
