@@ -41,7 +41,7 @@ def test_quick_suite_writes_a_complete_report(synthetic_dir: Path, tmp_path: Pat
     assert "## New users" in report and (out / "new_users.png").read_bytes()[:4] == b"\x89PNG"
     for metric in ("P@10", "R@10"):
         assert f"| {metric} | K = 0 | K = 1 | K = 3 | K = 5 |" in report
-    goal = r"Goal at K = {}, CDDAE's {} ≥ the best of {} \(\w+\){}: \*\*(met|missed)\*\*"
+    goal = r"Goal at K = {}, CDDAE's {} ≥ the best of {} \([\w ]+\){}: \*\*(met|missed)\*\*"
     demographic = "popularity by gender, popularity by occupation, popularity by age"
     assert re.search(goal.format(0, "P@10", demographic, " on ≥ 80% of the seeds"), report)
     for k in (1, 3, 5):
