@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from service.bundle import load_bundle
 from training.data.prepared import ProtocolConfig, prepare
@@ -97,3 +98,65 @@ def test_weights_past_the_limit_travel_as_external_data(
     (folder / "model.onnx.data").write_bytes(b"truncated")
     with pytest.raises(Exception, match=r"model\.onnx\.data: sha256"):
         Model.load(folder)
+
+
+def _run(graph: dict[str, bytes], feeds: tuple, tmp: Path) -> np.ndarray:
+    (tmp / "model.onnx").write_bytes(graph["model.onnx"])
+    session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(["scores"], {n: t.numpy() for n, t in zip(names, feeds, strict=True)})[0]
+
+
+def test_a_reused_graph_scores_with_its_own_weights(synthetic_dir: Path, tmp_path: Path) -> None:
+    """Two fits of one structure: the second export reuses the first's trace, and answers as a
+    fresh export of it does, not as the first model."""
+    from training.jobs import onnx_graph
+    from training.jobs.export import InferencePath, graph_of, model_inputs
+    from training.jobs.pipeline import restore
+
+    prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    checkpoints = [
+        train_and_evaluate(
+            "cddae", prepared, model={"hidden": [16]}, train=FAST, progress=False, seed=seed
+        )[1]
+        for seed in (0, 1)
+    ]
+    modules = [InferencePath(restore(c, served=True), "cddae") for c in checkpoints]
+    example, feeds = (
+        model_inputs(checkpoints[0], np.arange(2)),
+        model_inputs(checkpoints[1], np.arange(30)),
+    )
+    onnx_graph._REUSED.clear()
+    first = graph_of(modules[0], example)
+    reused = graph_of(modules[1], example)
+    assert len(onnx_graph._REUSED) == 1  # one structure, traced once
+    onnx_graph._REUSED.clear()
+    fresh = graph_of(modules[1], example)
+    got, want = _run(reused, feeds, tmp_path), _run(fresh, feeds, tmp_path)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert np.abs(_run(first, feeds, tmp_path) - want).max() > 1e-3  # the weights did differ
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, factor: float, constant: torch.Tensor):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.factor, self.constant = factor, constant
+
+
+def test_what_a_graph_bakes_in_changes_its_fingerprint() -> None:
+    from training.jobs.onnx_graph import fingerprint
+
+    example, dims = (torch.zeros(4, 3),), ({0: torch.export.Dim("batch")},)
+
+    def key(module: torch.nn.Module, *, example: tuple = example) -> str:
+        return fingerprint(module, example, ["x"], dims, ("y",))
+
+    base = key(_Scaled(2.0, torch.ones(2)))
+    assert key(_Scaled(2.0, torch.ones(2))) == base  # new weights, same structure
+    assert key(_Scaled(3.0, torch.ones(2))) != base  # a number the forward may read
+    assert key(_Scaled(2.0, torch.zeros(2))) != base  # a constant tensor, by content
+    assert key(_Scaled(2.0, torch.ones(2)), example=(torch.zeros(4, 5),)) != base  # input width
+    wider = _Scaled(2.0, torch.ones(2))
+    wider.linear = torch.nn.Linear(3, 4)
+    assert key(wider) != base  # a weight's shape

@@ -126,18 +126,19 @@ def test_the_graph_follows_the_trainers_rule(served) -> None:
 
 
 def test_parity_is_against_the_trainer_and_catches_a_wrong_rule(served) -> None:
-    from training.jobs.export import InferencePath, ItemPath, model_inputs, parity, to_onnx
+    from training.jobs.export import InferencePath, ItemPath, graph_of, model_inputs, parity
 
     recommender, checkpoint, _, _ = served
     module = InferencePath(recommender, "cddae")
     module.short_max = 0  # the graph's rule no longer the trainer's: only empty rows short
-    graph = to_onnx(module, model_inputs(checkpoint, np.arange(2)), module.outputs)
+    graph = graph_of(module, model_inputs(checkpoint, np.arange(2)))
 
     def scorer(rows: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
         return recommender.score(rows, users, checkpoint.user_features[users])
 
     module.short_max = 3  # parity's sides follow the trainer's limit
-    figures = parity(graph, module, checkpoint, ItemPath.of(module), scorer)
+    path = ItemPath.of(module, recommender.cold_layers)
+    figures = parity(graph, module, checkpoint, path, scorer)
     assert figures["max_abs_diff"] > 1e-4  # export would refuse it
 
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import tempfile
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,9 @@ from service.bundle import ITEM_VALUES, arrays_payload, write_bundle
 from service.item_path import cold_weights, item_scores, layer_arrays
 from training.evaluation.metrics import top_n
 from training.jobs.checkpoint import Checkpoint
+from training.jobs.onnx_graph import EXTERNAL_DATA_ABOVE, to_onnx
 from training.jobs.pipeline import restore
+from training.models.cold_items import Layers
 from training.names import NEURAL
 
 # A user's history goes in as item indices and weights (batch × length, padding has weight 0):
@@ -69,7 +69,6 @@ class InferencePath(nn.Module):
     def __init__(self, recommender: Any, kind: str):
         super().__init__()
         self.kind = kind
-        self.cold_layers = list(getattr(recommender, "cold_layers", []))
         self.short: nn.Module | None = None
         self.short_max = -1
         if kind in NEURAL:
@@ -78,6 +77,10 @@ class InferencePath(nn.Module):
                 self.short = copy.deepcopy(recommender.short_net).eval()
                 self.short_max = recommender.model_config.short_history_max
             for net in (self.net, self.short):
+                if net is not None:  # the scale the graph reads is the path's buffer; without
+                    # the fit's choice in the copies' options, graphs of one structure are
+                    # reused from export to export (training/jobs/onnx_graph.py)
+                    net.config = replace(net.config, linear_scale=None)
                 vectors = net.user_vector if net is not None else None
                 if vectors is not None:  # the reserved last row serves unseen users
                     with torch.no_grad():
@@ -179,45 +182,15 @@ def parity_sample(n_users: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_users, PARITY_USERS, replace=False))
 
 
-# Protobuf caps one file at 2 GB: above this many bytes of weights the graph keeps them in
-# `model.onnx.data` beside it (the bundle carries and checksums both).
-EXTERNAL_DATA_ABOVE = 1 << 30
-
-
-def to_onnx(
-    module: nn.Module,
+def graph_of(
+    module: InferencePath,
     example: tuple[torch.Tensor, ...],
-    outputs: tuple[str, ...] = ("scores",),
     external_above: int = EXTERNAL_DATA_ABOVE,
 ) -> dict[str, bytes]:
-    """The graph as bundle files: `model.onnx`, and `model.onnx.data` when the weights pass
-    `external_above` bytes."""
-    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    external = weights > external_above
+    """The inference path as bundle files, batch and history length left free."""
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
-        quiet.setLevel(logging.ERROR)  # and its notes on torchvision ops it skips
-        path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            module.eval(),
-            example,
-            str(path),
-            input_names=list(INPUTS),
-            output_names=list(outputs),
-            dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}, {0: batch}, {0: batch}),
-            dynamo=True,
-            external_data=external,
-            verbose=False,
-        )
-        quiet.setLevel(level)
-        files = {"model.onnx": path.read_bytes()}
-        data = path.with_name("model.onnx.data")
-        if data.exists():
-            files["model.onnx.data"] = data.read_bytes()
-        return files
+    dynamic = ({0: batch, 1: length}, {0: batch, 1: length}, {0: batch}, {0: batch})
+    return to_onnx(module, example, INPUTS, dynamic, module.outputs, external_above)
 
 
 @dataclass
@@ -231,7 +204,7 @@ class ItemPath:
     head: list[tuple[np.ndarray, np.ndarray]]
 
     @classmethod
-    def of(cls, module: InferencePath) -> ItemPath | None:
+    def of(cls, module: InferencePath, cold_layers: Layers) -> ItemPath | None:
         if module.kind not in NEURAL:
             return None
         net = module.net
@@ -240,7 +213,7 @@ class ItemPath:
             net.out.weight[:n].detach().cpu().numpy().astype(np.float32),
             net.out.bias[:n].detach().cpu().numpy().astype(np.float32),
             net.config.output,
-            list(module.cold_layers),
+            list(cold_layers),
         )
 
 
@@ -455,8 +428,8 @@ def export_checkpoint(
     recommender = restore(checkpoint, served=True)
     module = InferencePath(recommender, checkpoint.kind)
     example = model_inputs(checkpoint, np.arange(2))
-    graph = to_onnx(module, example, module.outputs, external_above=external_above)
-    path = ItemPath.of(module)
+    graph = graph_of(module, example, external_above)
+    path = ItemPath.of(module, getattr(recommender, "cold_layers", []))
     scorer = None
     if checkpoint.kind in NEURAL:  # against what evaluation measured: the trainer's scoring
 
