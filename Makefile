@@ -6,7 +6,7 @@ MODELS_DIR ?= models
 RUN_DIR ?= runs/cddae
 PORT ?= 8000
 
-.PHONY: run test install contract faults compose-test ui-test
+.PHONY: run test e2e install contract faults compose-test ui-test
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,9 +22,15 @@ run: install
 	$(BIN)/cddae export --checkpoint $(RUN_DIR) --models-dir $(MODELS_DIR) --promote
 	$(BIN)/cddae serve --models-dir $(MODELS_DIR) --port $(PORT)
 
+# Lint and the in-process suite (models, export, store, app through its ASGI client): under 5 min
+SLOW_SUITES := tests/e2e tests/test_distributed.py
 test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not contract"
+	$(BIN)/python -m pytest -m "not contract" $(SLOW_SUITES:%=--ignore=%)
+
+# Real processes (uvicorn, cddae retrain, torchrun) on loopback and Redis: about 5 min
+e2e: install
+	$(BIN)/python -m pytest -m "not contract" $(SLOW_SUITES)
 
 # The OpenAPI contract attacked by schemathesis against a real server (about a minute)
 contract: install

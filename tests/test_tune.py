@@ -21,6 +21,21 @@ def test_the_tuning_split_never_holds_its_test_part(synthetic_dir: Path, protoco
     assert TUNING_SEED not in range(5)  # the seeds reports average
 
 
+def test_a_temporal_tuning_split_stops_early_on_each_users_latest(synthetic_dir: Path) -> None:
+    """Early stopping's validation is carved as a reported temporal fit carves it: by time."""
+    outer = prepare(synthetic_dir, ProtocolConfig(name="temporal", seed=TUNING_SEED))
+    times = outer.dataset.timestamps
+    tuning = tuning_split(synthetic_dir, TUNING_SEED, "temporal")
+    checked = 0
+    for user in range(tuning.fit.shape[0]):
+        fit, valid = tuning.fit[user].indices, tuning.valid[user].indices
+        if len(fit) and len(valid):
+            latest_fit = times[user, fit].toarray().max()
+            assert times[user, valid].toarray().min() > latest_fit, user
+            checked += 1
+    assert checked > 100
+
+
 def test_every_model_gets_the_same_budget(synthetic_dir: Path) -> None:
     report = tune(synthetic_dir, ("ease", "edlae", "itemknn"), budget=3, log=lambda _: None)
     for kind, result in report["models"].items():

@@ -31,6 +31,7 @@ class Prepared:
     protocol: dict[str, Any]  # as reports and manifests state it
     positives: sp.csr_matrix  # every positive, training and test: the final fit's data
     seen: sp.csr_matrix  # every interaction, any rating: what the service never recommends
+    fit_times: sp.csr_matrix | None = None  # `fit`'s timestamps, cell for cell
 
 
 def prepare(
@@ -53,7 +54,7 @@ def prepare(
     seen = dataset.interacted(raw.interactions)
     return Prepared(
         dataset, outer.train, outer.test, inner.train, inner.test, asdict(protocol),
-        dataset.positives, seen,
+        dataset.positives, seen, inner.train_times,
     )  # fmt: skip
 
 
@@ -83,5 +84,13 @@ def _prepare_explicit(
     everything.data[:] = 1.0
     seen = dataset.interacted(train_inter, test_inter)
     return Prepared(
-        dataset, dataset.positives, test, inner.train, inner.test, stated, everything, seen
+        dataset,
+        dataset.positives,
+        test,
+        inner.train,
+        inner.test,
+        stated,
+        everything,
+        seen,
+        inner.train_times,
     )

@@ -99,10 +99,11 @@ def tuning_split(
     """The tuning split seen as a fresh problem: its training part is the data, its validation
     part the test; early stopping carves its own validation from the training part. With
     `temporal`, validation is each user's latest positives of the training part (the split's
-    own test part, later still, is never read either way)."""
+    own test part, later still, is never read either way), and early stopping's validation is
+    carved by time as well, as a reported temporal fit carves it."""
     outer = prepare(data, ProtocolConfig(name=protocol, seed=seed))
-    # A random split reads no timestamps: the matrix stands in for them.
-    inner = split(outer.fit, outer.fit, "random", 0.2, seed + 20_021)
+    assert outer.fit_times is not None
+    inner = split(outer.fit, outer.fit_times, protocol, 0.2, seed + 20_021)
     return replace(outer, train=outer.fit, test=outer.valid, fit=inner.train, valid=inner.test)
 
 

@@ -210,16 +210,9 @@ class AutoencoderRecommender:
         for shared in (short.decoder, short.out):
             shared.requires_grad_(False)
         rng = rng if rng is not None else np.random.default_rng(ctx.seed)
-        sampling = self._sampling(train)
         # A fine-tune from the fitted network: a step of its own size.
-        optimizer = self._optimizer(
-            short, sampling is not None, self.model_config.short_head_lr_scale
-        )
-        step = TrainingStep(short, self.world)
-        shown = ctx.progress and self.world.main
-        for _ in tqdm(range(epochs), desc="short head", disable=not shown, leave=False):
-            self._epoch(step, optimizer, ctx, train, rng, sampling)
-        self.short_net = short.eval()
+        lr_scale = self.model_config.short_head_lr_scale
+        self.short_net = self._train_for(short, ctx, train, epochs, "short head", rng, lr_scale)
 
     def _attach_linear(
         self,
@@ -268,9 +261,21 @@ class AutoencoderRecommender:
         """A fresh network trained for a fixed number of epochs, no validation."""
         torch.manual_seed(ctx.seed)
         rng = rng if rng is not None else np.random.default_rng(ctx.seed)
-        net = self._build(ctx, train)
+        return self._train_for(self._build(ctx, train), ctx, train, epochs, label, rng)
+
+    def _train_for(
+        self,
+        net: Autoencoder,
+        ctx: FitContext,
+        train: sp.csr_matrix,
+        epochs: int,
+        label: str,
+        rng: np.random.Generator,
+        lr_scale: float = 1.0,
+    ) -> Autoencoder:
+        """`epochs` passes over `train` for the parameters of `net` that take gradients."""
         sampling = self._sampling(train)
-        optimizer = self._optimizer(net, sampling is not None)
+        optimizer = self._optimizer(net, sampling is not None, lr_scale)
         step = TrainingStep(net, self.world)
         shown = ctx.progress and self.world.main
         for _ in tqdm(range(epochs), desc=label, disable=not shown, leave=False):
