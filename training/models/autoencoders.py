@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.models.linear_path import LinearMode, LinearPath
+from training.models.linear_path import LinearMode, LinearPath, weighted_rows
 from training.models.options import Options
 from training.models.sampled_loss import Sampling, sampled_item_loss
 
@@ -280,14 +280,14 @@ class Autoencoder(nn.Module):
         self, items: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The same for a padded batch (batch × length; padding has weight 0): Gather and
-        ReduceSum in the ONNX graph."""
+        MatMul in the ONNX graph."""
         w = weights
         if self.config.input_norm:
             w = w / (w * w).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
-        h = (self.item_in[items] * w.unsqueeze(-1)).sum(dim=1)
+        h = weighted_rows(self.item_in, items, w)
         pooled = None
         if self.item_features is not None:
-            summed = (self.item_features[items] * weights.unsqueeze(-1)).sum(dim=1)
+            summed = weighted_rows(self.item_features, items, weights)
             pooled = summed / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         return h, pooled
 
