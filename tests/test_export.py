@@ -160,3 +160,33 @@ def test_what_a_graph_bakes_in_changes_its_fingerprint() -> None:
     wider = _Scaled(2.0, torch.ones(2))
     wider.linear = torch.nn.Linear(3, 4)
     assert key(wider) != base  # a weight's shape
+    # Found by an outside attack: what the forward may read beyond vars() and the state.
+    buffered = [_Scaled(2.0, torch.ones(2)) for _ in range(2)]
+    for module, value in zip(buffered, (0.0, 1.0), strict=True):
+        module.register_buffer("offset", torch.full((2,), value), persistent=False)
+    assert key(buffered[0]) != key(buffered[1])  # a non-persistent buffer, by content
+    hooked = _Scaled(2.0, torch.ones(2))
+    hooked.register_forward_hook(lambda module, args, out: out * 2)
+    assert key(hooked) is None  # never reused
+    closure = _Scaled(2.0, torch.ones(2))
+    closure.factor = lambda x: x  # known only by its address, which CPython reuses
+    assert key(closure) is None
+    long = [_Scaled(2.0, torch.ones(2)) for _ in range(2)]
+    for module, last in zip(long, (0.0, 1.0), strict=True):
+        values = np.zeros(5000)
+        values[-1] = last
+        module.factor = {"table": values}  # a repr would elide the difference
+    assert key(long[0]) != key(long[1])
+    bf16 = _Scaled(2.0, torch.ones(2, dtype=torch.bfloat16))
+    assert key(bf16) != base
+
+
+def test_a_class_setting_read_in_forward_is_part_of_the_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training.jobs.onnx_graph import fingerprint
+
+    example, dims = (torch.zeros(4, 3),), ({0: torch.export.Dim("batch")},)
+    before = fingerprint(_Scaled(2.0, torch.ones(2)), example, ["x"], dims, ("y",))
+    monkeypatch.setattr(_Scaled, "mode", "dense", raising=False)
+    assert fingerprint(_Scaled(2.0, torch.ones(2)), example, ["x"], dims, ("y",)) != before

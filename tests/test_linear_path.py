@@ -154,9 +154,7 @@ def test_an_impossible_linear_path_is_refused_before_any_epoch() -> None:
     assert model.history == [] and model.net is None
 
 
-def test_the_graph_form_is_the_same_gathered_or_dense(monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.models.linear_path as linear_path
-
+def test_the_graph_form_is_the_same_gathered_or_dense() -> None:
     rng = np.random.default_rng(0)
     path = LinearPath(torch.from_numpy(rng.standard_normal((200, 200)).astype(np.float32)), 2.0)
     items = torch.from_numpy(rng.integers(0, 200, (4, 6)))
@@ -166,7 +164,7 @@ def test_the_graph_form_is_the_same_gathered_or_dense(monkeypatch: pytest.Monkey
         torch.zeros(4, 200).scatter_add(1, items, weights) @ path.weight
     )  # x B, written out
     gathered = path.padded(items, weights)  # 24 entries ≤ 200 / 8, 4,800 floats: gathered
-    monkeypatch.setattr(linear_path, "GATHERED_MAX", 10)
+    path.gathered_max = 10
     dense = path.padded(items, weights)
     torch.testing.assert_close(gathered, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(dense, want, atol=1e-5, rtol=1e-5)

@@ -12,12 +12,15 @@ PyTorch by the caller's parity test.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import tempfile
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ REUSE_ENTRIES = 4
 REUSE_MAX_BYTES = 256 << 20
 
 _REUSED: OrderedDict[str, bytes] = OrderedDict()  # fingerprint -> unoptimised ModelProto
+_LOCK = threading.Lock()
 _SKIPPED = {"_parameters", "_buffers", "_modules", "training", "_non_persistent_buffers_set"}
 
 
@@ -55,18 +59,23 @@ def to_onnx(
     state = module.state_dict()
     weights = sum(t.numel() * t.element_size() for t in state.values())
     key = fingerprint(module, example, input_names, dynamic_shapes, outputs)
-    cached = _REUSED.get(key)
+    with _LOCK:
+        cached = _REUSED.get(key) if key is not None else None
+        if cached is not None:
+            _REUSED.move_to_end(key)
     if cached is not None:
-        _REUSED.move_to_end(key)
         model = serde.deserialize_model(onnx.load_from_string(cached))
         _write_weights(model, state)
         program = ONNXProgram(model, None)
     else:
         program = _trace(module, example, input_names, dynamic_shapes, outputs)
-        if weights <= REUSE_MAX_BYTES:
-            _REUSED[key] = serde.serialize_model(program.model).SerializeToString()
-            while len(_REUSED) > REUSE_ENTRIES:
-                _REUSED.popitem(last=False)
+        if key is not None and weights <= REUSE_MAX_BYTES:
+            traced = serde.serialize_model(program.model).SerializeToString()
+            if len(traced) <= REUSE_MAX_BYTES:  # constants and non-persistent buffers too
+                with _LOCK:
+                    _REUSED[key] = traced
+                    while len(_REUSED) > REUSE_ENTRIES:
+                        _REUSED.popitem(last=False)
     program.optimize()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -120,41 +129,69 @@ def _write_weights(model: Any, state: dict[str, torch.Tensor]) -> None:
             value.const_value = TorchTensor(state[name].detach().contiguous(), name)
 
 
+class Unreusable(Exception):
+    """The module holds something the fingerprint cannot describe by value: trace afresh."""
+
+
 def fingerprint(
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
     input_names: Sequence[str],
     dynamic_shapes: tuple[dict[int, Any], ...],
     outputs: tuple[str, ...],
-) -> str:
-    """What the traced graph depends on besides the weights' values."""
+) -> str | None:
+    """What the traced graph depends on besides the weights' values, or None where that cannot
+    be told (hooks, objects known only by address). A module's forward must read its settings
+    from the module (instance or class attributes), not from module globals."""
     digest = hashlib.sha256()
-
-    def add(value: Any) -> None:
-        digest.update(_describe(value).encode())
-
-    add((torch.__version__, tuple(input_names), outputs))
-    for tensor, dims in zip(example, dynamic_shapes, strict=True):
-        fixed = tuple(n if axis not in dims else None for axis, n in enumerate(tensor.shape))
-        add((str(tensor.dtype), fixed))
-    for name, sub in module.named_modules():
-        add((name, type(sub).__module__, type(sub).__qualname__))
-        for attr, value in sorted(vars(sub).items()):
-            if attr not in _SKIPPED and "hook" not in attr:
-                add(attr)
-                _hash_value(digest, value)
-    for name, tensor in module.state_dict().items():
-        add((name, tuple(tensor.shape), str(tensor.dtype)))
+    digest.update(repr((torch.__version__, tuple(input_names), outputs)).encode())
+    try:
+        for tensor, dims in zip(example, dynamic_shapes, strict=True):
+            fixed = tuple(n if axis not in dims else None for axis, n in enumerate(tensor.shape))
+            bounds = {a: (d.__name__, d.min, d.max) for a, d in dims.items()}
+            digest.update(repr((str(tensor.dtype), fixed, bounds)).encode())
+        state = module.state_dict()
+        for name, sub in module.named_modules():
+            digest.update(f"{name}|{type(sub).__module__}.{type(sub).__qualname__}".encode())
+            for attr, value in sorted(vars(sub).items()):
+                if "hook" in attr:
+                    if value:  # a hook may change what forward computes
+                        raise Unreusable(attr)
+                elif attr == "_buffers":  # non-persistent buffers are constants of the graph
+                    for key, buffer in value.items():
+                        if f"{name}.{key}".lstrip(".") not in state:
+                            _hash_value(digest, (key, buffer))
+                elif attr not in _SKIPPED:
+                    digest.update(attr.encode())
+                    _hash_value(digest, value)
+            for klass in type(sub).__mro__:  # class attributes forward may read
+                if klass.__module__ in ("torch.nn.modules.module", "builtins"):
+                    continue
+                for attr, value in sorted(vars(klass).items()):
+                    if (
+                        not attr.startswith("__")
+                        and not callable(value)
+                        and not isinstance(value, property | staticmethod | classmethod)
+                    ):
+                        digest.update(f"{klass.__qualname__}.{attr}".encode())
+                        _hash_value(digest, value)
+        for name, tensor in state.items():
+            digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
+    except Unreusable:
+        return None
     return digest.hexdigest()
 
 
 def _hash_value(digest: Any, value: Any) -> None:
-    """Tensors and arrays by content (a constant baked into the graph), containers item by
-    item, anything else by repr (an object without one names its address: never reused)."""
+    """Tensors and arrays by content (a constant baked into the graph), containers and
+    dataclasses item by item, anything else by repr; an object known only by its address
+    (which CPython reuses) or a module outside the tree is Unreusable."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        digest.update(f"{value.dtype}{value.shape}".encode())
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"array{value.dtype}{value.shape}".encode())
         digest.update(np.ascontiguousarray(value).tobytes())
     elif isinstance(value, list | tuple):
         digest.update(f"{type(value).__name__}{len(value)}".encode())
@@ -163,13 +200,19 @@ def _hash_value(digest: Any, value: Any) -> None:
     elif isinstance(value, dict):
         digest.update(f"dict{len(value)}".encode())
         for k, item in value.items():
-            digest.update(repr(k).encode())
+            _hash_value(digest, k)
             _hash_value(digest, item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        digest.update(f"{type(value).__module__}.{type(value).__qualname__}".encode())
+        for f in dataclasses.fields(value):
+            digest.update(f.name.encode())
+            _hash_value(digest, getattr(value, f.name))
     elif isinstance(value, nn.Module):
-        digest.update(f"module {id(value)}".encode())  # covered by named_modules unless shared
+        raise Unreusable("a module outside the module tree")
+    elif value is None or isinstance(value, bool | int | float | complex | str | bytes | Enum):
+        digest.update(f"{type(value).__qualname__}:{value!r}".encode())
     else:
-        digest.update(_describe(value).encode())
-
-
-def _describe(value: Any) -> str:
-    return f"{type(value).__qualname__}:{value!r}"
+        text = repr(value)
+        if " at 0x" in text or "object at" in text:
+            raise Unreusable(text)
+        digest.update(f"{type(value).__module__}.{type(value).__qualname__}:{text}".encode())

@@ -94,6 +94,9 @@ class LinearPath(nn.Module):
         super().__init__()
         self.register_buffer("weight", weight.clone().fill_diagonal_(0.0))
         self.register_buffer("scale", torch.tensor(float(scale)))
+        # An attribute, not a global read in forward: the exported graph bakes it in, and the
+        # reuse of traced graphs (training/jobs/onnx_graph.py) sees only the module's own.
+        self.gathered_max = GATHERED_MAX
 
     def bag(self, items: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor):
         summed = F.embedding_bag(items, self.weight, offsets, mode="sum",
@@ -102,7 +105,7 @@ class LinearPath(nn.Module):
 
     def padded(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The exported graph's form, chosen per call (an ONNX `If`): B's rows gathered and
-        summed while that holds at most GATHERED_MAX floats (batch × length × items; the
+        summed while that holds at most `gathered_max` floats (batch × length × items; the
         gathered rows and their weighted copy: twice that at the peak) and the batch's entries
         are at most an eighth of the items — a typical user reads length rows of B, not all of
         it — else the history scattered into a dense row and one MatMul with B, whose memory is
@@ -111,7 +114,7 @@ class LinearPath(nn.Module):
         call, even for three items). Past an eighth, gathering costs about what the MatMul
         does (measured at ml-100k: 100 entries gathered 0.45 ms, the MatMul 1.3 ms)."""
         n = self.weight.shape[0]
-        limit = min(GATHERED_MAX, n * n // 8)  # floats: memory, and entries ≤ items / 8
+        limit = min(self.gathered_max, n * n // 8)  # floats: memory, and entries ≤ items / 8
 
         def gathered(items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
             return weighted_rows(self.weight, items, weights)
