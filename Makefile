@@ -28,7 +28,7 @@ test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not contract" $(SLOW_SUITES:%=--ignore=%)
 
-# Real processes (uvicorn, cddae retrain, torchrun) on loopback and Redis: about 5 min
+# Real processes (uvicorn, the retraining job, torchrun) on loopback and Redis: about 5 min
 e2e: install
 	$(BIN)/python -m pytest -m "not contract" $(SLOW_SUITES)
 
