@@ -39,7 +39,7 @@ REUSE_MAX_BYTES = 256 << 20
 
 _REUSED: OrderedDict[str, bytes] = OrderedDict()  # fingerprint -> unoptimised ModelProto
 _LOCK = threading.Lock()
-_SKIPPED = {"_parameters", "_buffers", "_modules", "training", "_non_persistent_buffers_set"}
+_SKIPPED = {"_parameters", "_modules", "training", "_non_persistent_buffers_set"}
 
 
 def to_onnx(
@@ -58,7 +58,9 @@ def to_onnx(
     module = module.eval()
     state = module.state_dict()
     weights = sum(t.numel() * t.element_size() for t in state.values())
-    key = fingerprint(module, example, input_names, dynamic_shapes, outputs)
+    # Past the cap nothing is kept, so nothing is hashed: a 1M-item model is exported once.
+    reusable = weights <= REUSE_MAX_BYTES
+    key = fingerprint(module, example, input_names, dynamic_shapes, outputs) if reusable else None
     with _LOCK:
         cached = _REUSED.get(key) if key is not None else None
         if cached is not None:
@@ -69,7 +71,7 @@ def to_onnx(
         program = ONNXProgram(model, None)
     else:
         program = _trace(module, example, input_names, dynamic_shapes, outputs)
-        if key is not None and weights <= REUSE_MAX_BYTES:
+        if key is not None:
             traced = serde.serialize_model(program.model).SerializeToString()
             if len(traced) <= REUSE_MAX_BYTES:  # constants and non-persistent buffers too
                 with _LOCK:
