@@ -15,12 +15,22 @@ from training.data.prepared import ProtocolConfig, prepare
 from training.jobs.export import export_checkpoint, first_entries
 from training.jobs.pipeline import train_and_evaluate
 from training.models.autoencoders import ModelConfig
+from training.models.baselines import cosine_similarity
 from training.models.interface import FitContext
-from training.models.trainer import SHORT_PREFIX, AutoencoderRecommender, TrainConfig
+from training.models.linear_path import AUTO_MAX_ITEMS
+from training.models.neighbours import resolve as resolve_neighbours
+from training.models.trainer import (
+    NEIGHBOURS_PREFIX,
+    SHORT_PREFIX,
+    AutoencoderRecommender,
+    TrainConfig,
+)
 
 HEAD = {"hidden": [16], "short_head_share": 0.75, "short_head_history_rate": 0.5,
         "short_head_cold_rate": 0.1, "short_history_max": 2}  # fmt: skip
 FAST = {"epochs": 4, "patience": 4, "batch_size": 16}
+# Item-kNN's fold-in on the short head's rows (training/models/neighbours.py).
+NEIGHBOURS = {"short_head_neighbours": 2.0, "short_head_neighbour_shrink": 5.0}
 
 
 def _context(users: int = 90, items: int = 30, seed: int = 0) -> FitContext:
@@ -35,8 +45,8 @@ def _context(users: int = 90, items: int = 30, seed: int = 0) -> FitContext:
     )  # fmt: skip
 
 
-def _fitted() -> tuple[AutoencoderRecommender, FitContext]:
-    model = AutoencoderRecommender(ModelConfig(**HEAD), TrainConfig(**FAST))
+def _fitted(**options: float) -> tuple[AutoencoderRecommender, FitContext]:
+    model = AutoencoderRecommender(ModelConfig(**{**HEAD, **options}), TrainConfig(**FAST))
     ctx = _context()
     model.fit(ctx)
     return model, ctx
@@ -85,8 +95,9 @@ def test_scores_route_by_history_length_and_survive_the_saved_state() -> None:
 @pytest.fixture(scope="module")
 def served(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
+    model = {**HEAD, **NEIGHBOURS, "short_history_max": 3}  # the shipped default's parts
     recommender, checkpoint = train_and_evaluate(
-        "cddae", prepared, model={**HEAD, "short_history_max": 3}, train=FAST, progress=False
+        "cddae", prepared, model=model, train=FAST, progress=False
     )
     models = tmp_path_factory.mktemp("models")
     version, figures = export_checkpoint(checkpoint, models)
@@ -115,14 +126,18 @@ def test_the_graph_follows_the_trainers_rule(served) -> None:
     short = Query({0: 1.0, 1: 1.0, 2: 1.0}, np.zeros(model.bundle.user_spec.width, np.float32))
     padded = Query({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0}, short.features)  # weight 0: padding
     np.testing.assert_allclose(model.scores([short]), model.scores([padded]), atol=1e-6)
-    head_off = recommender.short_net
-    recommender.short_net = None
+    history = sp.csr_matrix(([1.0] * 3, [0, 1, 2], [0, 3]), shape=(1, len(model.item_index)))
+    head_off, near = recommender.short_net, recommender.neighbours
+    assert near is not None and manifest["short_head"]["neighbours"].startswith("item cosine")
     try:
-        history = sp.csr_matrix(([1.0] * 3, [0, 1, 2], [0, 3]), shape=(1, len(model.item_index)))
+        recommender.short_net, recommender.neighbours = None, None
         network = recommender.score(history, np.array([-1]), short.features[None])
+        recommender.short_net = head_off  # the head without its neighbours
+        head_alone = recommender.score(history, np.array([-1]), short.features[None])
     finally:
-        recommender.short_net = head_off
+        recommender.short_net, recommender.neighbours = head_off, near
     assert not np.allclose(model.scores([short]), network, atol=1e-4)
+    assert not np.allclose(model.scores([short]), head_alone, atol=1e-4)
 
 
 def test_parity_is_against_the_trainer_and_catches_a_wrong_rule(served) -> None:
@@ -162,3 +177,63 @@ def test_a_checkpoint_whose_head_does_not_match_its_options_is_refused() -> None
         AutoencoderRecommender(model.model_config, model.train_config).load_state(wider, ctx)
     with pytest.raises(ValueError, match="short_history_max in"):
         ModelConfig(short_history_max=2**63 - 1)
+
+
+def test_neighbours_add_item_knns_fold_in_to_the_short_rows_only() -> None:
+    plain, ctx = _fitted()
+    model, _ = _fitted(**NEIGHBOURS)
+    assert model.neighbours is not None and plain.neighbours is None
+    assert model.params()["short_head_neighbours"] == "item cosine (30 × 30), weight 2"
+    history = ctx.train[:20]
+    users, features = np.arange(20), ctx.user_features[:20]
+    with_them = model._output(history, features, users).numpy()
+    without = plain._output(history, features, users).numpy()
+    # Longer histories: the very same model (the neighbours draw nothing from the seed).
+    np.testing.assert_allclose(with_them[10:], without[10:], atol=1e-6)
+    # Short ones: the head's logits plus 2 · x S, S the cosine of the binarised data the head
+    # was fit on (the refit's: training and validation positives).
+    binary = ctx.full_train.astype(np.float32)
+    binary.data[:] = 1.0
+    near = 2.0 * (history[:10] @ cosine_similarity(binary, 5.0))
+    np.testing.assert_allclose(with_them[:10, :30], without[:10, :30] + near, atol=1e-5)
+    assert np.abs(near).max() > 0.1
+
+    restored = AutoencoderRecommender(model.model_config, model.train_config)
+    restored.load_state(model.state(), ctx)
+    assert restored.params()["short_head_neighbours"] == model.params()["short_head_neighbours"]
+    np.testing.assert_allclose(
+        restored.score(history, users, features), model.score(history, users, features), atol=1e-6
+    )
+
+
+def test_neighbours_that_do_not_fit_are_refused_and_past_the_size_rule_left_out() -> None:
+    model, ctx = _fitted(**NEIGHBOURS)
+    state = model.state()
+    assert state[NEIGHBOURS_PREFIX + "weight"].shape == (30, 30)
+    short_less = {k: v for k, v in state.items() if not k.startswith(SHORT_PREFIX)}
+    for config, broken in (
+        (model.model_config, {**state, NEIGHBOURS_PREFIX + "weight": np.zeros((30, 29))}),
+        (model.model_config, {**state, NEIGHBOURS_PREFIX + "scale": np.float32("nan")}),
+        (model.model_config, {**state, NEIGHBOURS_PREFIX + "extra": np.zeros(1)}),
+        (model.model_config, {k: v for k, v in state.items() if k != NEIGHBOURS_PREFIX + "scale"}),
+        (ModelConfig(**HEAD), state),  # the options say off
+        (ModelConfig(hidden=(16,)), short_less),  # no head to add them to
+    ):
+        restored = AutoencoderRecommender(config, model.train_config)
+        with pytest.raises(ValueError, match="short-head neighbours do not fit"):
+            restored.load_state(broken, ctx)
+    # Asked for but absent: what a fit past the memory rule saves; the head serves alone.
+    absent = {k: v for k, v in state.items() if not k.startswith(NEIGHBOURS_PREFIX)}
+    restored = AutoencoderRecommender(model.model_config, model.train_config)
+    restored.load_state(absent, ctx)
+    assert restored.neighbours is None and restored.params()["short_head_neighbours"] == "off"
+    assert resolve_neighbours(8.0, AUTO_MAX_ITEMS + 1) == (
+        False,
+        f"off: {AUTO_MAX_ITEMS + 1:,} items > {AUTO_MAX_ITEMS:,} (a dense items × items matrix)",
+    )
+    assert resolve_neighbours(0.0, 30) == (False, "off")
+    no_head, _ = _fitted(**{**NEIGHBOURS, "short_head_share": 0.0})  # the head off: all of it
+    assert no_head.neighbours is None and no_head.params()["short_head_neighbours"] == "off"
+    for bad in ({"short_head_neighbours": -1.0}, {"short_head_neighbour_shrink": float("nan")}):
+        with pytest.raises(ValueError, match="must be in"):
+            ModelConfig(**HEAD, **bad)

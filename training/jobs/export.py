@@ -70,12 +70,15 @@ class InferencePath(nn.Module):
         super().__init__()
         self.kind = kind
         self.short: nn.Module | None = None
+        self.neighbours: nn.Module | None = None  # item-kNN's fold-in on the short head's rows
         self.short_max = -1
         if kind in NEURAL:
             self.net = copy.deepcopy(recommender.net).eval()
             if recommender.short_net is not None:
                 self.short = copy.deepcopy(recommender.short_net).eval()
                 self.short_max = recommender.model_config.short_history_max
+                if recommender.neighbours is not None:
+                    self.neighbours = copy.deepcopy(recommender.neighbours).eval()
             for net in (self.net, self.short):
                 if net is not None:  # the scale the graph reads is the path's buffer; without
                     # the fit's choice in the copies' options, graphs of one structure are
@@ -90,6 +93,26 @@ class InferencePath(nn.Module):
         else:
             self.register_buffer("similarity", torch.from_numpy(recommender.similarity))
 
+    def is_short(self, weights: torch.Tensor) -> torch.Tensor:
+        """Rows the short head serves (batch × 1): every non-zero weight within the first
+        `short_max` places — a history of at most that many items, as the service and parity
+        lay rows out (entries first, padding after)."""
+        return (weights[:, self.short_max :] != 0).sum(dim=1, keepdim=True) == 0
+
+    def item_offset(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """The catalogue items' logits from outside the network's output layer: the linear
+        path's, and on the short head's rows item-kNN's fold-in (`short_max` rows of S per
+        user: batch × short_max × items floats at the peak). None where there are neither; a
+        new item has none (service.item_path)."""
+        offset = self.net.linear_padded(items, weights)
+        if self.neighbours is None:
+            return offset
+        k = self.short_max
+        near = torch.where(
+            self.is_short(weights), self.neighbours.gathered(items[:, :k], weights[:, :k]), 0.0
+        )
+        return near if offset is None else offset + near
+
     @property
     def outputs(self) -> tuple[str, ...]:
         return NEURAL_OUTPUTS if self.kind in NEURAL else ("scores",)
@@ -99,19 +122,16 @@ class InferencePath(nn.Module):
             net = self.net
             hidden = net.hidden(*net.padded_input(items, weights), user_features, user_index)
             if self.short is not None:
-                # Short: every non-zero weight within the first `short_max` places — a history
-                # of at most that many items, as the service and parity lay rows out (entries
-                # first, padding after). The head then reads those places only: its cost does
-                # not grow with a long history it would not serve.
+                # The head reads the first `short_max` places only: its cost does not grow with
+                # a long history it would not serve.
                 k = self.short_max
-                short = (weights[:, k:] != 0).sum(dim=1, keepdim=True) == 0
                 head = self.short.hidden(
                     *self.short.padded_input(items[:, :k], weights[:, :k]),
                     user_features,
                     user_index,
                 )
-                hidden = torch.where(short, head, hidden)
-            output = net.with_linear(net.out(hidden), net.linear_padded(items, weights))
+                hidden = torch.where(self.is_short(weights), head, hidden)
+            output = net.with_linear(net.out(hidden), self.item_offset(items, weights))
             logits = output[:, : net.n_items]
             if net.config.output == "softmax":
                 log_norm = torch.logsumexp(logits, dim=1)
@@ -271,9 +291,9 @@ def parity(
                 want = (want[0] if isinstance(want, tuple) else want).numpy()
         worst = max(worst, float(np.abs(got - want).max()))
         if path is not None:
-            linear = module.net.linear  # the catalogue items' linear logits (none for new ones)
-            with torch.no_grad():
-                offset = linear.padded(inputs[0], inputs[1]).numpy() if linear else None
+            with torch.no_grad():  # the catalogue items' logits besides the output layer's
+                offset = module.item_offset(inputs[0], inputs[1])
+            offset = offset.numpy() if offset is not None else None
             rebuilt = item_scores(
                 results[1], results[2], path.vectors, path.bias, path.output, offset
             )
@@ -486,6 +506,7 @@ def export_checkpoint(
             "with a handful) is encoded by the short head, a longer one by the network; one "
             "graph, one decoder",
             "options": (meta.get("params") or {}).get("short_head"),
+            "neighbours": (meta.get("params") or {}).get("short_head_neighbours", "off"),
         }
     manifest.update(extra or {})
     with models_lock(models_dir):

@@ -66,6 +66,13 @@ class ModelConfig(Options):
     short_head_history_rate: float = 0.5
     short_head_cold_rate: float = 0.1
     short_head_lr_scale: float = 1.0  # the head's learning rate over the network's
+    # Departure (issue 22, side information where histories are short): above 0, a history the
+    # short head serves also gets this weight · x S added to its item logits, S the items'
+    # cosine similarity on the fit's data with `short_head_neighbour_shrink` in its
+    # denominator: item-kNN's fold-in, which ranks 3–5 items better than the head alone
+    # (training/models/neighbours.py, docs/MODELS.md). Without the head (share 0), none.
+    short_head_neighbours: float = 0.0
+    short_head_neighbour_shrink: float = 21.1
     # Emphasised denoising (Steck, NeurIPS 2020): the loss weight of the positives the
     # corruption dropped, against 1 for every other cell. Above 1 the network gains more from
     # predicting what it could not see than from copying what it could (the identity).
@@ -102,6 +109,10 @@ class ModelConfig(Options):
             raise ValueError("short_head_share must be in [0, 10], short_head_lr_scale in (0, 100]")
         if not (0.0 <= self.short_head_history_rate < 1 and 0.0 <= self.short_head_cold_rate < 1):
             raise ValueError("short_head_history_rate and short_head_cold_rate must be in [0, 1)")
+        if not (0.0 <= self.short_head_neighbours <= 1e4):
+            raise ValueError("short_head_neighbours must be in [0, 10000]")
+        if not (0.0 <= self.short_head_neighbour_shrink <= 1e6):
+            raise ValueError("short_head_neighbour_shrink must be in [0, 1e6]")
         if self.emphasis <= 0.0:
             raise ValueError("emphasis must be > 0")
         if self.beta < 0.0 or self.anneal_steps < 1 or self.code_width < 1:

@@ -58,6 +58,21 @@ def ease_weights(
     return b.astype(np.float32)
 
 
+def cosine_similarity(x: sp.csr_matrix, shrink: float, k: int | None = None) -> np.ndarray:
+    """Items × items cosine between the columns of `x` (float32, zero diagonal), `shrink` added
+    to the denominator (similarities resting on few co-occurrences pulled toward 0); with `k`,
+    each column keeps its `k` largest. About three float32 copies at the peak."""
+    x = x.astype(np.float32)
+    gram = np.asarray((x.T @ x).todense(), dtype=np.float32)
+    norms = np.sqrt(np.diag(gram))
+    sim = gram / np.maximum(np.outer(norms, norms) + shrink, 1e-12)
+    np.fill_diagonal(sim, 0.0)
+    if k is not None and k < sim.shape[0]:
+        cut = np.argpartition(-sim, k, axis=0)[k:]
+        np.put_along_axis(sim, cut, 0.0, axis=0)
+    return sim
+
+
 class MostPopular:
     """Scores every item by its number of training positives, the same for every user."""
 
@@ -115,15 +130,7 @@ class ItemKNN(_ItemItem):
     def fit(self, ctx: FitContext) -> None:
         # The Gram matrix, the similarity and the top-k cut: about three float32 copies.
         check_item_item("item-kNN", ctx.train.shape[1], copies=3, itemsize=4)
-        x = ctx.full_train.astype(np.float32)
-        gram = np.asarray((x.T @ x).todense(), dtype=np.float32)
-        norms = np.sqrt(np.diag(gram))
-        sim = gram / np.maximum(np.outer(norms, norms) + self.shrink, 1e-12)
-        np.fill_diagonal(sim, 0.0)
-        if self.k < sim.shape[0]:
-            cut = np.argpartition(-sim, self.k, axis=0)[self.k :]
-            np.put_along_axis(sim, cut, 0.0, axis=0)
-        self.similarity = sim
+        self.similarity = cosine_similarity(ctx.full_train, self.shrink, self.k)
 
     def params(self) -> dict[str, Any]:
         return {"k": self.k, "shrink": self.shrink}

@@ -103,6 +103,11 @@ class LinearPath(nn.Module):
                                  per_sample_weights=weights)  # fmt: skip
         return self.scale * summed
 
+    def gathered(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """A padded batch's rows gathered and summed, always: for inputs known to be narrow (the
+        short head's first places), where `padded`'s choice has nothing to choose."""
+        return self.scale * weighted_rows(self.weight, items, weights)
+
     def padded(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The exported graph's form, chosen per call (an ONNX `If`): B's rows gathered and
         summed while that holds at most `gathered_max` floats (batch × length × items; the

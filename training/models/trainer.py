@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from service.item_path import COLD_PREFIX, cold_layers, layer_arrays
 from training.evaluation.metrics import evaluate_chunked
+from training.models import neighbours
 from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
 from training.models.cold_items import ColdHeadConfig, Layers, fit_cold_head, head_fits
 from training.models.distributed import TrainingStep, World, join
@@ -27,6 +28,8 @@ from training.models.sampled_loss import Sampling, check_objective, resolve_nega
 # shares with the network (decoder, output, linear path, item profiles) only once, unprefixed.
 SHORT_PREFIX = "short."
 SHARED = ("decoder", "out", "linear", "item_features")
+# The short head's neighbours (training/models/neighbours.py) in a state: `LinearPath`'s buffers.
+NEIGHBOURS_PREFIX = "neighbours."
 
 
 @dataclass
@@ -89,6 +92,10 @@ class AutoencoderRecommender:
         # encoder, that scores histories of at most `short_history_max` positives.
         self.short_net: Autoencoder | None = None
         self.short_head_epochs = 0
+        # Item-kNN's fold-in added to the rows the short head serves (ModelConfig
+        # .short_head_neighbours), and why it is on or off.
+        self.neighbours: LinearPath | None = None
+        self.neighbours_note = "off"
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
         self.sampled = 0  # the draws per batch of the last fit (0: the full loss)
@@ -199,7 +206,7 @@ class AutoencoderRecommender:
         the network's epochs (early stopping's count: the same in the refit and production).
         The decoder and output layer stay the network's, so item vectors (similar items, the
         cold-item head) mean the same under both heads; the linear path is shared."""
-        self.short_net = None
+        self.short_net, self.neighbours, self.neighbours_note = None, None, "off"
         share = self.model_config.short_head_share
         if not share:
             return
@@ -213,6 +220,12 @@ class AutoencoderRecommender:
         # A fine-tune from the fitted network: a step of its own size.
         lr_scale = self.model_config.short_head_lr_scale
         self.short_net = self._train_for(short, ctx, train, epochs, "short head", rng, lr_scale)
+        config = self.model_config
+        weight, n_items = config.short_head_neighbours, train.shape[1]
+        built, self.neighbours_note = neighbours.resolve(weight, n_items)
+        if built:
+            path = neighbours.neighbour_path(train, weight, config.short_head_neighbour_shrink)
+            self.neighbours = path.to(self.device)
 
     def _attach_linear(
         self,
@@ -386,7 +399,13 @@ class AutoencoderRecommender:
         if self.short_net is not None:
             short = np.flatnonzero(np.diff(history.indptr) <= self.model_config.short_history_max)
             if len(short):
-                output[torch.from_numpy(short).to(self.device)] = run(self.short_net, short)
+                rows = torch.from_numpy(short).to(self.device)
+                head = run(self.short_net, short)
+                if self.neighbours is not None:
+                    bag = Bag.from_csr(history[short]).to(self.device)
+                    near = self.neighbours.bag(bag.items, bag.weights, bag.offsets)
+                    head = self.short_net.with_linear(head, near)
+                output[rows] = head
         return output
 
     def params(self) -> dict[str, Any]:
@@ -403,6 +422,7 @@ class AutoencoderRecommender:
                 if self.short_net is not None
                 else "off"
             ),
+            "short_head_neighbours": self.neighbours_note,
             "cold_items": self.cold_config.to_dict(),
         }
 
@@ -416,6 +436,11 @@ class AutoencoderRecommender:
                 for k, v in self.short_net.state_dict().items()
                 if k.split(".")[0] not in SHARED
             }
+        if self.neighbours is not None:
+            state |= {
+                NEIGHBOURS_PREFIX + k: v.detach().cpu().numpy()
+                for k, v in self.neighbours.state_dict().items()
+            }
         return {**state, **layer_arrays(self.cold_layers)}
 
     def load_state(self, state: dict[str, np.ndarray], ctx: FitContext | None = None) -> None:
@@ -428,7 +453,7 @@ class AutoencoderRecommender:
         tensors = {
             k: torch.from_numpy(np.asarray(v))
             for k, v in state.items()
-            if not k.startswith((*COLD_PREFIX, SHORT_PREFIX))
+            if not k.startswith((*COLD_PREFIX, SHORT_PREFIX, NEIGHBOURS_PREFIX))
         }
         self.net.load_state_dict(tensors)
         self.net.eval()
@@ -453,6 +478,41 @@ class AutoencoderRecommender:
             except RuntimeError as error:
                 raise ValueError(f"the checkpoint's short head: {error}") from None
             self.short_net.eval()
+        self.neighbours = self._load_neighbours(state)
+
+    def _load_neighbours(self, state: dict[str, np.ndarray]) -> LinearPath | None:
+        """The short head's neighbours from a state: refused by name where they do not fit the
+        options, the head or the catalogue (a checkpoint built by hand, or damaged). Options
+        asking for them may come without them: the fit leaves them out past the memory rule."""
+        weight = state.get(NEIGHBOURS_PREFIX + "weight")
+        scale = state.get(NEIGHBOURS_PREFIX + "scale")
+        extra = [k for k in state if k.startswith(NEIGHBOURS_PREFIX)]
+        self.neighbours_note = "off"
+        if weight is None and scale is None and not extra:
+            return None
+        assert self.net is not None
+        n = self.net.n_items
+        if (
+            self.short_net is None
+            or not self.model_config.short_head_neighbours
+            or weight is None
+            or scale is None
+            or len(extra) != 2
+            or np.shape(weight) != (n, n)
+            or np.size(scale) != 1
+            or not np.isfinite(scale).all()
+        ):
+            raise ValueError(
+                f"the checkpoint's short-head neighbours do not fit (keys {sorted(extra)}, "
+                f"short head {'present' if self.short_net is not None else 'absent'}, "
+                f"short_head_neighbours {self.model_config.short_head_neighbours:g}, {n} "
+                f"items): expected {NEIGHBOURS_PREFIX}weight ({n} × {n}) and "
+                f"{NEIGHBOURS_PREFIX}scale beside a short head, with the option above 0"
+            )
+        scale = float(np.asarray(scale).reshape(()))
+        self.neighbours_note = neighbours.note(n, scale)
+        path = LinearPath(torch.from_numpy(np.asarray(weight, np.float32)), scale)
+        return path.to(self.device).eval()
 
 
 def _validation_sample(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray | None:
