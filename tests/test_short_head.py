@@ -206,34 +206,75 @@ def test_neighbours_add_item_knns_fold_in_to_the_short_rows_only() -> None:
     )
 
 
-def test_neighbours_that_do_not_fit_are_refused_and_past_the_size_rule_left_out() -> None:
+def test_neighbours_that_do_not_fit_are_refused_and_past_the_size_rule_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     model, ctx = _fitted(**NEIGHBOURS)
     state = model.state()
-    assert state[NEIGHBOURS_PREFIX + "weight"].shape == (30, 30)
+    weight_key, scale_key = NEIGHBOURS_PREFIX + "weight", NEIGHBOURS_PREFIX + "scale"
+    assert state[weight_key].shape == (30, 30)
+    poisoned = state[weight_key].copy()
+    poisoned[3, 0] = np.nan
     short_less = {k: v for k, v in state.items() if not k.startswith(SHORT_PREFIX)}
-    for config, broken in (
-        (model.model_config, {**state, NEIGHBOURS_PREFIX + "weight": np.zeros((30, 29))}),
-        (model.model_config, {**state, NEIGHBOURS_PREFIX + "scale": np.float32("nan")}),
-        (model.model_config, {**state, NEIGHBOURS_PREFIX + "extra": np.zeros(1)}),
-        (model.model_config, {k: v for k, v in state.items() if k != NEIGHBOURS_PREFIX + "scale"}),
-        (ModelConfig(**HEAD), state),  # the options say off
-        (ModelConfig(hidden=(16,)), short_less),  # no head to add them to
+    absent = {k: v for k, v in state.items() if not k.startswith(NEIGHBOURS_PREFIX)}
+    for config, broken, what in (
+        (model.model_config, {**state, weight_key: np.zeros((30, 29))}, "expected floats"),
+        (model.model_config, {**state, weight_key: np.ones((30, 30), np.int64)}, "int64"),
+        (model.model_config, {**state, weight_key: poisoned}, "not finite"),
+        (model.model_config, {**state, scale_key: np.float32("nan")}, "not finite"),
+        (model.model_config, {**state, scale_key: np.array("2")}, "expected one float"),
+        (model.model_config, {**state, scale_key: np.float32(-1000)}, "scale -1000 against"),
+        (model.model_config, {**state, NEIGHBOURS_PREFIX + "extra": np.zeros(1)}, "keys"),
+        (model.model_config, {k: v for k, v in state.items() if k != scale_key}, "keys"),
+        (model.model_config, absent, "keys \\[\\]"),  # the options and the rule ask for them
+        (ModelConfig(**HEAD), state, "short_head_neighbours 0"),  # the options say off
+        (ModelConfig(hidden=(16,)), short_less, "without a short head"),
     ):
         restored = AutoencoderRecommender(config, model.train_config)
-        with pytest.raises(ValueError, match="short-head neighbours do not fit"):
+        with pytest.raises(ValueError, match=f"short-head neighbours do not fit: .*{what}"):
             restored.load_state(broken, ctx)
-    # Asked for but absent: what a fit past the memory rule saves; the head serves alone.
-    absent = {k: v for k, v in state.items() if not k.startswith(NEIGHBOURS_PREFIX)}
+    # Absent where the fit's rule leaves them out (past the size rule): the head serves alone.
+    monkeypatch.setattr("training.models.neighbours.AUTO_MAX_ITEMS", 20)
     restored = AutoencoderRecommender(model.model_config, model.train_config)
     restored.load_state(absent, ctx)
     assert restored.neighbours is None and restored.params()["short_head_neighbours"] == "off"
-    assert resolve_neighbours(8.0, AUTO_MAX_ITEMS + 1) == (
+    monkeypatch.undo()
+    assert resolve_neighbours(8.0, AUTO_MAX_ITEMS + 1, 5) == (
         False,
         f"off: {AUTO_MAX_ITEMS + 1:,} items > {AUTO_MAX_ITEMS:,} (a dense items × items matrix)",
     )
-    assert resolve_neighbours(0.0, 30) == (False, "off")
+    built, why = resolve_neighbours(8.0, 300, 10_000)  # 3M floats gathered per user
+    assert not built and why.startswith("off: short_history_max 10,000 × 300 items")
+    assert resolve_neighbours(0.0, 30, 5) == (False, "off")
     no_head, _ = _fitted(**{**NEIGHBOURS, "short_head_share": 0.0})  # the head off: all of it
     assert no_head.neighbours is None and no_head.params()["short_head_neighbours"] == "off"
     for bad in ({"short_head_neighbours": -1.0}, {"short_head_neighbour_shrink": float("nan")}):
         with pytest.raises(ValueError, match="must be in"):
             ModelConfig(**HEAD, **bad)
+
+
+def test_cosine_similarity_in_blocks_is_the_whole_matrixs() -> None:
+    rng = np.random.default_rng(3)
+    x = sp.csr_matrix((rng.random((200, 50)) < 0.2).astype(np.float32))
+    dense = x.toarray().astype(np.float64)
+    gram = dense.T @ dense
+    norms = np.sqrt(np.diag(gram))
+    want = gram / (np.outer(norms, norms) + 4.0)
+    np.fill_diagonal(want, 0.0)
+    np.testing.assert_allclose(cosine_similarity(x, 4.0, block=7), want, atol=1e-6)
+    cut = cosine_similarity(x, 4.0, k=5, block=7)
+    assert ((cut != 0).sum(axis=0) <= 5).all()
+    np.testing.assert_array_equal(cut, cosine_similarity(x, 4.0, k=5, block=1024))
+    kept = np.sort(want, axis=0)[-5:]
+    np.testing.assert_allclose(np.sort(cut, axis=0)[-5:], kept, atol=1e-6)
+
+
+def test_parity_counts_a_nan_as_the_worst_difference() -> None:
+    from training.jobs.export import largest_difference
+
+    ones = np.ones((2, 3), np.float32)
+    assert largest_difference(ones, ones + 0.5) == pytest.approx(0.5)
+    with_nan = ones.copy()
+    with_nan[1, 2] = np.nan
+    assert largest_difference(with_nan, ones) == float("inf")
+    assert largest_difference(ones, with_nan * np.inf) == float("inf")

@@ -237,6 +237,13 @@ class ItemPath:
         )
 
 
+def largest_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got − want|, infinite where either side is not finite (`max` would skip a NaN)."""
+    if not (np.isfinite(got).all() and np.isfinite(want).all()):
+        return float("inf")
+    return float(np.abs(got - want).max(initial=0.0))
+
+
 def parity(
     graph: dict[str, bytes],
     module: nn.Module,
@@ -289,7 +296,7 @@ def parity(
             with torch.no_grad():
                 want = module(*inputs)
                 want = (want[0] if isinstance(want, tuple) else want).numpy()
-        worst = max(worst, float(np.abs(got - want).max()))
+        worst = max(worst, largest_difference(got, want))
         if path is not None:
             with torch.no_grad():  # the catalogue items' logits besides the output layer's
                 offset = module.item_offset(inputs[0], inputs[1])
@@ -297,7 +304,7 @@ def parity(
             rebuilt = item_scores(
                 results[1], results[2], path.vectors, path.bias, path.output, offset
             )
-            worst_item_path = max(worst_item_path, float(np.abs(rebuilt - got).max()))
+            worst_item_path = max(worst_item_path, largest_difference(rebuilt, got))
         seen = checkpoint.seen[users]
         same += int(
             (top_n(mask_seen(got, seen), 10) == top_n(mask_seen(want, seen), 10)).all(1).sum()
@@ -506,7 +513,7 @@ def export_checkpoint(
             "with a handful) is encoded by the short head, a longer one by the network; one "
             "graph, one decoder",
             "options": (meta.get("params") or {}).get("short_head"),
-            "neighbours": (meta.get("params") or {}).get("short_head_neighbours", "off"),
+            "neighbours": recommender.neighbours_note,  # what the graph holds, not the options
         }
     manifest.update(extra or {})
     with models_lock(models_dir):

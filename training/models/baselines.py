@@ -58,18 +58,29 @@ def ease_weights(
     return b.astype(np.float32)
 
 
-def cosine_similarity(x: sp.csr_matrix, shrink: float, k: int | None = None) -> np.ndarray:
+def cosine_similarity(
+    x: sp.csr_matrix, shrink: float, k: int | None = None, block: int = 1024
+) -> np.ndarray:
     """Items × items cosine between the columns of `x` (float32, zero diagonal), `shrink` added
     to the denominator (similarities resting on few co-occurrences pulled toward 0); with `k`,
-    each column keeps its `k` largest. About three float32 copies at the peak."""
+    each column keeps its `k` largest. The division and the cut run in place, `block` rows or
+    columns at a time: the peak is the sparse Gram product beside its dense copy (about three
+    float32 copies where nearly every pair of items co-occurs), no items × items temporary."""
     x = x.astype(np.float32)
-    gram = np.asarray((x.T @ x).todense(), dtype=np.float32)
-    norms = np.sqrt(np.diag(gram))
-    sim = gram / np.maximum(np.outer(norms, norms) + shrink, 1e-12)
+    gram = x.T @ x
+    sim = gram.toarray()  # float32, as x
+    del gram
+    norms = np.sqrt(np.diag(sim)).astype(np.float32)
+    n = sim.shape[0]
+    for start in range(0, n, block):
+        rows = slice(start, start + block)
+        sim[rows] /= np.maximum(np.outer(norms[rows], norms) + np.float32(shrink), 1e-12)
     np.fill_diagonal(sim, 0.0)
-    if k is not None and k < sim.shape[0]:
-        cut = np.argpartition(-sim, k, axis=0)[k:]
-        np.put_along_axis(sim, cut, 0.0, axis=0)
+    if k is not None and k < n:
+        for start in range(0, n, block):
+            columns = sim[:, start : start + block]  # a view: the cut writes through
+            cut = np.argpartition(-columns, k, axis=0)[k:]
+            np.put_along_axis(columns, cut, 0.0, axis=0)
     return sim
 
 

@@ -222,7 +222,7 @@ class AutoencoderRecommender:
         self.short_net = self._train_for(short, ctx, train, epochs, "short head", rng, lr_scale)
         config = self.model_config
         weight, n_items = config.short_head_neighbours, train.shape[1]
-        built, self.neighbours_note = neighbours.resolve(weight, n_items)
+        built, self.neighbours_note = neighbours.resolve(weight, n_items, config.short_history_max)
         if built:
             path = neighbours.neighbour_path(train, weight, config.short_head_neighbour_shrink)
             self.neighbours = path.to(self.device)
@@ -481,37 +481,45 @@ class AutoencoderRecommender:
         self.neighbours = self._load_neighbours(state)
 
     def _load_neighbours(self, state: dict[str, np.ndarray]) -> LinearPath | None:
-        """The short head's neighbours from a state: refused by name where they do not fit the
-        options, the head or the catalogue (a checkpoint built by hand, or damaged). Options
-        asking for them may come without them: the fit leaves them out past the memory rule."""
+        """The short head's neighbours from a state, refused by name where they do not fit the
+        options, the head or the catalogue (a checkpoint built by hand, or damaged): real
+        floats, finite, the options' weight as the scale. Absent while the options ask for
+        them only where the fit's rule leaves them out (`neighbours.resolve`)."""
+        assert self.net is not None
+        n, config = self.net.n_items, self.model_config
         weight = state.get(NEIGHBOURS_PREFIX + "weight")
         scale = state.get(NEIGHBOURS_PREFIX + "scale")
-        extra = [k for k in state if k.startswith(NEIGHBOURS_PREFIX)]
+        keys = sorted(k for k in state if k.startswith(NEIGHBOURS_PREFIX))
         self.neighbours_note = "off"
-        if weight is None and scale is None and not extra:
+        expected = (
+            self.short_net is not None
+            and (neighbours.resolve(config.short_head_neighbours, n, config.short_history_max)[0])
+        )
+        if not keys and not expected:
             return None
-        assert self.net is not None
-        n = self.net.n_items
-        if (
-            self.short_net is None
-            or not self.model_config.short_head_neighbours
-            or weight is None
-            or scale is None
-            or len(extra) != 2
-            or np.shape(weight) != (n, n)
-            or np.size(scale) != 1
-            or not np.isfinite(scale).all()
-        ):
-            raise ValueError(
-                f"the checkpoint's short-head neighbours do not fit (keys {sorted(extra)}, "
-                f"short head {'present' if self.short_net is not None else 'absent'}, "
-                f"short_head_neighbours {self.model_config.short_head_neighbours:g}, {n} "
-                f"items): expected {NEIGHBOURS_PREFIX}weight ({n} × {n}) and "
-                f"{NEIGHBOURS_PREFIX}scale beside a short head, with the option above 0"
+        weight = np.asarray(weight) if weight is not None else None
+        scale = np.asarray(scale) if scale is not None else None
+        problem = None
+        if self.short_net is None or not config.short_head_neighbours:
+            problem = "present without a short head or with short_head_neighbours 0"
+        elif keys != [NEIGHBOURS_PREFIX + "scale", NEIGHBOURS_PREFIX + "weight"]:
+            problem = f"keys {keys}, expected {NEIGHBOURS_PREFIX}{{scale, weight}}"
+        elif weight.dtype.kind != "f" or weight.shape != (n, n):
+            problem = f"weight {weight.dtype} {weight.shape}, expected floats ({n}, {n})"
+        elif scale.dtype.kind != "f" or scale.size != 1:
+            problem = f"scale {scale.dtype} {scale.shape}, expected one float"
+        elif not (np.isfinite(weight).all() and np.isfinite(scale).all()):
+            problem = "values that are not finite"
+        elif np.float32(scale.reshape(())) != np.float32(config.short_head_neighbours):
+            problem = (
+                f"scale {float(scale.reshape(())):g} against short_head_neighbours "
+                f"{config.short_head_neighbours:g}"
             )
-        scale = float(np.asarray(scale).reshape(()))
-        self.neighbours_note = neighbours.note(n, scale)
-        path = LinearPath(torch.from_numpy(np.asarray(weight, np.float32)), scale)
+        if problem is not None:
+            raise ValueError(f"the checkpoint's short-head neighbours do not fit: {problem}")
+        assert weight is not None and scale is not None
+        self.neighbours_note = neighbours.note(n, float(scale.reshape(())))
+        path = LinearPath(torch.from_numpy(weight.astype(np.float32)), float(scale.reshape(())))
         return path.to(self.device).eval()
 
 
