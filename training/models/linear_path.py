@@ -71,11 +71,16 @@ def resolve(mode: LinearMode, n_items: int, sampled: bool) -> tuple[bool, str]:
     return True, f"ease ({n_items:,} × {n_items:,})"
 
 
-def ease_start(train: sp.csr_matrix, lam: float) -> torch.Tensor:
-    """B: EASE's closed form on the binarised training positives."""
+def binarised(train: sp.csr_matrix) -> sp.csr_matrix:
+    """A float32 copy of `train` with every stored entry 1: what the item-item paths are fit on."""
     x = train.astype(np.float32)
     x.data[:] = 1.0
-    return torch.from_numpy(ease_weights(x, lam))
+    return x
+
+
+def ease_start(train: sp.csr_matrix, lam: float) -> torch.Tensor:
+    """B: EASE's closed form on the binarised training positives."""
+    return torch.from_numpy(ease_weights(binarised(train), lam))
 
 
 def weighted_rows(table: torch.Tensor, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from training.models.baselines import TooLarge, check_item_item, cosine_similarity
-from training.models.linear_path import AUTO_MAX_ITEMS, GATHERED_MAX, LinearPath
+from training.models.linear_path import AUTO_MAX_ITEMS, GATHERED_MAX, LinearPath, binarised
 
 
 def resolve(weight: float, n_items: int, short_max: int) -> tuple[bool, str]:
@@ -52,6 +52,4 @@ def note(n_items: int, weight: float) -> str:
 
 def neighbour_path(train: sp.csr_matrix, weight: float, shrink: float) -> LinearPath:
     """weight · x S with S the cosine similarity of `train`'s binarised columns."""
-    x = train.astype("float32")
-    x.data[:] = 1.0
-    return LinearPath(torch.from_numpy(cosine_similarity(x, shrink)), weight)
+    return LinearPath(torch.from_numpy(cosine_similarity(binarised(train), shrink)), weight)

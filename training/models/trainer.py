@@ -387,10 +387,10 @@ class AutoencoderRecommender:
         graph's rule (training.jobs.export.InferencePath)."""
         assert self.net is not None, "fit or load_state first"
 
-        def run(net: Autoencoder, rows: np.ndarray | slice) -> torch.Tensor:
+        def run(net: Autoencoder, rows: np.ndarray | slice, bag: Bag | None = None) -> torch.Tensor:
             net.eval()
             return net(
-                Bag.from_csr(history[rows]).to(self.device),
+                bag if bag is not None else Bag.from_csr(history[rows]).to(self.device),
                 torch.from_numpy(np.asarray(user_features[rows], np.float32)).to(self.device),
                 torch.from_numpy(np.asarray(user_index[rows], np.int64)).to(self.device),
             )
@@ -400,9 +400,9 @@ class AutoencoderRecommender:
             short = np.flatnonzero(np.diff(history.indptr) <= self.model_config.short_history_max)
             if len(short):
                 rows = torch.from_numpy(short).to(self.device)
-                head = run(self.short_net, short)
+                bag = Bag.from_csr(history[short]).to(self.device)  # the head's and S's input
+                head = run(self.short_net, short, bag)
                 if self.neighbours is not None:
-                    bag = Bag.from_csr(history[short]).to(self.device)
                     near = self.neighbours.bag(bag.items, bag.weights, bag.offsets)
                     head = self.short_net.with_linear(head, near)
                 output[rows] = head
