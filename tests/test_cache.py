@@ -11,6 +11,7 @@ import redis
 
 from service.serving.recommendations import Recommendations
 from service.state.cache import LocalCache, RedisCache, cache_key, redis_client
+from service.state.lane import ReadLane
 from service.telemetry import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
@@ -71,6 +72,31 @@ def test_redis_cache_sets_ttl_with_jitter() -> None:
 
     (ttl,) = asyncio.run(scenario())
     assert 89 <= ttl <= 110
+
+
+def test_redis_cache_writes_many_on_the_lane_and_reloads_a_flushed_script() -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+    async def scenario() -> None:
+        client = redis_client(REDIS_URL, 0.5)
+        lane = ReadLane.from_url(REDIS_URL, 0.5)
+        cache = RedisCache(client, ttl=100, jitter=0.1, lane=lane)
+        entries = [(cache_key("v1", f"user:{u}"), "10:1", b"answer %d" % u) for u in range(50)]
+        await cache.set_many(entries)
+        assert [await cache.get(k, f) for k, f, _ in entries] == [v for _, _, v in entries]
+        assert all(89 <= ttl <= 110 for ttl in [await client.ttl(k) for k, _, _ in entries])
+        await client.script_flush()  # a restarted Redis: the script is loaded again
+        await cache.set_many([(cache_key("v1", "user:x"), "5:0", b"again")])
+        assert await cache.get(cache_key("v1", "user:x"), "5:0") == b"again"
+        assert not cache.degraded
+        down = ReadLane("127.0.0.1", 1, 0, None, None, 0.2)
+        dead = RedisCache(client, ttl=100, lane=down)
+        await dead.set_many(entries)  # never raises: the cache is bypassed for a while
+        assert dead.degraded
+        lane.close()
+        await cache.close()
+
+    asyncio.run(scenario())
 
 
 def test_redis_cache_bypasses_a_dead_server_then_retries() -> None:

@@ -113,6 +113,47 @@ def test_replies_match_redis_py_and_keep_their_order_under_concurrency() -> None
     asyncio.run(scenario())
 
 
+def test_many_commands_in_one_write_keep_their_order_and_their_own_errors() -> None:
+    async def scenario() -> None:
+        sync = redis.Redis.from_url(URL)
+        sync.flushdb()
+        sync.set("lane:text", "not a number")
+        lane = ReadLane.from_url(URL, 2.0)
+        assert lane is not None
+        commands = [("SET", f"lane:{k}", k) for k in range(200)]
+        commands.insert(50, ("INCR", "lane:text"))  # refused: its place, not the batch's
+        replies = await lane.call_many(commands)
+        assert isinstance(replies[50], ResponseError)
+        assert replies[:50] + replies[51:] == [b"OK"] * 200
+        assert sync.get("lane:199") == b"199" and await lane.call_many([]) == []
+        # Interleaved with single calls from other tasks: every reply reaches its caller.
+        many, *singles = await asyncio.gather(
+            lane.call_many([("GET", f"lane:{k}") for k in range(100)]),
+            *(lane.call("GET", f"lane:{k}") for k in range(100, 150)),
+        )
+        assert many == [str(k).encode() for k in range(100)]
+        assert singles == [str(k).encode() for k in range(100, 150)]
+        lane.close()
+
+    asyncio.run(scenario())
+
+
+def test_many_commands_to_a_silent_redis_time_out_or_a_closed_port_refuses() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        await asyncio.sleep(3600)
+
+    async def scenario() -> None:
+        async with fake_redis(silent) as port:
+            lane = ReadLane("127.0.0.1", port, 0, None, None, 0.3)
+            with pytest.raises(RedisTimeoutError):
+                await lane.call_many([("GET", "a"), ("GET", "b")])
+        with pytest.raises(ConnectionError):
+            await ReadLane("127.0.0.1", _free_port(), 0, None, None, 0.3).call_many([("GET", "a")])
+
+    asyncio.run(scenario())
+
+
 def test_an_unknown_script_is_loaded_through_redis_py() -> None:
     async def scenario() -> None:
         client = aioredis.Redis.from_url(URL)

@@ -122,6 +122,14 @@ def test_the_graph_follows_the_trainers_rule(served) -> None:
             Query(dict.fromkeys(rows[u].indices.tolist(), 1.0), features[u]) for u in range(40)
         ]
         np.testing.assert_allclose(model.scores(queries), want, atol=1e-4)
+    # A batch of both (the graph's third branch) scores each row as it scores it alone.
+    features = checkpoint.user_features[users]
+    rows = [first_entries(positives[u : u + 1], 3 + u % 2) for u in range(40)]
+    mixed = [Query(dict.fromkeys(r.indices.tolist(), 1.0), features[u]) for u, r in enumerate(rows)]
+    alone = np.vstack([model.scores([q]) for q in mixed])
+    np.testing.assert_allclose(model.scores(mixed), alone, atol=1e-5)
+    want = recommender.score(sp.vstack(rows, format="csr"), np.full(40, -1), features)
+    np.testing.assert_allclose(alone, want, atol=1e-4)
     # The two encoders differ: the same three items score otherwise as part of a longer row.
     short = Query({0: 1.0, 1: 1.0, 2: 1.0}, np.zeros(model.bundle.user_spec.width, np.float32))
     padded = Query({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0}, short.features)  # weight 0: padding

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from typing import Protocol
 
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from service.state.lane import ReadLane, read
 from service.state.scripts import queue_script, run_script
@@ -155,19 +155,36 @@ class RedisCache:
             self._failed()
 
     async def set_many(self, entries: list[tuple[str, str, bytes]]) -> None:
-        """Many writes in one round trip (a pipeline of single-command scripts)."""
+        """Many writes in one round trip: on the read lane where there is one (best effort, as
+        every cache write: a refused one is skipped), else a redis-py pipeline."""
         if self.degraded or not entries:
             return
         try:
+            if self._lane is not None:
+                await self._set_on_lane(entries)
+                return
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, field, value in entries:
-                    ttl = max(
-                        1, round(self._ttl * (1 + random.uniform(-self._jitter, self._jitter)))
-                    )
-                    queue_script(pipe, self._set, [key], [field, value, ttl])
+                    queue_script(pipe, self._set, [key], [field, value, self._ttl_now()])
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError):
             self._failed()
+
+    async def _set_on_lane(self, entries: list[tuple[str, str, bytes]]) -> None:
+        """The script by its hash; a Redis that lost it (restarted, flushed) gets it loaded
+        and the refused writes again."""
+        sha = self._set.sha
+        commands = [("EVALSHA", sha, 1, k, f, v, self._ttl_now()) for k, f, v in entries]
+        replies = await self._lane.call_many(commands)
+        refused = [c for c, r in zip(commands, replies, strict=True) if isinstance(r, Exception)]
+        if not refused:
+            return
+        if not all(isinstance(r, NoScriptError) for r in replies if isinstance(r, Exception)):
+            raise next(r for r in replies if isinstance(r, Exception))
+        await self._client.script_load(_SET)
+        for reply in await self._lane.call_many(refused):
+            if isinstance(reply, Exception):
+                raise reply
 
     async def check(self) -> bool:
         """Ping, whatever the back-off says: readiness probes are how recovery is noticed."""

@@ -3,8 +3,10 @@
 
 redis-py's asyncio client took about 35 µs of CPU per command here — a pool checkout, a retry
 wrapper and a health check around every call — a tenth of an uncached answer
-(docs/PERFORMANCE.md); this takes about 9. Only the read every recommendation makes goes this
-way (`RedisStore.user_state`); writes keep redis-py and its handling.
+(docs/PERFORMANCE.md); this takes about 9. The reads every recommendation makes go this way
+(`RedisStore.user_state`, the cache, the catalogue generation), and the cache's writes, best
+effort by nature (`call_many`: one round trip for the answers of a moment); the store's writes
+keep redis-py and its handling.
 
 Failure is the same as redis-py's to the caller: `redis.exceptions.ConnectionError` or
 `TimeoutError` (RedisError), which the store turns into StoreUnavailable. A reply late past the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -122,22 +125,54 @@ class ReadLane:
         """One command's reply (bytes, int, None or a list of them, as redis-py gives without
         decoding); a Redis error reply raised as redis-py would."""
         loop = asyncio.get_running_loop()
+        protocol = self._current(loop) or await self._connect(loop)
+        return await self._send(loop, protocol, args)
+
+    async def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Many commands written at once (one round trip), each one's reply in order; a Redis
+        error reply in its command's place as the exception redis-py would raise, so that one
+        refused command does not hide the others' fate. A lost connection or a timeout is
+        raised, as by `call`."""
+        if not commands:
+            return []
+        loop = asyncio.get_running_loop()
+        protocol = self._current(loop) or await self._connect(loop)
+        transport = self._transport(protocol)
+        futures = [loop.create_future() for _ in commands]
+        protocol.waiting.extend(futures)
+        transport.write(b"".join([pack(command) for command in commands]))
+        # Replies come in order: the last one late means the connection is.
+        timer = loop.call_later(self.timeout, self._expire, protocol, futures[-1])
+        try:
+            replies = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            timer.cancel()
+        for reply in replies:
+            if isinstance(reply, (ConnectionError, RedisTimeoutError)):
+                raise reply
+        return replies
+
+    def _current(self, loop: asyncio.AbstractEventLoop) -> _Protocol | None:
+        """The open connection of this loop, if any."""
         if self._loop is not loop:  # another loop (tests): its connection is not this one's
             self._protocol, self._connecting, self._loop = None, None, loop
         protocol = self._protocol
-        if protocol is None or protocol.lost:
-            protocol = await self._connect(loop)
-        return await self._send(loop, protocol, args)
+        return None if protocol is None or protocol.lost else protocol
 
-    async def _send(
-        self, loop: asyncio.AbstractEventLoop, protocol: _Protocol, args: tuple[Any, ...]
-    ) -> Any:
+    @staticmethod
+    def _transport(protocol: _Protocol) -> asyncio.Transport:
         transport = protocol.transport
         if protocol.lost or transport is None or transport.is_closing():
             # Accepted, then closed (Redis at maxclients, in protected mode, a proxy whose
             # Redis is down): a connection error like any other, never a RuntimeError
             protocol.lost = True
             raise ConnectionError("the connection to Redis was closed")
+        return transport
+
+    async def _send(
+        self, loop: asyncio.AbstractEventLoop, protocol: _Protocol, args: tuple[Any, ...]
+    ) -> Any:
+        transport = self._transport(protocol)
         future = loop.create_future()
         protocol.waiting.append(future)
         transport.write(pack(args))

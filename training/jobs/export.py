@@ -99,39 +99,80 @@ class InferencePath(nn.Module):
         lay rows out (entries first, padding after)."""
         return (weights[:, self.short_max :] != 0).sum(dim=1, keepdim=True) == 0
 
-    def item_offset(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
-        """The catalogue items' logits from outside the network's output layer: the linear
-        path's, and on the short head's rows item-kNN's fold-in (`short_max` rows of S per
-        user: batch × short_max × items floats at the peak). None where there are neither; a
-        new item has none (service.item_path)."""
-        offset = self.net.linear_padded(items, weights)
-        if self.neighbours is None:
-            return offset
+    def encoded(self, items, weights, user_features, user_index) -> tuple[torch.Tensor, ...]:
+        """(hidden, near): the code each row's encoder gives, and item-kNN's fold-in on the
+        short head's rows (zeros elsewhere, and everywhere without neighbours).
+
+        Chosen per call (ONNX `If`s): a batch of short rows only runs the head and the
+        neighbours, one of long rows only the network — the service scores one user a call,
+        so it runs one encoder, not both (a quarter of the graph's time: docs/PERFORMANCE.md);
+        a mixed batch runs both and picks per row. Same arithmetic row by row either way."""
+        short = self.is_short(weights)
         k = self.short_max
-        near = torch.where(
-            self.is_short(weights), self.neighbours.gathered(items[:, :k], weights[:, :k]), 0.0
-        )
-        return near if offset is None else offset + near
+
+        def head(items, weights, user_features, user_index) -> torch.Tensor:
+            return self.short.hidden(
+                *self.short.padded_input(items[:, :k], weights[:, :k]), user_features, user_index
+            )
+
+        def near(items, weights) -> torch.Tensor:
+            if self.neighbours is None:
+                return weights.new_zeros((items.shape[0], self.net.n_items))
+            return self.neighbours.gathered(items[:, :k], weights[:, :k])
+
+        def network(items, weights, user_features, user_index) -> torch.Tensor:
+            net = self.net
+            return net.hidden(*net.padded_input(items, weights), user_features, user_index)
+
+        def head_only(items, weights, user_features, user_index, short):
+            return head(items, weights, user_features, user_index), near(items, weights)
+
+        def network_only(items, weights, user_features, user_index, short):
+            zeros = weights.new_zeros((items.shape[0], self.net.n_items))
+            return network(items, weights, user_features, user_index), zeros
+
+        def both(items, weights, user_features, user_index, short):
+            hidden = torch.where(
+                short,
+                head(items, weights, user_features, user_index),
+                network(items, weights, user_features, user_index),
+            )
+            return hidden, torch.where(short, near(items, weights), 0.0)
+
+        def not_all_short(items, weights, user_features, user_index, short):
+            operands = (items, weights, user_features, user_index, short)
+            return torch.cond(~short.any(), network_only, both, operands)
+
+        operands = (items, weights, user_features, user_index, short)
+        return torch.cond(short.all(), head_only, not_all_short, operands)
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return NEURAL_OUTPUTS if self.kind in NEURAL else ("scores",)
 
+    def coded(self, items, weights, user_features, user_index) -> tuple[torch.Tensor, ...]:
+        """(hidden, offset): the decoder's output before the output layer, and the catalogue
+        items' logits from outside it — the linear path's, and on the short head's rows
+        item-kNN's fold-in (None where there are neither; a new item has none:
+        service.item_path)."""
+        net = self.net
+        offset = net.linear_padded(items, weights)
+        if self.short is None:
+            return net.hidden(*net.padded_input(items, weights), user_features, user_index), offset
+        hidden, near = self.encoded(items, weights, user_features, user_index)
+        if self.neighbours is not None:
+            offset = near if offset is None else offset + near
+        return hidden, offset
+
+    def item_offset(self, items, weights, user_features, user_index) -> torch.Tensor | None:
+        """The offset `coded` gives (export parity rebuilds the scores from it)."""
+        return self.coded(items, weights, user_features, user_index)[1]
+
     def forward(self, items, weights, user_features, user_index):
         if self.kind in NEURAL:
             net = self.net
-            hidden = net.hidden(*net.padded_input(items, weights), user_features, user_index)
-            if self.short is not None:
-                # The head reads the first `short_max` places only: its cost does not grow with
-                # a long history it would not serve.
-                k = self.short_max
-                head = self.short.hidden(
-                    *self.short.padded_input(items[:, :k], weights[:, :k]),
-                    user_features,
-                    user_index,
-                )
-                hidden = torch.where(self.is_short(weights), head, hidden)
-            output = net.with_linear(net.out(hidden), self.item_offset(items, weights))
+            hidden, offset = self.coded(items, weights, user_features, user_index)
+            output = net.with_linear(net.out(hidden), offset)
             logits = output[:, : net.n_items]
             if net.config.output == "softmax":
                 log_norm = torch.logsumexp(logits, dim=1)
@@ -274,11 +315,14 @@ def parity(
     sample = parity_sample(checkpoint.positives.shape[0])
     worst, worst_item_path, same = 0.0, 0.0, 0
     short_max = getattr(module, "short_max", -1)
-    sides = ["whole"] if short_max < 0 else ["long", "short"]
+    # With a short head the graph has three branches (InferencePath.encoded): batches of
+    # long rows, of short rows, and of both (every other row short).
+    sides = ["whole"] if short_max < 0 else ["long", "short", "mixed"]
     # Chunks of 256 users, and the first 16 again one at a time: a graph may take another
     # branch for one user than for a batch (the linear path's gathered and dense forms).
     spans = [(start, 256) for start in range(0, len(sample), 256)]
     spans += [(start, 1) for start in range(min(16, len(sample)))]
+    checked = 0
     for (start, size), side in [(span, side) for side in sides for span in spans]:
         users = sample[start : start + size]
         rows = checkpoint.positives[users]
@@ -286,6 +330,15 @@ def parity(
             rows = at_least(rows, short_max + 1)
         elif side == "short":
             rows = first_entries(rows, short_max)
+        elif side == "mixed":
+            if len(users) < 2:
+                continue
+            half = (len(users) + 1) // 2
+            users = np.concatenate([users[::2], users[1::2]])
+            short_rows = first_entries(checkpoint.positives[users[:half]], short_max)
+            long_rows = at_least(checkpoint.positives[users[half:]], short_max + 1)
+            rows = sp.vstack([short_rows, long_rows], format="csr")
+        checked += len(users)
         inputs = inputs_of(checkpoint, rows, users)
         feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
         results = session.run(names, feeds)
@@ -299,7 +352,7 @@ def parity(
         worst = max(worst, largest_difference(got, want))
         if path is not None:
             with torch.no_grad():  # the catalogue items' logits besides the output layer's
-                offset = module.item_offset(inputs[0], inputs[1])
+                offset = module.item_offset(*inputs)
             offset = offset.numpy() if offset is not None else None
             rebuilt = item_scores(
                 results[1], results[2], path.vectors, path.bias, path.output, offset
@@ -309,7 +362,6 @@ def parity(
         same += int(
             (top_n(mask_seen(got, seen), 10) == top_n(mask_seen(want, seen), 10)).all(1).sum()
         )
-    checked = (len(sample) + min(16, len(sample))) * len(sides)
     figures = {"max_abs_diff": worst, "top10_agreement": same / checked, "users": len(sample)}
     if path is not None:
         figures["item_path_max_abs_diff"] = worst_item_path

@@ -79,6 +79,7 @@ def to_onnx(
                     while len(_REUSED) > REUSE_ENTRIES:
                         _REUSED.popitem(last=False)
     program.optimize()
+    _drop_debug_metadata(program.model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         program.save(str(path), external_data=weights > external_above)
@@ -115,6 +116,16 @@ def _trace(
             )
         finally:
             quiet.setLevel(level)
+
+
+def _drop_debug_metadata(model: Any) -> None:
+    """The exporter's notes on every node (torch stack traces, module names) removed: nothing
+    reads them, and inside an `If`'s branches each node carried a whole stack (about 8 KB a
+    node: 1 MB for the short head's branches)."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    for node in RecursiveGraphIterator(model.graph):
+        node.metadata_props.clear()
 
 
 def _write_weights(model: Any, state: dict[str, torch.Tensor]) -> None:
