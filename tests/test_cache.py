@@ -80,7 +80,8 @@ def test_redis_cache_writes_many_on_the_lane_and_reloads_a_flushed_script() -> N
     async def scenario() -> None:
         client = redis_client(REDIS_URL, 0.5)
         lane = ReadLane.from_url(REDIS_URL, 0.5)
-        cache = RedisCache(client, ttl=100, jitter=0.1, lane=lane)
+        writes = ReadLane.from_url(REDIS_URL, 0.5)
+        cache = RedisCache(client, ttl=100, jitter=0.1, lane=lane, write_lane=writes)
         entries = [(cache_key("v1", f"user:{u}"), "10:1", b"answer %d" % u) for u in range(50)]
         await cache.set_many(entries)
         assert [await cache.get(k, f) for k, f, _ in entries] == [v for _, _, v in entries]
@@ -90,11 +91,12 @@ def test_redis_cache_writes_many_on_the_lane_and_reloads_a_flushed_script() -> N
         assert await cache.get(cache_key("v1", "user:x"), "5:0") == b"again"
         assert not cache.degraded
         down = ReadLane("127.0.0.1", 1, 0, None, None, 0.2)
-        dead = RedisCache(client, ttl=100, lane=down)
+        dead = RedisCache(client, ttl=100, write_lane=down)
         await dead.set_many(entries)  # never raises: the cache is bypassed for a while
         assert dead.degraded
         lane.close()
-        await cache.close()
+        await cache.close()  # and its write lane
+        assert writes is not None and writes._protocol is None
 
     asyncio.run(scenario())
 

@@ -120,8 +120,12 @@ class RedisCache:
         retry_seconds: float = 1.0,
         clock=time.monotonic,
         lane: ReadLane | None = None,
+        write_lane: ReadLane | None = None,
     ):
         self._client, self._ttl, self._jitter, self._lane = client, ttl, jitter, lane
+        # Writes on a connection of their own: a large batch, or a slow one, never makes the
+        # reads behind it wait or time out (service.state.lane fails everything waiting).
+        self._write_lane = write_lane
         self._retry, self._clock = retry_seconds, clock
         self._down_until = 0.0
         self._set = client.register_script(_SET)
@@ -155,13 +159,13 @@ class RedisCache:
             self._failed()
 
     async def set_many(self, entries: list[tuple[str, str, bytes]]) -> None:
-        """Many writes in one round trip: on the read lane where there is one (best effort, as
-        every cache write: a refused one is skipped), else a redis-py pipeline."""
+        """Many writes in one round trip: on the write lane where there is one (best effort,
+        as every cache write: a refused one is skipped), else a redis-py pipeline."""
         if self.degraded or not entries:
             return
         try:
-            if self._lane is not None:
-                await self._set_on_lane(entries)
+            if self._write_lane is not None:
+                await self._set_on_lane(self._write_lane, entries)
                 return
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, field, value in entries:
@@ -170,19 +174,19 @@ class RedisCache:
         except (TimeoutError, RedisError, OSError):
             self._failed()
 
-    async def _set_on_lane(self, entries: list[tuple[str, str, bytes]]) -> None:
+    async def _set_on_lane(self, lane: ReadLane, entries: list[tuple[str, str, bytes]]) -> None:
         """The script by its hash; a Redis that lost it (restarted, flushed) gets it loaded
         and the refused writes again."""
         sha = self._set.sha
         commands = [("EVALSHA", sha, 1, k, f, v, self._ttl_now()) for k, f, v in entries]
-        replies = await self._lane.call_many(commands)
+        replies = await lane.call_many(commands)
         refused = [c for c, r in zip(commands, replies, strict=True) if isinstance(r, Exception)]
         if not refused:
             return
         if not all(isinstance(r, NoScriptError) for r in replies if isinstance(r, Exception)):
             raise next(r for r in replies if isinstance(r, Exception))
         await self._client.script_load(_SET)
-        for reply in await self._lane.call_many(refused):
+        for reply in await lane.call_many(refused):
             if isinstance(reply, Exception):
                 raise reply
 
@@ -197,6 +201,8 @@ class RedisCache:
         return True
 
     async def close(self) -> None:
+        if self._write_lane is not None:
+            self._write_lane.close()
         await self._client.aclose()
 
 

@@ -4,9 +4,9 @@
 redis-py's asyncio client took about 35 µs of CPU per command here — a pool checkout, a retry
 wrapper and a health check around every call — a tenth of an uncached answer
 (docs/PERFORMANCE.md); this takes about 9. The reads every recommendation makes go this way
-(`RedisStore.user_state`, the cache, the catalogue generation), and the cache's writes, best
-effort by nature (`call_many`: one round trip for the answers of a moment); the store's writes
-keep redis-py and its handling.
+(`RedisStore.user_state`, the cache, the catalogue generation); the cache's writes, best
+effort by nature, go on a lane of their own (`call_many`: one round trip for the answers of a
+moment); the store's writes keep redis-py and its handling.
 
 Failure is the same as redis-py's to the caller: `redis.exceptions.ConnectionError` or
 `TimeoutError` (RedisError), which the store turns into StoreUnavailable. A reply late past the
