@@ -51,7 +51,7 @@ def build_state(settings: Settings) -> AppState:
             settings.cache_ttl_jitter,
             settings.redis_retry_seconds,
             lane=lane,
-            write_lane=ReadLane.from_url(settings.redis_url, settings.redis_timeout_seconds),
+            write_lane=ReadLane.from_url(settings.redis_url, settings.cache_write_timeout_seconds),
         )
         store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds, lane)
         online: Online | None = RedisOnline(

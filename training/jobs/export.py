@@ -105,8 +105,8 @@ class InferencePath(nn.Module):
 
         Chosen per call (ONNX `If`s): a batch of short rows only runs the head and the
         neighbours, one of long rows only the network — the service scores one user a call,
-        so it runs one encoder, not both (a quarter of the graph's time: docs/PERFORMANCE.md);
-        a mixed batch runs both and picks per row. Same arithmetic row by row either way."""
+        so it runs one encoder, not both (docs/PERFORMANCE.md, "One encoder per call"); a
+        mixed batch runs both and picks per row. Same arithmetic row by row either way."""
         short = self.is_short(weights)
         k = self.short_max
 
