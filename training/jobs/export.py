@@ -101,7 +101,7 @@ class InferencePath(nn.Module):
 
     def encoded(self, items, weights, user_features, user_index) -> tuple[torch.Tensor, ...]:
         """(hidden, near): the code each row's encoder gives, and item-kNN's fold-in on the
-        short head's rows (zeros elsewhere, and everywhere without neighbours).
+        short head's rows (zeros elsewhere; without neighbours a batch × 1 placeholder).
 
         Chosen per call (ONNX `If`s): a batch of short rows only runs the head and the
         neighbours, one of long rows only the network — the service scores one user a call,
@@ -109,6 +109,8 @@ class InferencePath(nn.Module):
         mixed batch runs both and picks per row. Same arithmetic row by row either way."""
         short = self.is_short(weights)
         k = self.short_max
+        # Without neighbours `near` is unused: a batch × 1 placeholder, not batch × items.
+        width = self.net.n_items if self.neighbours is not None else 1
 
         def head(items, weights, user_features, user_index) -> torch.Tensor:
             return self.short.hidden(
@@ -117,7 +119,7 @@ class InferencePath(nn.Module):
 
         def near(items, weights) -> torch.Tensor:
             if self.neighbours is None:
-                return weights.new_zeros((items.shape[0], self.net.n_items))
+                return weights.new_zeros((items.shape[0], width))
             return self.neighbours.gathered(items[:, :k], weights[:, :k])
 
         def network(items, weights, user_features, user_index) -> torch.Tensor:
@@ -128,7 +130,7 @@ class InferencePath(nn.Module):
             return head(items, weights, user_features, user_index), near(items, weights)
 
         def network_only(items, weights, user_features, user_index, short):
-            zeros = weights.new_zeros((items.shape[0], self.net.n_items))
+            zeros = weights.new_zeros((items.shape[0], width))
             return network(items, weights, user_features, user_index), zeros
 
         def both(items, weights, user_features, user_index, short):
