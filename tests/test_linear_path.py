@@ -168,3 +168,25 @@ def test_the_graph_form_is_the_same_gathered_or_dense() -> None:
     dense = path.padded(items, weights)
     torch.testing.assert_close(gathered, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(dense, want, atol=1e-5, rtol=1e-5)
+
+
+def test_eager_graph_forms_branch_in_python_not_through_dynamo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eager torch.cond compiles through one dynamo cache per process; after calls of other sizes
+    it refused the short head's branches, and a retraining run that exported twice failed its
+    parity check. Eagerly the branch is Python's; under export it stays an ONNX If (the export
+    tests' mixed-batch parity shows both sides)."""
+
+    def refused(*args, **kwargs):
+        raise AssertionError("torch.cond reached when run eagerly")
+
+    monkeypatch.setattr(torch, "cond", refused)
+    rng = np.random.default_rng(0)
+    for n in (30, 50):  # two sizes, as two exports in one process
+        path = LinearPath(torch.from_numpy(rng.standard_normal((n, n)).astype(np.float32)), 1.0)
+        for batch, length in ((1, 3), (5, 2)):
+            items = torch.from_numpy(rng.integers(0, n, (batch, length)))
+            weights = torch.ones(batch, length)
+            want = torch.zeros(batch, n).scatter_add(1, items, weights) @ path.weight
+            torch.testing.assert_close(path.padded(items, weights), want, atol=1e-5, rtol=1e-5)

@@ -32,6 +32,7 @@ from training.jobs.checkpoint import Checkpoint
 from training.jobs.onnx_graph import EXTERNAL_DATA_ABOVE, to_onnx
 from training.jobs.pipeline import restore
 from training.models.cold_items import Layers
+from training.models.linear_path import cond
 from training.names import NEURAL
 
 # A user's history goes in as item indices and weights (batch × length, padding has weight 0):
@@ -143,10 +144,10 @@ class InferencePath(nn.Module):
 
         def not_all_short(items, weights, user_features, user_index, short):
             operands = (items, weights, user_features, user_index, short)
-            return torch.cond(~short.any(), network_only, both, operands)
+            return cond(~short.any(), network_only, both, operands)
 
         operands = (items, weights, user_features, user_index, short)
-        return torch.cond(short.all(), head_only, not_all_short, operands)
+        return cond(short.all(), head_only, not_all_short, operands)
 
     @property
     def outputs(self) -> tuple[str, ...]:

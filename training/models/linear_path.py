@@ -22,7 +22,7 @@ carry the linear path's logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -83,6 +83,23 @@ def ease_start(train: sp.csr_matrix, lam: float) -> torch.Tensor:
     return torch.from_numpy(ease_weights(binarised(train), lam))
 
 
+def cond(
+    pred: torch.Tensor,
+    true_fn: Callable[..., object],
+    false_fn: Callable[..., object],
+    operands: Sequence[torch.Tensor],
+):
+    """`torch.cond` while traced (the export writes an ONNX `If`), a plain Python branch when run
+    eagerly (training, export parity). Eager `torch.cond` compiles its branches through dynamo,
+    whose cache is one per process for every call: once calls of other shapes had made it trace
+    with symbolic sizes, it refused branches whose output strides it could not prove equal, and
+    a process that exported two models of different sizes (a retraining run, the test suite)
+    failed its parity check."""
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, true_fn, false_fn, tuple(operands))
+    return (true_fn if bool(pred) else false_fn)(*operands)
+
+
 def weighted_rows(table: torch.Tensor, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_j weights[b, j] · table[items[b, j]] for a padded batch (batch × length; padding has
     weight 0): an ONNX Gather and one batched MatMul. The product-then-sum form exported as
@@ -134,7 +151,7 @@ class LinearPath(nn.Module):
             return rows.scatter_add(1, items, weights) @ self.weight
 
         small = items.numel() * n <= limit
-        return self.scale * torch.cond(small, gathered, dense, (items, weights))
+        return self.scale * cond(small, gathered, dense, (items, weights))
 
 
 # The gathered form's bound, in floats (4 MB): above it the dense form (LinearPath.padded).
