@@ -11,7 +11,7 @@ import redis
 
 from service.serving.recommendations import Recommendations
 from service.state.cache import LocalCache, RedisCache, cache_key, redis_client
-from service.state.lane import ReadLane
+from service.state.lane import Lane
 from service.telemetry import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
@@ -79,8 +79,8 @@ def test_redis_cache_writes_many_on_the_lane_and_reloads_a_flushed_script() -> N
 
     async def scenario() -> None:
         client = redis_client(REDIS_URL, 0.5)
-        lane = ReadLane.from_url(REDIS_URL, 0.5)
-        writes = ReadLane.from_url(REDIS_URL, 0.5)
+        lane = Lane.from_url(REDIS_URL, 0.5)
+        writes = Lane.from_url(REDIS_URL, 0.5)
         cache = RedisCache(client, ttl=100, jitter=0.1, lane=lane, write_lane=writes)
         entries = [(cache_key("v1", f"user:{u}"), "10:1", b"answer %d" % u) for u in range(50)]
         await cache.set_many(entries)
@@ -90,7 +90,7 @@ def test_redis_cache_writes_many_on_the_lane_and_reloads_a_flushed_script() -> N
         await cache.set_many([(cache_key("v1", "user:x"), "5:0", b"again")])
         assert await cache.get(cache_key("v1", "user:x"), "5:0") == b"again"
         assert not cache.degraded
-        down = ReadLane("127.0.0.1", 1, 0, None, None, 0.2)
+        down = Lane("127.0.0.1", 1, 0, None, None, 0.2)
         dead = RedisCache(client, ttl=100, write_lane=down)
         await dead.set_many(entries)  # never raises: the cache is bypassed for a while
         assert dead.degraded

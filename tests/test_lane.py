@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.state.cache import RedisCache
-from service.state.lane import ReadLane, pack
+from service.state.lane import Lane, pack
 from service.state.scripts import run_script
 from service.state.store import RedisStore, StoreUnavailable
 
@@ -85,13 +85,13 @@ def test_pack_encodes_as_redis_py_does() -> None:
 
 
 def test_only_plain_tcp_urls_get_a_lane() -> None:
-    lane = ReadLane.from_url("redis://user:secret@example.org:6380/4", 1.0)
+    lane = Lane.from_url("redis://user:secret@example.org:6380/4", 1.0)
     assert lane is not None
     assert (lane.host, lane.port, lane.db, lane.username, lane.password) == (
         "example.org", 6380, 4, "user", "secret",
     )  # fmt: skip
-    assert ReadLane.from_url("rediss://example.org:6380/0", 1.0) is None
-    assert ReadLane.from_url("unix:///run/redis.sock", 1.0) is None
+    assert Lane.from_url("rediss://example.org:6380/0", 1.0) is None
+    assert Lane.from_url("unix:///run/redis.sock", 1.0) is None
 
 
 def test_replies_match_redis_py_and_keep_their_order_under_concurrency() -> None:
@@ -99,7 +99,7 @@ def test_replies_match_redis_py_and_keep_their_order_under_concurrency() -> None
         sync = redis.Redis.from_url(URL)
         sync.flushdb()
         sync.mset({f"lane:{k}": f"value-{k}" for k in range(300)})
-        lane = ReadLane.from_url(URL, 2.0)
+        lane = Lane.from_url(URL, 2.0)
         assert lane is not None
         replies = await asyncio.gather(*(lane.call("GET", f"lane:{k}") for k in range(300)))
         assert replies == [f"value-{k}".encode() for k in range(300)]
@@ -118,7 +118,7 @@ def test_many_commands_in_one_write_keep_their_order_and_their_own_errors() -> N
         sync = redis.Redis.from_url(URL)
         sync.flushdb()
         sync.set("lane:text", "not a number")
-        lane = ReadLane.from_url(URL, 2.0)
+        lane = Lane.from_url(URL, 2.0)
         assert lane is not None
         commands = [("SET", f"lane:{k}", k) for k in range(200)]
         commands.insert(50, ("INCR", "lane:text"))  # refused: its place, not the batch's
@@ -145,11 +145,11 @@ def test_many_commands_to_a_silent_redis_time_out_or_a_closed_port_refuses() -> 
 
     async def scenario() -> None:
         async with fake_redis(silent) as port:
-            lane = ReadLane("127.0.0.1", port, 0, None, None, 0.3)
+            lane = Lane("127.0.0.1", port, 0, None, None, 0.3)
             with pytest.raises(RedisTimeoutError):
                 await lane.call_many([("GET", "a"), ("GET", "b")])
         with pytest.raises(ConnectionError):
-            await ReadLane("127.0.0.1", _free_port(), 0, None, None, 0.3).call_many([("GET", "a")])
+            await Lane("127.0.0.1", _free_port(), 0, None, None, 0.3).call_many([("GET", "a")])
 
     asyncio.run(scenario())
 
@@ -158,7 +158,7 @@ def test_an_unknown_script_is_loaded_through_redis_py() -> None:
     async def scenario() -> None:
         client = aioredis.Redis.from_url(URL)
         script = client.register_script("return {KEYS[1], ARGV[1], 7}")
-        lane = ReadLane.from_url(URL, 2.0)
+        lane = Lane.from_url(URL, 2.0)
         assert lane is not None
         await client.script_flush()
         with pytest.raises(NoScriptError):
@@ -185,7 +185,7 @@ def test_silence_times_out_everything_waiting_and_the_next_call_reconnects() -> 
 
     async def scenario() -> None:
         async with fake_redis(silent_then_answering) as port:
-            lane = ReadLane("127.0.0.1", port, 0, None, None, 0.2)
+            lane = Lane("127.0.0.1", port, 0, None, None, 0.2)
             results = await asyncio.gather(
                 *(lane.call("PING") for _ in range(3)), return_exceptions=True
             )
@@ -204,11 +204,11 @@ def test_a_lost_connection_fails_its_callers_and_a_refused_one_is_a_connection_e
 
     async def scenario() -> None:
         async with fake_redis(hang_up) as port:
-            lane = ReadLane("127.0.0.1", port, 0, None, None, 2.0)
+            lane = Lane("127.0.0.1", port, 0, None, None, 2.0)
             with pytest.raises(ConnectionError):
                 await lane.call("PING")
             lane.close()
-        closed = ReadLane("127.0.0.1", _free_port(), 0, None, None, 1.0)
+        closed = Lane("127.0.0.1", _free_port(), 0, None, None, 1.0)
         with pytest.raises(ConnectionError):
             await closed.call("PING")
 
@@ -224,7 +224,7 @@ def test_a_caller_that_goes_away_never_shifts_the_replies_of_the_others() -> Non
 
     async def scenario() -> None:
         async with fake_redis(slow_echo) as port:
-            lane = ReadLane("127.0.0.1", port, 0, None, None, 2.0)
+            lane = Lane("127.0.0.1", port, 0, None, None, 2.0)
             first = asyncio.ensure_future(lane.call("ECHO", "first"))
             await asyncio.sleep(0.01)
             second = asyncio.ensure_future(lane.call("ECHO", "second"))
@@ -242,7 +242,7 @@ def test_the_handshake_authenticates_and_selects_the_database() -> None:
 
     async def scenario() -> None:
         async with fake_redis(recording) as port:
-            lane = ReadLane.from_url(f"redis://me:pw@127.0.0.1:{port}/3", 1.0)
+            lane = Lane.from_url(f"redis://me:pw@127.0.0.1:{port}/3", 1.0)
             assert lane is not None
             assert await lane.call("PING") == b"OK"
             lane.close()
@@ -257,7 +257,7 @@ def test_a_password_alone_authenticates_as_the_default_user() -> None:
 
     async def scenario() -> None:
         async with fake_redis(recording) as port:
-            lane = ReadLane.from_url(f"redis://:pw@127.0.0.1:{port}/0", 1.0)
+            lane = Lane.from_url(f"redis://:pw@127.0.0.1:{port}/0", 1.0)
             assert lane is not None
             assert await lane.call("PING") == b"OK"
             lane.close()
@@ -275,7 +275,7 @@ def test_a_connection_accepted_then_closed_is_a_connection_error_under_uvloop() 
 
     async def scenario() -> None:
         async with fake_redis(hang_up_at_once) as port:
-            lane = ReadLane("127.0.0.1", port, 0, None, None, 1.0)
+            lane = Lane("127.0.0.1", port, 0, None, None, 1.0)
             for _ in range(5):
                 await asyncio.sleep(0.01)
                 with pytest.raises(ConnectionError):
@@ -286,7 +286,7 @@ def test_a_connection_accepted_then_closed_is_a_connection_error_under_uvloop() 
 
 
 def test_a_lane_moved_to_another_loop_connects_afresh() -> None:
-    lane = ReadLane.from_url(URL, 2.0)
+    lane = Lane.from_url(URL, 2.0)
     assert lane is not None
     for _ in range(2):
 
@@ -303,11 +303,11 @@ def test_the_store_reads_through_the_lane_and_reports_it_down_as_unavailable() -
     async def scenario() -> None:
         client = aioredis.Redis.from_url(URL)
         await client.flushdb()
-        store = RedisStore(client, lane=ReadLane.from_url(URL, 2.0))
+        store = RedisStore(client, lane=Lane.from_url(URL, 2.0))
         await store.add_interactions("u1", ["a", "b"], [1.0, 2.0], "key-1", "digest-1")
         state = await store.user_state("u1")
         assert state.added == ["a", "b"] and state.generation == 1
-        down = RedisStore(client, lane=ReadLane("127.0.0.1", _free_port(), 0, None, None, 1.0))
+        down = RedisStore(client, lane=Lane("127.0.0.1", _free_port(), 0, None, None, 1.0))
         with pytest.raises(StoreUnavailable):
             await down.user_state("u1")
         store.close()
@@ -320,13 +320,13 @@ def test_the_cache_and_the_catalogue_generation_read_through_the_lane() -> None:
     async def scenario() -> None:
         client = aioredis.Redis.from_url(URL)
         await client.flushdb()
-        lane = ReadLane.from_url(URL, 2.0)
+        lane = Lane.from_url(URL, 2.0)
         cache = RedisCache(client, ttl=100, lane=lane)
         await cache.set("k", "f", b"answer")
         assert await cache.get("k", "f") == b"answer" and await cache.get("k", "g") is None
         store = RedisStore(client, lane=lane)
         assert await store.catalogue_generation() == 0
-        down = ReadLane("127.0.0.1", _free_port(), 0, None, None, 1.0)
+        down = Lane("127.0.0.1", _free_port(), 0, None, None, 1.0)
         assert await RedisCache(client, ttl=100, lane=down).get("k", "f") is None  # a miss
         with pytest.raises(StoreUnavailable):
             await RedisStore(client, lane=down).catalogue_generation()

@@ -28,7 +28,7 @@ from service.serving.filters import filter_schema
 from service.serving.holder import ModelHolder
 from service.serving.recommendations import ITEM_TITLE_LIMIT, Recommendations
 from service.state.cache import Cache, LocalCache, RedisCache, redis_client
-from service.state.lane import ReadLane
+from service.state.lane import Lane
 from service.state.online import FileOnline, Online, RedisOnline, impressions_log
 from service.state.store import FileStore, RedisStore, Store
 from service.telemetry import Metrics
@@ -44,14 +44,14 @@ def build_state(settings: Settings) -> AppState:
     if settings.redis_url:
         client = redis_client(settings.redis_url, settings.redis_timeout_seconds)
         # The reads every answer makes share one pipelined connection (service.state.lane)
-        lane = ReadLane.from_url(settings.redis_url, settings.redis_timeout_seconds)
+        lane = Lane.from_url(settings.redis_url, settings.redis_timeout_seconds)
         cache = RedisCache(
             client,
             settings.cache_ttl_seconds,
             settings.cache_ttl_jitter,
             settings.redis_retry_seconds,
             lane=lane,
-            write_lane=ReadLane.from_url(settings.redis_url, settings.cache_write_timeout_seconds),
+            write_lane=Lane.from_url(settings.redis_url, settings.cache_write_timeout_seconds),
         )
         store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds, lane)
         online: Online | None = RedisOnline(

@@ -18,7 +18,7 @@ from typing import Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from service.state.lane import ReadLane, read
+from service.state.lane import Lane, read
 from service.state.scripts import queue_script, run_script
 
 PREFIX = "cddae:rec"
@@ -119,8 +119,8 @@ class RedisCache:
         jitter: float = 0.1,
         retry_seconds: float = 1.0,
         clock=time.monotonic,
-        lane: ReadLane | None = None,
-        write_lane: ReadLane | None = None,
+        lane: Lane | None = None,
+        write_lane: Lane | None = None,
     ):
         self._client, self._ttl, self._jitter, self._lane = client, ttl, jitter, lane
         # Writes on a connection of their own: a large batch, or a slow one, never makes the
@@ -174,7 +174,7 @@ class RedisCache:
         except (TimeoutError, RedisError, OSError):
             self._failed()
 
-    async def _set_on_lane(self, lane: ReadLane, entries: list[tuple[str, str, bytes]]) -> None:
+    async def _set_on_lane(self, lane: Lane, entries: list[tuple[str, str, bytes]]) -> None:
         """The script by its hash; a Redis that lost it (restarted, flushed) gets it loaded
         and the refused writes again."""
         sha = self._set.sha

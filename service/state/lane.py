@@ -1,4 +1,4 @@
-"""The per-request read's own Redis connection: requests written back to back on one socket
+"""A Redis connection of its own for the hot path: requests written back to back on one socket
 (pipelined: Redis answers in order), replies parsed by hiredis, one future each.
 
 redis-py's asyncio client took about 35 µs of CPU per command here — a pool checkout, a retry
@@ -12,7 +12,7 @@ Failure is the same as redis-py's to the caller: `redis.exceptions.ConnectionErr
 `TimeoutError` (RedisError), which the store turns into StoreUnavailable. A reply late past the
 timeout drops the connection and fails everything waiting on it (its replies can no longer be
 matched to requests); the next call connects again. Plain TCP URLs only (`redis://`); others
-(TLS, unix sockets) keep redis-py for every call (`ReadLane.from_url` returns None).
+(TLS, unix sockets) keep redis-py for every call (`Lane.from_url` returns None).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
 
-class ReadLane:
+class Lane:
     def __init__(
         self,
         host: str,
@@ -107,7 +107,7 @@ class ReadLane:
         self._connecting: asyncio.Future[_Protocol] | None = None
 
     @classmethod
-    def from_url(cls, url: str, timeout: float) -> ReadLane | None:
+    def from_url(cls, url: str, timeout: float) -> Lane | None:
         """A lane to the Redis at `url`, or None where it is not plain TCP."""
         options = parse_url(url)
         if options.get("connection_class", Connection) is not Connection:
@@ -228,7 +228,7 @@ def _retrieved(future: asyncio.Future) -> None:
         future.exception()
 
 
-async def read(client: Any, lane: ReadLane | None, *command: Any) -> Any:
+async def read(client: Any, lane: Lane | None, *command: Any) -> Any:
     """One read command whose reply is a bulk string or nil (GET, HGET), on `lane` where
     there is one, else on redis-py's `client`: the same bytes either way. (redis-py shapes
     other replies — HGETALL, SMEMBERS — into dicts and sets; the lane does not.)"""

@@ -14,11 +14,11 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from service.state.lane import ReadLane
+from service.state.lane import Lane
 
 
 async def run_script(
-    script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], lane: ReadLane | None = None
+    script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], lane: Lane | None = None
 ) -> Any:
     """`script(keys=keys, args=args)` on the client it was registered with, or on `lane`. A
     Redis that does not know it (restarted, flushed) gets it loaded, as redis-py would."""

@@ -51,7 +51,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.state.events import ITEM_EVENTS, BadEvent, Quarantine, parse
-from service.state.lane import ReadLane, read
+from service.state.lane import Lane, read
 from service.state.scripts import run_script
 
 STREAM = "cddae:events"
@@ -494,7 +494,7 @@ class RedisStore:
         client: aioredis.Redis,
         max_history: int = MAX_HISTORY,
         idempotency_ttl: int = IDEMPOTENCY_TTL,
-        lane: ReadLane | None = None,
+        lane: Lane | None = None,
     ):
         self._client, self.max_history, self.idempotency_ttl = client, max_history, idempotency_ttl
         self._lane = lane  # the per-request read's own connection (service.state.lane)
