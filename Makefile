@@ -23,12 +23,14 @@ run: install
 	$(BIN)/cddae serve --models-dir $(MODELS_DIR) --port $(PORT)
 
 # Lint and the in-process suite (models, export, store, app through its ASGI client): under 5 min
-SLOW_SUITES := tests/e2e tests/test_distributed.py
+# (`--durations` lists the slowest, so a test that outgrows it shows in every run).
+SLOW_SUITES := tests/e2e tests/test_distributed.py tests/test_retrain.py
 test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not contract" $(SLOW_SUITES:%=--ignore=%)
+	$(BIN)/python -m pytest -m "not contract" --durations=15 $(SLOW_SUITES:%=--ignore=%)
 
-# Real processes (uvicorn, the retraining job, torchrun) on loopback and Redis: about 5 min
+# Real processes (uvicorn, the retraining job, torchrun) on loopback and Redis, and the retraining
+# job's runs in-process (train, export, gate, promote; 15–30 s each): about 7 min
 e2e: install
 	$(BIN)/python -m pytest -m "not contract" $(SLOW_SUITES)
 
