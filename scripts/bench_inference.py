@@ -7,6 +7,9 @@ user at a time (median and p99 per call), for both runtimes, with the same threa
 With --int8: the bundle's graph dynamically quantised (onnxruntime.quantization, int8 weights),
 its time per user beside the float graph's and its top-10 agreement with it (every user, seen
 items excluded): what shipping it would buy and cost.
+With --gaps (µs, e.g. 0,1000,5000): one user per call again, each call after a busy wait of
+that long, in CPU time of the calling thread — what a call costs when it is not the last thing
+the core did (a service between requests), not only back to back.
 """
 
 from __future__ import annotations
@@ -40,6 +43,26 @@ def _timed_each(fn, arguments) -> list[float]:
     return out
 
 
+def _gapped(fn, arguments, gap: float) -> list[float]:
+    """CPU seconds of the calling thread per call of fn(a), each after `gap` seconds of a busy
+    wait that touches no memory (the core stays awake: what is lost meanwhile is the caches)."""
+    out = []
+    for argument in arguments:
+        end = time.perf_counter() + gap
+        while time.perf_counter() < end:
+            pass
+        start = time.thread_time()
+        fn(argument)
+        out.append(time.thread_time() - start)
+    return out
+
+
+def gaps(label: str, fn, arguments, gaps_us: list[int]) -> None:
+    for gap in gaps_us:
+        times = _gapped(fn, arguments, gap / 1e6)
+        print(f"  {label} after {gap:5d} µs: {_p(times, 50):6.3f} / {_p(times, 99):6.3f} ms CPU")
+
+
 def _p(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3
 
@@ -51,6 +74,8 @@ def main() -> None:
     parser.add_argument("--single-calls", type=int, default=2000)
     parser.add_argument("--batch-repeats", type=int, default=30)
     parser.add_argument("--int8", action="store_true", help="also the int8 quantised graph")
+    parser.add_argument("--gaps", default="", help="µs of busy wait before each call: 0,1000")
+    parser.add_argument("--gap-calls", type=int, default=600)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -93,11 +118,17 @@ def main() -> None:
     print(f"  onnxruntime (+ input)   {_p(ort_single, 50):6.3f} / {_p(ort_single, 99):6.3f} ms")
     rank = _timed_each(lambda q: model.rank(q, model.scores([q])[0], 10, list(q.weights)), queries)
     print(f"  service path (input + run + top-10)  {_p(rank, 50):6.3f} / {_p(rank, 99):6.3f} ms")
+    gaps_us = [int(g) for g in args.gaps.split(",") if g]
+    if gaps_us:
+        print(f"\none user per call after a gap (the first {args.gap_calls} calls), median / p99:")
+        gaps("float", lambda q: model.scores([q]), queries[: args.gap_calls], gaps_us)
     if args.int8:
-        int8(model, queries, ort_single)
+        int8(model, queries, ort_single, gaps_us, queries[: args.gap_calls])
 
 
-def int8(model: Model, queries: list, float_times: list[float]) -> None:
+def int8(
+    model: Model, queries: list, float_times: list[float], gaps_us: list[int], gap_queries: list
+) -> None:
     """The int8 graph against the float one: time per user and top-10 agreement."""
     import tempfile
 
@@ -127,6 +158,7 @@ def int8(model: Model, queries: list, float_times: list[float]) -> None:
     print(f"\nint8 graph ({size:.2f} MB): one user {_p(times, 50):6.3f} / {_p(times, 99):6.3f} ms "
           f"(float {_p(float_times, 50):6.3f}); top-10 agreement with the float graph "
           f"{100 * float(np.mean(agree)):.2f}% (lists all equal: {whole:.1f}%)")  # fmt: skip
+    gaps("int8 ", scores, gap_queries, gaps_us)
 
 
 if __name__ == "__main__":
