@@ -190,3 +190,19 @@ def test_eager_graph_forms_branch_in_python_not_through_dynamo(
             weights = torch.ones(batch, length)
             want = torch.zeros(batch, n).scatter_add(1, items, weights) @ path.weight
             torch.testing.assert_close(path.padded(items, weights), want, atol=1e-5, rtol=1e-5)
+
+
+def test_another_threads_export_leaves_eager_calls_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torch.compiler.is_compiling()` is one flag for the process: while a thread exports, it is
+    true in every thread. An eager call (real tensors) still branches in Python."""
+
+    def refused(*args, **kwargs):
+        raise AssertionError("torch.cond reached by an eager call")
+
+    monkeypatch.setattr(torch, "cond", refused)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as during an export
+    rng = np.random.default_rng(0)
+    path = LinearPath(torch.from_numpy(rng.standard_normal((30, 30)).astype(np.float32)), 1.0)
+    items, weights = torch.from_numpy(rng.integers(0, 30, (2, 3))), torch.ones(2, 3)
+    want = torch.zeros(2, 30).scatter_add(1, items, weights) @ path.weight
+    torch.testing.assert_close(path.padded(items, weights), want, atol=1e-5, rtol=1e-5)

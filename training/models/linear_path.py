@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch._guards import detect_fake_mode
 from torch.nn import functional as F
 
 from training.models.baselines import check_item_item, ease_weights
@@ -94,9 +95,17 @@ def cond(
     whose cache is one per process for every call: once calls of other shapes had made it trace
     with symbolic sizes, it refused branches whose output strides it could not prove equal, and
     a process that exported two models of different sizes (a retraining run, the test suite)
-    failed its parity check."""
-    if torch.compiler.is_compiling():
-        return torch.cond(pred, true_fn, false_fn, tuple(operands))
+    failed its parity check.
+
+    "Traced" is this call's own state — dynamo tracing it, or the exporter's fake tensors among
+    its operands — not `torch.compiler.is_compiling()` alone: that flag is the process's, so while
+    one thread exports, another thread's eager calls would take `torch.cond` (an outside attack
+    made both fail)."""
+    operands = tuple(operands)
+    if torch.compiler.is_dynamo_compiling() or (
+        torch.compiler.is_compiling() and detect_fake_mode(operands) is not None
+    ):
+        return torch.cond(pred, true_fn, false_fn, operands)
     return (true_fn if bool(pred) else false_fn)(*operands)
 
 
