@@ -7,10 +7,12 @@ and side-information reconstructions, and it computes its own loss.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
+import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from training.models.options import Options
 from training.models.sampled_loss import Sampling, sampled_item_loss
 
 Kind = Literal["dae", "cdae", "cddae"]
+WIDE_LOGVAR = 10.0  # RecVAE's wide prior component: N(0, e^10)
 Output = Literal["sigmoid", "softmax"]
 Loss = Literal["bce", "cce", "mae", "mse"]
 
@@ -84,6 +87,19 @@ class ModelConfig(Options):
     beta: float = 0.0
     code_width: int = 200
     anneal_steps: int = 1000
+    # Departure (RecVAE, Shenbin et al., WSDM 2020), with beta > 0: `composite_prior` is the
+    # weight of the previous epoch's posterior of the same (uncorrupted) history in the code's
+    # prior, the rest split 3:2 between the standard normal and a wide one (variance e^10);
+    # RecVAE's mixture is 0.75 (3/20, 3/4, 1/10). 0: the standard normal alone (Mult-VAE), the
+    # closed-form KL. `kl_by_history`: each user's KL weighted by its history's length over
+    # the batch's mean (RecVAE's β·|x_u|, normalised so that β keeps its scale): a long
+    # history's reconstruction term is larger, so its code is held as firmly.
+    composite_prior: float = 0.0
+    kl_by_history: bool = False
+    # RecVAE's alternating updates: above 0, each epoch is this many passes that train the
+    # encoder's side (denoised input) and then one that trains the decoder's side (decoder and
+    # output layer) on clean input; 0: every parameter on every pass.
+    alternate: int = 0
     # Departure (after VASP, Vančura & Kordík 2021): EASE's items × items weights (λ =
     # `linear_lambda`) beside the network, `scale · x B` added to the item logits; the scale
     # chosen on validation after the network's fit, or `linear_scale` when given
@@ -117,6 +133,10 @@ class ModelConfig(Options):
             raise ValueError("emphasis must be > 0")
         if self.beta < 0.0 or self.anneal_steps < 1 or self.code_width < 1:
             raise ValueError("beta must be ≥ 0, anneal_steps and code_width ≥ 1")
+        if not 0.0 <= self.composite_prior < 1.0:
+            raise ValueError("composite_prior must be in [0, 1)")
+        if type(self.alternate) is not int or not 0 <= self.alternate <= 10:
+            raise ValueError("alternate must be a whole number in [0, 10]")
         if self.linear_path not in ("off", "ease", "auto"):
             raise ValueError(f"linear_path must be off, ease or auto, got {self.linear_path!r}")
         scale = 0.0 if self.linear_scale is None else self.linear_scale
@@ -186,6 +206,14 @@ class Bag:
         )
 
 
+class Posterior(NamedTuple):
+    """A variational code in training: its mean, log-variance and the sample drawn."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+    code: torch.Tensor
+
+
 @dataclass
 class Sizes:
     n_items: int
@@ -248,6 +276,10 @@ class Autoencoder(nn.Module):
         last = (code, *config.decoder_hidden)[-1]
         self.out = nn.Linear(last, sizes.n_items + sum(self.side_widths))
         self.linear: LinearPath | None = None  # set after the fit (AutoencoderRecommender)
+        # The composite prior's frozen encoder (`refresh_prior`), a plain attribute.
+        self._prior_net: Autoencoder | None = None
+        # False for RecVAE's decoder passes: the input goes in as it is (`alternate`).
+        self.denoising = True
         # Row-sparse gradients for the two catalogue-sized matrices (item_in, out.weight): set
         # by the trainer with a sampled loss, so the optimiser touches only the batch's rows.
         self.sparse_grads = False
@@ -318,8 +350,26 @@ class Autoencoder(nn.Module):
         pooled: torch.Tensor | None,
         user_features: torch.Tensor | None = None,
         user_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the decoder's output, the code's KL divergence in training when variational)."""
+    ) -> tuple[torch.Tensor, Posterior | None]:
+        """(the decoder's output, the code's posterior in training when variational)."""
+        last = self._encode(h, pooled, user_features, user_index)
+        if self.code_mean is None or self.code_logvar is None:
+            return self.decoder(last), None
+        mean = self.code_mean(last)
+        if not self.training:  # scoring takes the code's mean
+            return self.decoder(mean), None
+        logvar = self.code_logvar(last)
+        code = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        return self.decoder(code), Posterior(mean, logvar, code)
+
+    def _encode(
+        self,
+        h: torch.Tensor,
+        pooled: torch.Tensor | None,
+        user_features: torch.Tensor | None,
+        user_index: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The encoder's last layer from the input layer's sum."""
         h = h + self.item_in_bias
         if self.user_in is not None and user_features is not None:
             if self.config.profile_norm:
@@ -330,15 +380,7 @@ class Autoencoder(nn.Module):
         if self.user_vector is not None and user_index is not None:
             unseen = torch.full_like(user_index, self.n_users)
             h = h + self.user_vector(torch.where(user_index < 0, unseen, user_index))
-        code, kl = self.encoder(torch.relu(h)), None
-        if self.code_mean is not None and self.code_logvar is not None:
-            last, mean = code, self.code_mean(code)
-            code = mean
-            if self.training:  # a sample of the code; scoring takes its mean
-                logvar = self.code_logvar(last)
-                code = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-                kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
-        return self.decoder(code), kl
+        return self.encoder(torch.relu(h))
 
     def forward(
         self,
@@ -386,7 +428,10 @@ class Autoencoder(nn.Module):
 
     def corrupt(self, bag: Bag) -> Bag:
         """Mask-out noise on the entries of the bag (rescaled survivors); histories cut short
-        for `short_history_rate` of the users and dropped whole for `cold_start_rate`."""
+        for `short_history_rate` of the users and dropped whole for `cold_start_rate`; none of
+        it on a decoder pass (`denoising` False)."""
+        if not self.denoising:
+            return bag
         cr = self.config.corruption
         weights = bag.weights
         if self.config.short_history_rate > 0.0:
@@ -445,7 +490,7 @@ class Autoencoder(nn.Module):
         (training/models/sampled_loss.py) — for catalogues where every item's logit per user
         is too dear."""
         noisy = self.corrupt(bag)
-        hidden, kl = self._hidden(*self.bag_input(noisy), user_features, user_index)
+        hidden, posterior = self._hidden(*self.bag_input(noisy), user_features, user_index)
         # Emphasis: a weight per positive, `emphasis` where the corruption dropped it.
         emphasis = None
         if self.config.emphasis != 1.0:
@@ -468,12 +513,57 @@ class Autoencoder(nn.Module):
             side = F.linear(hidden, self._out_rows(rows), self.out.bias[self.n_items :])
             target = self.side_targets(bag, user_features, user_index)
             total = total + self.config.side_weight * ((side - target) ** 2).sum(dim=1).mean()
-        if kl is not None:  # β annealed from 0 (Mult-VAE)
+        if posterior is not None:  # β annealed from 0 (Mult-VAE)
             self.kl_steps += 1
-            total = (
-                total + self.config.beta * min(1.0, self.kl_steps / self.config.anneal_steps) * kl
-            )
+            kl = self.kl(posterior, bag, user_features, user_index)
+            if self.config.kl_by_history:
+                length = bag.row_sums()
+                kl = kl * (length / length.mean().clamp_min(1e-12))
+            anneal = min(1.0, self.kl_steps / self.config.anneal_steps)
+            total = total + self.config.beta * anneal * kl.mean()
         return total
+
+    def kl(
+        self,
+        posterior: Posterior,
+        bag: Bag,
+        user_features: torch.Tensor | None = None,
+        user_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each user's KL divergence of the code's posterior from its prior: closed form
+        against the standard normal, or one sample's log-density ratio against RecVAE's
+        composite prior (the previous epoch's posterior of the clean history, `refresh_prior`)."""
+        mean, logvar, code = posterior
+        weight = self.config.composite_prior
+        if weight == 0.0:
+            return -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1)
+        previous = self._prior_net
+        if previous is None:
+            raise RuntimeError("composite_prior needs refresh_prior() before training")
+        with torch.no_grad():
+            last = previous._encode(*previous.bag_input(bag), user_features, user_index)
+            old_mean, old_logvar = previous.code_mean(last), previous.code_logvar(last)
+        zero = torch.zeros_like(code)
+        parts = torch.stack([
+            _log_normal(code, zero, zero) + math.log((1 - weight) * 0.6),
+            _log_normal(code, old_mean, old_logvar) + math.log(weight),
+            _log_normal(code, zero, zero + WIDE_LOGVAR) + math.log((1 - weight) * 0.4),
+        ])  # fmt: skip
+        prior = torch.logsumexp(parts, dim=0)
+        return (_log_normal(code, mean, logvar) - prior).sum(dim=1)
+
+    @torch.no_grad()
+    def refresh_prior(self) -> None:
+        """Keep a frozen copy of the encoder as it is now: the composite prior's posterior for
+        the next epoch (RecVAE updates it between epochs). Only the encoder's side is copied;
+        the copy is not a submodule, so it is in no state dict, optimiser or DDP bucket."""
+        if self.config.composite_prior == 0.0 or self.code_mean is None:
+            return
+        skip = {id(m): None for m in (self.decoder, self.out, self.linear, self._prior_net)}
+        previous = copy.deepcopy(self, skip)
+        previous.requires_grad_(False)
+        previous.sparse_grads = False
+        object.__setattr__(self, "_prior_net", previous.eval())  # not a submodule
 
     def _out_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows of the output weights, with a row-sparse gradient when `sparse_grads`."""
@@ -513,6 +603,11 @@ def reconstruction_cells(
     if loss == "mae":
         return (probs - x).abs()
     return (probs - x) ** 2
+
+
+def _log_normal(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(logvar)), elementwise."""
+    return -0.5 * (logvar + math.log(2 * math.pi) + (x - mean).pow(2) / logvar.exp())
 
 
 def _mlp(widths: tuple[int, ...]) -> nn.Sequential:

@@ -319,9 +319,37 @@ class AutoencoderRecommender:
         return True
 
     def _epoch(self, step: TrainingStep, optimizer, ctx: FitContext, train, rng, sampling) -> float:
+        """One epoch: a pass over the users, or with `alternate` (RecVAE) that many passes for
+        the encoder's side and one for the decoder's side on clean input. The composite prior
+        (if any) holds the encoder as the epoch found it."""
+        net = step.net
+        net.train()
+        net.refresh_prior()
+        alternate = self.model_config.alternate
+        decoder = [p for m in (net.decoder, net.out) for p in m.parameters() if p.requires_grad]
+        if not alternate or not decoder:  # the short head trains its encoder alone anyway
+            return self._pass(step, optimizer, ctx, train, rng, sampling)
+        if self.world.size > 1:
+            raise ValueError("alternate needs a single process (DDP's graph is static)")
+        ids = {id(p) for p in decoder}
+        encoder = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
+        try:
+            _trains(decoder, False)
+            for _ in range(alternate):
+                loss = self._pass(step, optimizer, ctx, train, rng, sampling)
+            _trains(decoder, True)
+            _trains(encoder, False)
+            net.denoising = False
+            self._pass(step, optimizer, ctx, train, rng, sampling)
+        finally:
+            net.denoising = True
+            _trains(encoder, True)
+            _trains(decoder, True)
+        return loss
+
+    def _pass(self, step: TrainingStep, optimizer, ctx: FitContext, train, rng, sampling) -> float:
         """One pass over the users with history, in seeded batches; under torchrun each rank
         takes its share of every batch (training/models/distributed.py)."""
-        step.net.train()
         users = rng.permutation(np.flatnonzero(np.diff(train.indptr) > 0))
         total = 0.0
         for start in range(0, len(users), self.train_config.batch_size):
@@ -521,6 +549,11 @@ class AutoencoderRecommender:
         self.neighbours_note = neighbours.note(n, float(scale.reshape(())))
         path = LinearPath(torch.from_numpy(weight.astype(np.float32)), float(scale.reshape(())))
         return path.to(self.device).eval()
+
+
+def _trains(parameters: list[torch.nn.Parameter], on: bool) -> None:
+    for parameter in parameters:
+        parameter.requires_grad_(on)
 
 
 def _validation_sample(valid: sp.csr_matrix, limit: int, seed: int) -> np.ndarray | None:
