@@ -22,19 +22,26 @@ VARIATIONAL = {
 }  # Mult-VAE's code: the graph takes its mean
 
 
+# RecVAE's recipe: a dense encoder (swish, LayerNorm) and its training options.
+RECVAE = {"hidden": [16, 16, 16], "encoder": "dense", "code_width": 8, "beta": 0.2,
+          "composite_prior": 0.75, "kl_by_history": True, "alternate": 1}  # fmt: skip
+
+
 # The linear path (items × items beside the network) on a softmax model: one more Gather.
 LINEAR = {"hidden": [16], "output": "softmax", "loss": "cce", "input_norm": True,
           "linear_path": "ease", "linear_scale": 5.0}  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["cddae", "cdae", "ease", "edlae", "cddae-vae", "cddae-linear"])
+@pytest.mark.parametrize(
+    "kind", ["cddae", "cdae", "ease", "edlae", "cddae-vae", "cddae-linear", "cddae-recvae"]
+)
 def test_export_parity_and_bundle(synthetic_dir: Path, tmp_path: Path, kind: str) -> None:
     prepared = prepare(synthetic_dir, ProtocolConfig(seed=0))
     neural = kind not in ("ease", "edlae")
-    variants = {"-vae": VARIATIONAL, "-linear": LINEAR}
+    variants = {"-vae": VARIATIONAL, "-linear": LINEAR, "-recvae": RECVAE}
     model = next((v for k, v in variants.items() if kind.endswith(k)), {"hidden": [16]})
     linear = kind.endswith("-linear")
-    kind = kind.removesuffix("-vae").removesuffix("-linear")
+    kind = kind.removesuffix("-vae").removesuffix("-linear").removesuffix("-recvae")
     _, checkpoint = train_and_evaluate(
         kind, prepared, model=model if neural else None,
         train=FAST if neural else None, progress=False,

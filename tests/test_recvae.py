@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from torch.nn import functional as F
 
 from training.models.autoencoders import Autoencoder, Bag, ModelConfig, Sizes
 from training.models.distributed import TrainingStep
@@ -126,3 +127,20 @@ def test_alternate_trains_the_encoder_denoised_then_the_decoder_on_clean_input()
     assert model.net is not None and model.best_epoch >= 1
     with pytest.raises(ValueError, match="alternate"):
         ModelConfig(alternate=-1)
+
+
+def test_dense_encoder_feeds_every_layer_the_sum_of_all_before_it() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(kind="cddae", hidden=(6, 6, 6), encoder="dense")
+    net = Autoencoder(config, SIZES)
+    encoder = net.encoder
+    h = torch.randn(4, 6)
+    first = encoder.norms[0](F.silu(h))
+    second = encoder.norms[1](F.silu(encoder.layers[0](first) + first))
+    third = encoder.norms[2](F.silu(encoder.layers[1](second) + first + second))
+    torch.testing.assert_close(encoder(h), third)
+    assert net(_bag((torch.rand(3, 30) < 0.3).float()), torch.rand(3, 5)).shape == (3, 39)
+    with pytest.raises(ValueError, match="equal"):
+        ModelConfig(hidden=(6, 4), encoder="dense")
+    with pytest.raises(ValueError, match="encoder"):
+        ModelConfig(encoder="resnet")

@@ -26,6 +26,7 @@ from training.models.sampled_loss import Sampling, sampled_item_loss
 Kind = Literal["dae", "cdae", "cddae"]
 WIDE_LOGVAR = 10.0  # RecVAE's wide prior component: N(0, e^10)
 Output = Literal["sigmoid", "softmax"]
+Encoder = Literal["mlp", "dense"]
 Loss = Literal["bce", "cce", "mae", "mse"]
 
 
@@ -38,6 +39,9 @@ class ModelConfig(Options):
 
     kind: Kind = "cddae"
     hidden: tuple[int, ...] = (200,)  # encoder widths, the last one is the code
+    # "dense": RecVAE's encoder — every layer after the input one takes the sum of all before
+    # it, swish and LayerNorm after each (the widths equal); "mlp": ReLU layers in a chain.
+    encoder: Encoder = "mlp"
     decoder_hidden: tuple[int, ...] = ()  # extra decoder layers before the output
     corruption: float = 0.5  # mask-out probability on the interaction input
     rescale: bool = True  # survivors scaled by 1/(1 - corruption), as inverted dropout
@@ -146,6 +150,10 @@ class ModelConfig(Options):
             )
         if self.kind not in ("dae", "cdae", "cddae"):
             raise ValueError(f"unknown model kind {self.kind!r}")
+        if self.encoder not in ("mlp", "dense"):
+            raise ValueError(f"encoder must be mlp or dense, got {self.encoder!r}")
+        if self.encoder == "dense" and len(set(self.hidden)) != 1:
+            raise ValueError("a dense encoder's hidden widths must all be equal")
         if self.output not in ("sigmoid", "softmax") or self.loss not in (
             "bce",
             "cce",
@@ -261,7 +269,9 @@ class Autoencoder(nn.Module):
         if self.user_vector is not None:
             nn.init.normal_(self.user_vector.weight, std=0.01)
         variational = config.beta > 0.0
-        self.encoder = _mlp(config.hidden)
+        self.encoder = (
+            DenseEncoder(config.hidden) if config.encoder == "dense" else _mlp(config.hidden)
+        )
         # Mult-VAE's code: a mean and a log-variance, linear in the last hidden layer.
         code = config.code_width if variational else config.hidden[-1]
         self.code_mean = nn.Linear(config.hidden[-1], code) if variational else None
@@ -380,6 +390,8 @@ class Autoencoder(nn.Module):
         if self.user_vector is not None and user_index is not None:
             unseen = torch.full_like(user_index, self.n_users)
             h = h + self.user_vector(torch.where(user_index < 0, unseen, user_index))
+        if isinstance(self.encoder, DenseEncoder):
+            return self.encoder(h)
         return self.encoder(torch.relu(h))
 
     def forward(
@@ -608,6 +620,25 @@ def reconstruction_cells(
 def _log_normal(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, exp(logvar)), elementwise."""
     return -0.5 * (logvar + math.log(2 * math.pi) + (x - mean).pow(2) / logvar.exp())
+
+
+class DenseEncoder(nn.Module):
+    """RecVAE's encoder over the input layer's sum h: h_1 = LN(swish(h)), then each
+    h_k = LN(swish(W_k h_(k-1) + b_k + h_1 + ... + h_(k-1))) — every layer sees all before it."""
+
+    def __init__(self, widths: tuple[int, ...]):
+        super().__init__()
+        width = widths[0]
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in widths)
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in widths[1:])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.norms[0](F.silu(h))
+        total = out
+        for layer, norm in zip(self.layers, self.norms[1:], strict=True):
+            out = norm(F.silu(layer(out) + total))
+            total = total + out
+        return out
 
 
 def _mlp(widths: tuple[int, ...]) -> nn.Sequential:
