@@ -116,6 +116,10 @@ def test_retrain_refuses_what_it_cannot_run_before_any_work(
     assert "train.negatives 50: a sampled loss needs" in capsys.readouterr().out
     assert main([*base, "--model", "pop"]) == Outcome.FAILED
     assert "--nproc trains the autoencoders" in capsys.readouterr().out
+    alternate = tmp_path / "alternate.json"  # RecVAE's passes switch what DDP would reduce
+    alternate.write_text(json.dumps({"model": {"alternate": 1}}))
+    assert main([*base, "--config", str(alternate)]) == Outcome.FAILED
+    assert "'alternate' needs a single process" in capsys.readouterr().out
     assert [p.name for p in models.iterdir()] == [".lock"]  # no events folded, no version
 
 

@@ -59,12 +59,13 @@ def test_kl_by_history_weights_each_users_kl_by_its_length() -> None:
     config = ModelConfig(kind="dae", hidden=(12,), code_width=4, beta=1.0, anneal_steps=1,
                          corruption=0.0, kl_by_history=True)  # fmt: skip
     dense = torch.zeros(2, 30)
-    dense[0, :3], dense[1, :9] = 1.0, 1.0  # lengths 3 and 9: weights 0.5 and 1.5
+    dense[0, :3], dense[1, :9] = 1.0, 1.0  # lengths 3 and 9; the data's mean 6
     x = _bag(dense)
     losses = {}
     for by_history in (True, False):
         torch.manual_seed(0)
         net = Autoencoder(replace(config, kl_by_history=by_history), SIZES).train()
+        net.mean_history = 6.0  # the trainer's: the fit's data, not the batch (torchrun's shares)
         torch.manual_seed(1)
         _, posterior = net._hidden(*net.bag_input(x))
         kl = net.kl(posterior, x)
@@ -72,6 +73,55 @@ def test_kl_by_history_weights_each_users_kl_by_its_length() -> None:
         losses[by_history] = (net.loss(x), kl)
     (weighted, kl), (plain, _) = losses[True], losses[False]
     torch.testing.assert_close(weighted - plain, (0.5 * kl[0] + 1.5 * kl[1]) / 2 - kl.mean())
+    # A torchrun rank's share of the batch (here user 1 alone) weighs its user the same way:
+    # 9 / 6, not 9 / its own mean (which would be 1, the option undone).
+    share = _bag(dense[1:])
+    figures = {}
+    for by_history in (True, False):
+        torch.manual_seed(0)
+        net = Autoencoder(replace(config, kl_by_history=by_history), SIZES).train()
+        net.mean_history = 6.0
+        torch.manual_seed(1)
+        _, posterior = net._hidden(*net.bag_input(share))
+        torch.manual_seed(1)
+        figures[by_history] = (net.loss(share), net.kl(posterior, share))
+    (weighted, kl), (plain, _) = figures[True], figures[False]
+    torch.testing.assert_close(weighted - plain, 0.5 * kl[0])
+    trainer = AutoencoderRecommender(config)
+    ctx = _context()
+    expected = ctx.train.nnz / (np.diff(ctx.train.indptr) > 0).sum()
+    assert trainer._build(ctx, ctx.train).mean_history == pytest.approx(expected)
+    with pytest.raises(ValueError, match="need beta > 0"):
+        ModelConfig(kl_by_history=True, beta=0.0)
+    with pytest.raises(ValueError, match="need beta > 0"):
+        ModelConfig(composite_prior=0.5, beta=0.0)
+
+
+def test_the_composite_kl_stays_finite_where_the_variance_underflows() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(kind="dae", hidden=(12,), code_width=4, beta=0.5, composite_prior=0.75)
+    net = Autoencoder(config, SIZES).train()
+    net.refresh_prior()
+    x = _bag((torch.rand(3, 30) < 0.3).float())
+    _, posterior = net._hidden(*net.bag_input(x))
+    tiny = posterior._replace(logvar=torch.full_like(posterior.logvar, -110.0))
+    tiny = tiny._replace(code=tiny.mean)
+    assert torch.isfinite(net.kl(tiny, x)).all()
+
+
+def test_the_prior_copy_shares_the_item_profiles_and_ends_with_the_fit() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(kind="cddae", hidden=(12,), code_width=4, beta=0.5, composite_prior=0.75)
+    net = Autoencoder(config, SIZES)
+    net.refresh_prior()
+    first = net._prior_net
+    assert first.item_features is net.item_features  # a constant: not copied each epoch
+    assert first.out is None and first.decoder is None and first._prior_net is None
+    net.refresh_prior()
+    assert net._prior_net is not first and net._prior_net._prior_net is None
+    model = AutoencoderRecommender(config, TrainConfig(epochs=2, patience=2, batch_size=16))
+    model.fit(_context())
+    assert model.net is not None and model.net._prior_net is None  # training's alone
 
 
 def _context(users: int = 60, items: int = 30) -> FitContext:

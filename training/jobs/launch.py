@@ -70,8 +70,12 @@ def check(kind: str, config: dict[str, Any]) -> None:
     if kind not in NEURAL:
         raise ValueError(f"--nproc trains the autoencoders ({', '.join(NEURAL)}); {kind} fits in "
                          "one process")  # fmt: skip
-    make_recommender(kind, "default", config.get("model"), config.get("train"),
-                     config.get("cold_items"))  # fmt: skip
+    from training.models.trainer import ALTERNATE_ALONE
+
+    model = make_recommender(kind, "default", config.get("model"), config.get("train"),
+                             config.get("cold_items"))  # fmt: skip
+    if model.model_config.alternate:  # type: ignore[attr-defined]
+        raise ValueError(ALTERNATE_ALONE)
 
 
 def _stop(launcher: subprocess.Popen) -> None:

@@ -96,8 +96,8 @@ class ModelConfig(Options):
     # prior, the rest split 3:2 between the standard normal and a wide one (variance e^10);
     # RecVAE's mixture is 0.75 (3/20, 3/4, 1/10). 0: the standard normal alone (Mult-VAE), the
     # closed-form KL. `kl_by_history`: each user's KL weighted by its history's length over
-    # the batch's mean (RecVAE's β·|x_u|, normalised so that β keeps its scale): a long
-    # history's reconstruction term is larger, so its code is held as firmly.
+    # the training data's mean (RecVAE's β·|x_u|, normalised so that β keeps its scale): a
+    # long history's reconstruction term is larger, so its code is held as firmly.
     composite_prior: float = 0.0
     kl_by_history: bool = False
     # RecVAE's alternating updates: above 0, each epoch is this many passes that train the
@@ -139,6 +139,8 @@ class ModelConfig(Options):
             raise ValueError("beta must be ≥ 0, anneal_steps and code_width ≥ 1")
         if not 0.0 <= self.composite_prior < 1.0:
             raise ValueError("composite_prior must be in [0, 1)")
+        if (self.composite_prior or self.kl_by_history) and not self.beta > 0.0:
+            raise ValueError("composite_prior and kl_by_history need beta > 0 (a variational code)")
         if type(self.alternate) is not int or not 0 <= self.alternate <= 10:
             raise ValueError("alternate must be a whole number in [0, 10]")
         if self.linear_path not in ("off", "ease", "auto"):
@@ -288,6 +290,9 @@ class Autoencoder(nn.Module):
         self.linear: LinearPath | None = None  # set after the fit (AutoencoderRecommender)
         # The composite prior's frozen encoder (`refresh_prior`), a plain attribute.
         self._prior_net: Autoencoder | None = None
+        # The mean history length of the data the trainer fits on: `kl_by_history`'s unit, the
+        # same for every batch and every torchrun rank's share of it.
+        self.mean_history = 1.0
         # False for RecVAE's decoder passes: the input goes in as it is (`alternate`).
         self.denoising = True
         # Row-sparse gradients for the two catalogue-sized matrices (item_in, out.weight): set
@@ -529,8 +534,7 @@ class Autoencoder(nn.Module):
             self.kl_steps += 1
             kl = self.kl(posterior, bag, user_features, user_index)
             if self.config.kl_by_history:
-                length = bag.row_sums()
-                kl = kl * (length / length.mean().clamp_min(1e-12))
+                kl = kl * (bag.row_sums() / self.mean_history)
             anneal = min(1.0, self.kl_steps / self.config.anneal_steps)
             total = total + self.config.beta * anneal * kl.mean()
         return total
@@ -571,11 +575,18 @@ class Autoencoder(nn.Module):
         the copy is not a submodule, so it is in no state dict, optimiser or DDP bucket."""
         if self.config.composite_prior == 0.0 or self.code_mean is None:
             return
-        skip = {id(m): None for m in (self.decoder, self.out, self.linear, self._prior_net)}
+        self.release_prior()  # never two copies at once
+        skip: dict[int, Any] = {id(m): None for m in (self.decoder, self.out, self.linear)}
+        if self.item_features is not None:  # constant: shared, not copied
+            skip[id(self.item_features)] = self.item_features
         previous = copy.deepcopy(self, skip)
         previous.requires_grad_(False)
         previous.sparse_grads = False
         object.__setattr__(self, "_prior_net", previous.eval())  # not a submodule
+
+    def release_prior(self) -> None:
+        """Drop the composite prior's copy (a fit's end: it is training's alone)."""
+        object.__setattr__(self, "_prior_net", None)
 
     def _out_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows of the output weights, with a row-sparse gradient when `sparse_grads`."""
@@ -618,8 +629,10 @@ def reconstruction_cells(
 
 
 def _log_normal(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, exp(logvar)), elementwise."""
-    return -0.5 * (logvar + math.log(2 * math.pi) + (x - mean).pow(2) / logvar.exp())
+    """log N(x; mean, exp(logvar)), elementwise; the variance kept at or above e^-30, where a
+    float32 exp(logvar) would underflow to 0 and the density be 0/0."""
+    logvar = logvar.clamp_min(-30.0)
+    return -0.5 * (logvar + math.log(2 * math.pi) + (x - mean).pow(2) * torch.exp(-logvar))
 
 
 class DenseEncoder(nn.Module):

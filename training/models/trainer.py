@@ -32,6 +32,11 @@ SHARED = ("decoder", "out", "linear", "item_features")
 NEIGHBOURS_PREFIX = "neighbours."
 
 
+# RecVAE's alternating passes switch which parameters train; DistributedDataParallel's graph is
+# static (training/models/distributed.py).
+ALTERNATE_ALONE = "model option 'alternate' needs a single process (not torchrun, not --nproc)"
+
+
 @dataclass
 class TrainConfig(Options):
     what = "training option"
@@ -113,6 +118,8 @@ class AutoencoderRecommender:
             item_features=torch.from_numpy(np.ascontiguousarray(ctx.item_features, np.float32)),
         )
         net = Autoencoder(self.model_config, sizes)
+        with_history = int((np.diff(ctx.train.indptr) > 0).sum())
+        net.mean_history = ctx.train.nnz / max(with_history, 1)  # `kl_by_history`'s unit
         if train is not None:
             rates = np.asarray(train.mean(axis=0), dtype=np.float32).ravel()
             net.init_output_bias(torch.from_numpy(rates))
@@ -157,6 +164,8 @@ class AutoencoderRecommender:
             torch.set_num_threads(cfg.threads)
         self._linear_fits(ctx.train.shape[1])  # refuse an impossible `ease` before any epoch
         self.world = join(self.device)
+        if self.model_config.alternate and self.world.size > 1:
+            raise ValueError(ALTERNATE_ALONE)
         if not ctx.valid.nnz:
             self.best_epoch = cfg.epochs
             self.net = self._fit_epochs(ctx, ctx.train, cfg.epochs, "fit")
@@ -192,6 +201,7 @@ class AutoencoderRecommender:
                 if stale >= cfg.patience:
                     break
         net.load_state_dict(best_state)
+        net.release_prior()
         self.net = net.eval()
         self._attach_linear(ctx.train, self.model_config.linear_scale, ctx, sample)
         if cfg.refit:
@@ -293,6 +303,7 @@ class AutoencoderRecommender:
         shown = ctx.progress and self.world.main
         for _ in tqdm(range(epochs), desc=label, disable=not shown, leave=False):
             self._epoch(step, optimizer, ctx, train, rng, sampling)
+        net.release_prior()
         return net.eval()
 
     def production(self) -> AutoencoderRecommender:
@@ -329,8 +340,6 @@ class AutoencoderRecommender:
         decoder = [p for m in (net.decoder, net.out) for p in m.parameters() if p.requires_grad]
         if not alternate or not decoder:  # the short head trains its encoder alone anyway
             return self._pass(step, optimizer, ctx, train, rng, sampling)
-        if self.world.size > 1:
-            raise ValueError("alternate needs a single process (DDP's graph is static)")
         ids = {id(p) for p in decoder}
         encoder = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
         try:
