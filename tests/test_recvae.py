@@ -87,10 +87,21 @@ def test_kl_by_history_weights_each_users_kl_by_its_length() -> None:
         figures[by_history] = (net.loss(share), net.kl(posterior, share))
     (weighted, kl), (plain, _) = figures[True], figures[False]
     torch.testing.assert_close(weighted - plain, 0.5 * kl[0])
+    # The unit is the data of the pass (every rank holds all of it), and ends with the fit.
     trainer = AutoencoderRecommender(config)
     ctx = _context()
-    expected = ctx.train.nnz / (np.diff(ctx.train.indptr) > 0).sum()
-    assert trainer._build(ctx, ctx.train).mean_history == pytest.approx(expected)
+    seen = []
+    original = trainer._pass
+
+    def recording(step, *args):
+        seen.append(step.net.mean_history)
+        return original(step, *args)
+
+    trainer._pass = recording
+    net = trainer._build(ctx, ctx.train)
+    trainer._train_for(net, ctx, ctx.train, 1, "fit", np.random.default_rng(0))
+    assert seen == [pytest.approx(ctx.train.nnz / (np.diff(ctx.train.indptr) > 0).sum())]
+    assert net.mean_history == 1.0
     with pytest.raises(ValueError, match="need beta > 0"):
         ModelConfig(kl_by_history=True, beta=0.0)
     with pytest.raises(ValueError, match="need beta > 0"):
@@ -124,9 +135,9 @@ def test_the_prior_copy_shares_the_item_profiles_and_ends_with_the_fit() -> None
     assert model.net is not None and model.net._prior_net is None  # training's alone
 
 
-def _context(users: int = 60, items: int = 30) -> FitContext:
+def _context(users: int = 60, items: int = 30, density: float = 0.2) -> FitContext:
     rng = np.random.default_rng(0)
-    dense = (rng.random((users, items)) < 0.2).astype(np.float32)
+    dense = (rng.random((users, items)) < density).astype(np.float32)
     valid = (rng.random((users, items)) < 0.05) & (dense == 0)
     return FitContext(
         sp.csr_matrix(dense), sp.csr_matrix(valid.astype(np.float32)),
@@ -194,3 +205,23 @@ def test_dense_encoder_feeds_every_layer_the_sum_of_all_before_it() -> None:
         ModelConfig(hidden=(6, 4), encoder="dense")
     with pytest.raises(ValueError, match="encoder"):
         ModelConfig(encoder="resnet")
+
+
+def test_fits_on_different_data_leave_one_graph_fingerprint() -> None:
+    """The exported graph is reused while a module's structure and plain attributes are the
+    same (training/jobs/onnx_graph.py): nothing of a fit's data may stay on a network restored
+    from its checkpoint (what export traces), or every retrain traces its graph afresh."""
+    from training.jobs.onnx_graph import fingerprint
+
+    config = ModelConfig(kind="cddae", hidden=(12,), code_width=4, beta=0.5, composite_prior=0.75,
+                         kl_by_history=True)  # fmt: skip
+    prints = set()
+    for density in (0.2, 0.4):
+        ctx = _context(density=density)
+        model = AutoencoderRecommender(config, TrainConfig(epochs=2, patience=2, batch_size=16))
+        model.fit(ctx)
+        restored = AutoencoderRecommender(config, model.train_config)
+        restored.load_state(model.state(), ctx)
+        prints.add(fingerprint(restored.net.eval(), (), (), (), ()))
+        assert model.net._prior_net is None and model.net.mean_history == 1.0  # the fit's end
+    assert None not in prints and len(prints) == 1

@@ -291,7 +291,8 @@ class Autoencoder(nn.Module):
         # The composite prior's frozen encoder (`refresh_prior`), a plain attribute.
         self._prior_net: Autoencoder | None = None
         # The mean history length of the data the trainer fits on: `kl_by_history`'s unit, the
-        # same for every batch and every torchrun rank's share of it.
+        # same for every batch and every torchrun rank's share of it (set by the trainer, reset
+        # by `end_training`).
         self.mean_history = 1.0
         # False for RecVAE's decoder passes: the input goes in as it is (`alternate`).
         self.denoising = True
@@ -585,8 +586,15 @@ class Autoencoder(nn.Module):
         object.__setattr__(self, "_prior_net", previous.eval())  # not a submodule
 
     def release_prior(self) -> None:
-        """Drop the composite prior's copy (a fit's end: it is training's alone)."""
+        """Drop the composite prior's copy."""
         object.__setattr__(self, "_prior_net", None)
+
+    def end_training(self) -> None:
+        """Drop what only training uses (the prior's copy, the fit data's history unit): a
+        fitted network holds nothing of its data beyond its weights, so the exported graph's
+        fingerprint (training/jobs/onnx_graph.py) is the same for every fit of one structure."""
+        self.release_prior()
+        self.mean_history = 1.0
 
     def _out_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows of the output weights, with a row-sparse gradient when `sparse_grads`."""

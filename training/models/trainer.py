@@ -118,8 +118,6 @@ class AutoencoderRecommender:
             item_features=torch.from_numpy(np.ascontiguousarray(ctx.item_features, np.float32)),
         )
         net = Autoencoder(self.model_config, sizes)
-        with_history = int((np.diff(ctx.train.indptr) > 0).sum())
-        net.mean_history = ctx.train.nnz / max(with_history, 1)  # `kl_by_history`'s unit
         if train is not None:
             rates = np.asarray(train.mean(axis=0), dtype=np.float32).ravel()
             net.init_output_bias(torch.from_numpy(rates))
@@ -201,7 +199,7 @@ class AutoencoderRecommender:
                 if stale >= cfg.patience:
                     break
         net.load_state_dict(best_state)
-        net.release_prior()
+        net.end_training()
         self.net = net.eval()
         self._attach_linear(ctx.train, self.model_config.linear_scale, ctx, sample)
         if cfg.refit:
@@ -303,7 +301,7 @@ class AutoencoderRecommender:
         shown = ctx.progress and self.world.main
         for _ in tqdm(range(epochs), desc=label, disable=not shown, leave=False):
             self._epoch(step, optimizer, ctx, train, rng, sampling)
-        net.release_prior()
+        net.end_training()
         return net.eval()
 
     def production(self) -> AutoencoderRecommender:
@@ -336,6 +334,8 @@ class AutoencoderRecommender:
         net = step.net
         net.train()
         net.refresh_prior()
+        with_history = int((np.diff(train.indptr) > 0).sum())
+        net.mean_history = train.nnz / max(with_history, 1)  # `kl_by_history`'s unit
         alternate = self.model_config.alternate
         decoder = [p for m in (net.decoder, net.out) for p in m.parameters() if p.requires_grad]
         if not alternate or not decoder:  # the short head trains its encoder alone anyway
