@@ -334,17 +334,19 @@ class AutoencoderRecommender:
         net = step.net
         net.train()
         net.refresh_prior()
-        with_history = int((np.diff(train.indptr) > 0).sum())
-        net.mean_history = train.nnz / max(with_history, 1)  # `kl_by_history`'s unit
-        alternate = self.model_config.alternate
+        if net.config.kl_by_history:  # its unit: this fit's data (every rank holds all of it)
+            with_history = int((np.diff(train.indptr) > 0).sum())
+            net.mean_history = train.nnz / max(with_history, 1)
+        if not self.model_config.alternate:
+            return self._pass(step, optimizer, ctx, train, rng, sampling)
         decoder = [p for m in (net.decoder, net.out) for p in m.parameters() if p.requires_grad]
-        if not alternate or not decoder:  # the short head trains its encoder alone anyway
+        if not decoder:  # the short head trains its encoder alone anyway
             return self._pass(step, optimizer, ctx, train, rng, sampling)
         ids = {id(p) for p in decoder}
         encoder = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
         try:
             _trains(decoder, False)
-            for _ in range(alternate):
+            for _ in range(self.model_config.alternate):
                 loss = self._pass(step, optimizer, ctx, train, rng, sampling)
             _trains(decoder, True)
             _trains(encoder, False)
