@@ -20,12 +20,12 @@ class Settings(BaseSettings):
         default=None, description="redis://host:port/db; unset: in-process cache and stores"
     )
     redis_timeout_seconds: float = Field(default=0.05, gt=0, le=5)
-    cache_write_timeout_seconds: float = Field(
+    background_write_timeout_seconds: float = Field(
         default=1.0,
         gt=0,
         le=30,
-        description="the cache's background writes (no request waits on them): a burst, or "
-        "the connection they reopen, may take this long under load",
+        description="the writes no request waits on (the cache's, the impressions'): a burst, "
+        "or the connection they reopen, may take this long under load",
     )
     redis_retry_seconds: float = Field(
         default=1.0, gt=0, description="after a Redis failure, bypass it this long, then retry"

@@ -43,7 +43,8 @@ class Metrics:
         )  # fmt: skip
         self.impressions_lost = Counter(
             "cddae_impressions_lost_total",
-            "impressions the store could not record (it was down): online counts miss them",
+            "impressions the store did not confirm (down, or no reply within the background "
+            "write timeout): online counts miss them, unless a late batch did land",
             registry=self.registry,
         )
         self.shadow_skipped = Counter(

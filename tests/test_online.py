@@ -181,3 +181,62 @@ def test_redis_attribution_reads_records_and_the_earlier_layout() -> None:
     assert by_version["v1"] == {490000: [4, 3]} and by_version["v0"] == {490000: [0, 1]}
     assert sync.xlen("cddae:impressions") == 4 and sync.hlen(COUNTS[0]) == 1
     sync.flushdb()
+
+
+_BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+def test_redis_impressions_wait_out_a_busy_redis_on_their_own_lane(tmp_path: Path) -> None:
+    """A reply later than a read's timeout is not a lost batch: the service records impressions
+    on a lane with the background writes' timeout. Redis is held busy for 250 ms (a script)
+    while a batch is recorded; with a read's 50 ms (the previous wiring) the same batch fails
+    — the control that makes this test able to fail."""
+    import redis
+
+    from service.api.app import build_state
+    from service.config import Settings
+    from service.state.cache import redis_client
+    from service.state.online import IMPRESSIONS, RedisOnline
+    from service.state.store import StoreUnavailable
+
+    url = "redis://127.0.0.1:6379/11"
+    sync = redis.Redis.from_url(url)
+    sync.flushdb()
+    settings = Settings(redis_url=url, redis_timeout_seconds=0.05, models_dir=tmp_path)
+
+    async def record_while_busy(online) -> None:
+        busy = redis.asyncio.Redis.from_url(url)
+        hold = asyncio.ensure_future(busy.eval(_BUSY, 0, 250_000))
+        await asyncio.sleep(0.02)  # the script has begun
+        try:
+            await online.record([_impression(k) for k in range(3)])
+        finally:
+            await hold
+            await busy.aclose()
+
+    async def as_the_service_records() -> None:
+        state = build_state(settings)
+        try:
+            await record_while_busy(state.recommendations.online)
+        finally:
+            state.recommendations.online.close()
+            await state.cache.close()
+
+    asyncio.run(as_the_service_records())
+    assert sync.xlen(IMPRESSIONS) == 3
+
+    async def on_the_reads_client() -> None:
+        client = redis_client(url, settings.redis_timeout_seconds)
+        try:
+            await record_while_busy(RedisOnline(client, window=10**9, retain=1000))
+        finally:
+            await client.aclose()
+
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(on_the_reads_client())
+    sync.flushdb()

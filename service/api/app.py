@@ -51,11 +51,14 @@ def build_state(settings: Settings) -> AppState:
             settings.cache_ttl_jitter,
             settings.redis_retry_seconds,
             lane=lane,
-            write_lane=Lane.from_url(settings.redis_url, settings.cache_write_timeout_seconds),
+            write_lane=Lane.from_url(settings.redis_url, settings.background_write_timeout_seconds),
         )
         store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds, lane)
         online: Online | None = RedisOnline(
-            client, settings.attribution_window_seconds, settings.impressions_retain
+            client,
+            settings.attribution_window_seconds,
+            settings.impressions_retain,
+            Lane.from_url(settings.redis_url, settings.background_write_timeout_seconds),
         )
         backend = "redis"
     else:
