@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 
 from service import bundle
+from tests.ddp_broadcast import SHAPE, train
 from tests.ddp_step import CASES, step
 from tests.test_retrain import FileLog, Job, _interaction
 from training.cli import main
 from training.jobs.checkpoint import Checkpoint
 from training.jobs.retrain import Outcome
+from training.models import neighbours
 from training.models.distributed import World
+from training.models.linear_path import ease_start
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -183,3 +186,22 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_items_by_items_matrices_are_computed_once_and_received_by_every_rank(
+    tmp_path: Path,
+) -> None:
+    """EASE's closed form and the neighbours' similarities: rank 0 computes them, the other
+    rank computes nothing and holds the same numbers as one process computes."""
+    _torchrun(["-m", "tests.ddp_broadcast", str(tmp_path)], Path.cwd())
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    assert ranks[0]["calls"].tolist() == ["ease", "neighbours"]
+    assert ranks[1]["calls"].tolist() == []
+    expected = {
+        "ease": ease_start(train(), 5.0).numpy(),
+        "neighbours": neighbours.similarities(train(), 10.0).numpy(),
+    }
+    for name, value in expected.items():
+        assert value.shape == SHAPE and np.abs(value).max() > 0
+        for rank in ranks:
+            np.testing.assert_array_equal(rank[name], value, err_msg=name)

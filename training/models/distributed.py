@@ -58,6 +58,27 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def computed_by_main(
+        self,
+        compute: Callable[[], torch.Tensor],
+        shape: tuple[int, ...],
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """`compute()` — a float32 tensor of `shape` — run on rank 0 alone and received by
+        every rank, on `device`. For the items × items matrices (EASE's closed form, the
+        neighbours' similarities): each rank computing its own held the closed form's float64
+        working copies once per rank on one machine, and split its cores between them."""
+        if self.size == 1:
+            return compute().to(device)
+        if self.main:
+            tensor = compute().to(device=device, dtype=torch.float32).contiguous()
+            if tuple(tensor.shape) != tuple(shape):
+                raise ValueError(f"computed {tuple(tensor.shape)}, announced {tuple(shape)}")
+        else:
+            tensor = torch.empty(shape, dtype=torch.float32, device=device)
+        dist.broadcast(tensor, src=0)
+        return tensor
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank."""
         if self.size == 1:

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from training.models.baselines import TooLarge, check_item_item, cosine_similarity
-from training.models.linear_path import AUTO_MAX_ITEMS, GATHERED_MAX, LinearPath, binarised
+from training.models.linear_path import AUTO_MAX_ITEMS, GATHERED_MAX, binarised
 
 
 def resolve(weight: float, n_items: int, short_max: int) -> tuple[bool, str]:
@@ -50,6 +50,6 @@ def note(n_items: int, weight: float) -> str:
     return f"item cosine ({n_items:,} × {n_items:,}), weight {weight:g}"
 
 
-def neighbour_path(train: sp.csr_matrix, weight: float, shrink: float) -> LinearPath:
-    """weight · x S with S the cosine similarity of `train`'s binarised columns."""
-    return LinearPath(torch.from_numpy(cosine_similarity(binarised(train), shrink)), weight)
+def similarities(train: sp.csr_matrix, shrink: float) -> torch.Tensor:
+    """S, the cosine similarity of `train`'s binarised columns: the path is weight · x S."""
+    return torch.from_numpy(cosine_similarity(binarised(train), shrink))

@@ -232,8 +232,11 @@ class AutoencoderRecommender:
         weight, n_items = config.short_head_neighbours, train.shape[1]
         built, self.neighbours_note = neighbours.resolve(weight, n_items, config.short_history_max)
         if built:
-            path = neighbours.neighbour_path(train, weight, config.short_head_neighbour_shrink)
-            self.neighbours = path.to(self.device)
+            shrink = config.short_head_neighbour_shrink
+            similar = self.world.computed_by_main(  # rank 0 computes, every rank receives
+                lambda: neighbours.similarities(train, shrink), (n_items, n_items), self.device
+            )
+            self.neighbours = LinearPath(similar, weight).to(self.device)
 
     def _attach_linear(
         self,
@@ -254,8 +257,11 @@ class AutoencoderRecommender:
             if built:
                 self.linear_note = "off: scale 0 (the network alone)"
             return
-        path = LinearPath(ease_start(train, config.linear_lambda), scale or 0.0)
-        net.linear = path.to(self.device)
+        n_items = train.shape[1]
+        weights = self.world.computed_by_main(  # rank 0 computes, every rank receives
+            lambda: ease_start(train, config.linear_lambda), (n_items, n_items), self.device
+        )
+        net.linear = LinearPath(weights, scale or 0.0).to(self.device)
         if scale is None:
             assert ctx is not None
 
