@@ -26,9 +26,19 @@ def train() -> sp.csr_matrix:
     return matrix
 
 
+def failing() -> torch.Tensor:
+    raise ValueError("Singular matrix")  # as numpy's LinAlgError, a ValueError
+
+
 if __name__ == "__main__":
     world = join("cpu")
     out = Path(sys.argv[1])
+    if sys.argv[2:] == ["fail"]:  # rank 0's error ends every rank, as `cddae` handles it
+        try:
+            world.computed_by_main(failing, SHAPE)
+        except ValueError:
+            sys.exit(leave(2))
+        sys.exit(leave(0))
     calls: list[str] = []
 
     def ease() -> torch.Tensor:

@@ -27,7 +27,7 @@ from training.models.linear_path import ease_start
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
     """torchrun to the end; on a timeout its whole process group is killed (the workers too)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
     command = [*TORCHRUN, *args]
@@ -36,12 +36,12 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         start_new_session=True,
     )  # fmt: skip
     try:
-        stdout, stderr = process.communicate(timeout=240)
+        stdout, stderr = process.communicate(timeout=240 if expect == 0 else 60)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise
-    assert process.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    assert (process.returncode == 0) == (expect == 0), stdout[-2000:] + stderr[-4000:]
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
@@ -205,3 +205,12 @@ def test_items_by_items_matrices_are_computed_once_and_received_by_every_rank(
         assert value.shape == SHAPE and np.abs(value).max() > 0
         for rank in ranks:
             np.testing.assert_array_equal(rank[name], value, err_msg=name)
+
+
+def test_an_error_on_rank_0_ends_every_rank_at_once(tmp_path: Path) -> None:
+    """Rank 0's compute fails while rank 1 waits in the broadcast: the failed rank leaves
+    without a barrier (which would wait beside the broadcast for gloo's 30 minutes) and
+    torchrun ends the run with an error, within the minute."""
+    started = time.monotonic()
+    _torchrun(["-m", "tests.ddp_broadcast", str(tmp_path), "fail"], Path.cwd(), expect=2)
+    assert time.monotonic() - started < 60

@@ -240,3 +240,65 @@ def test_redis_impressions_wait_out_a_busy_redis_on_their_own_lane(tmp_path: Pat
     with pytest.raises(StoreUnavailable):
         asyncio.run(on_the_reads_client())
     sync.flushdb()
+
+
+def test_redis_impressions_reload_their_script_on_their_lane() -> None:
+    """A Redis that lost its scripts (restarted, SCRIPT FLUSH): the lane loads the script and
+    records, with its own timeout — not through redis-py's reads' client."""
+    import redis
+
+    from service.state.cache import redis_client
+    from service.state.lane import Lane
+    from service.state.online import IMPRESSIONS, RedisOnline
+
+    url = "redis://127.0.0.1:6379/11"
+    sync = redis.Redis.from_url(url)
+    sync.flushdb()
+
+    async def scenario() -> None:
+        client = redis_client("redis://127.0.0.1:1/11", 0.05)  # nothing listens: only the
+        lane = Lane.from_url(url, 1.0)  # lane can load the script and record
+        online = RedisOnline(client, window=10**9, retain=1000, lane=lane)
+        sync.script_flush()
+        await online.record([_impression(k) for k in range(2)])
+        online.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+    assert sync.xlen(IMPRESSIONS) == 2
+    sync.flushdb()
+
+
+def test_an_attribution_waits_for_queued_impressions_within_bounds() -> None:
+    """`recorded(within=…)` flushes the queue now and waits for the recorder at most that
+    long: a store that holds a batch for seconds (stalled, each batch waiting out the
+    background timeout) or steady traffic that keeps the recorder busy does not hold an
+    interactions request with it."""
+    import time
+
+    import numpy as np
+
+    from service.serving.onnx_model import Ranked, item_tail, item_template, render
+    from service.serving.recommendations import Recommendations
+    from service.telemetry import Metrics
+
+    class StalledStore:
+        async def record(self, impressions, shadowed=()) -> None:
+            await asyncio.sleep(3)
+
+        def close(self) -> None:
+            pass
+
+    answer = render([item_template("a", item_tail("A", [], "model"))], b'"v1"',
+                    Ranked(np.array([0]), np.array([1.0]), "model"))  # fmt: skip
+
+    async def scenario() -> float:
+        recommendations = Recommendations(None, None, None, Metrics(), 100, online=StalledStore())
+        await recommendations._serve(answer + b"}", "u1")
+        started = time.monotonic()
+        await recommendations.recorded(within=0.2)
+        waited = time.monotonic() - started
+        recommendations._impressing.cancel()
+        return waited
+
+    assert asyncio.run(scenario()) < 1.0

@@ -24,8 +24,8 @@ from service.serving.onnx_model import (
     Model,
     Query,
     Ranked,
-    item_head,
     item_tail,
+    item_template,
     render,
     top_n,
 )
@@ -115,12 +115,13 @@ class CatalogueView:
                 self.numbers[field.name] = numbers
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
 
-        # Each item's JSON around its score: the model's, re-made where the API re-described.
-        self.heads = [*model._heads, *(item_head(i) for i in self.new_ids)]
-        self.tails = list(model._tails)
+        # Each item's JSON template: the model's, re-made where the API re-described.
+        self.templates = list(model._templates)
         for at, profile in overridden.items():
-            self.tails[at] = item_tail(*_shown(profile), "model")
-        self.tails += [self._derived[item][3] for item in self.new_ids]
+            self.templates[at] = item_template(
+                model._item_ids[at], item_tail(*_shown(profile), "model")
+            )
+        self.templates += [item_template(i, self._derived[i][3]) for i in self.new_ids]
 
     # --- lookups -------------------------------------------------------------------------------
 
@@ -260,7 +261,7 @@ class CatalogueView:
         return Ranked(indices, best, "model" if at < known else "profile")
 
     def answer(self, ranked: Ranked, unknown: Sequence[str] = (), degraded: bool = False) -> bytes:
-        return render(self.heads, self.tails, self.model._version_json, ranked, unknown, degraded)
+        return render(self.templates, self.model._version_json, ranked, unknown, degraded)
 
 
 _BASES: weakref.WeakKeyDictionary[Model, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()

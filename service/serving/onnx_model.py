@@ -78,11 +78,11 @@ class Model:
         self._item_ids = bundle.item_ids.tolist()
         self._titles = bundle.item_titles.tolist()
         self._genres = [g.split("|") if g else [] for g in bundle.item_genres.tolist()]
-        # Each item's JSON around its score, built once per version: an answer is then joined
-        # from bytes, not serialised object by object.
-        self._heads = [item_head(i) for i in self._item_ids]
-        self._tails = [
-            item_tail(t, g, "model") for t, g in zip(self._titles, self._genres, strict=True)
+        # Each item's JSON with a place for its score, built once per version: an answer is
+        # then joined from bytes and filled in one call, not serialised object by object.
+        self._templates = [
+            item_template(i, item_tail(t, g, "model"))
+            for i, t, g in zip(self._item_ids, self._titles, self._genres, strict=True)
         ]
         self._version_json = _json(self.version)
         self.uses_profile = (
@@ -151,6 +151,24 @@ class Model:
         return tuple(self.session.run(["scores", "hidden", "log_norm"], self._feeds(queries)))
 
     def _feeds(self, queries: Sequence[Query]) -> dict[str, np.ndarray]:
+        if len(queries) == 1 and queries[0].weights:  # one user, the usual call: no padding
+            return self._one_feed(queries[0])
+        return self._padded_feeds(queries)
+
+    @staticmethod
+    def _one_feed(query: Query) -> dict[str, np.ndarray]:
+        """`_padded_feeds([query])` for a non-empty history, built straight from the dict (a
+        third cheaper)."""
+        length = len(query.weights)
+        return {
+            "items": np.fromiter(query.weights, np.int64, length).reshape(1, length),
+            "weights": np.fromiter(query.weights.values(), np.float32, length).reshape(1, length),
+            "user_features": np.asarray(query.features, np.float32).reshape(1, -1),
+            "user_index": np.array([query.user_index], dtype=np.int64),
+        }
+
+    @staticmethod
+    def _padded_feeds(queries: Sequence[Query]) -> dict[str, np.ndarray]:
         batch = len(queries)
         width = max(1, *(len(q.weights) for q in queries))
         items = np.zeros((batch, width), dtype=np.int64)
@@ -191,7 +209,7 @@ class Model:
     def answer(self, ranked: Ranked, unknown: Sequence[str] = (), degraded: bool = False) -> bytes:
         """The JSON of an answer without its closing `"cached"` field (see `finish`): what the
         cache keeps, so that an answer is serialised once, when it is computed."""
-        return render(self._heads, self._tails, self._version_json, ranked, unknown, degraded)
+        return render(self._templates, self._version_json, ranked, unknown, degraded)
 
     def describe(self, ranked: Ranked) -> list[dict[str, Any]]:
         return [
@@ -244,28 +262,30 @@ def item_tail(title: str, genres: list[str], source: str) -> bytes:
     return b',"title":%s,"genres":%s,"source":%s}' % (_json(title), _json(genres), _json(source))
 
 
+def item_template(item_id: str, tail: bytes) -> bytes:
+    """An item's JSON in an answer, its score left as `%.6f` and its own `%`s doubled."""
+    head = b'{"item_id":%s,"score":' % _json(item_id)
+    return head.replace(b"%", b"%%") + b"%.6f" + tail.replace(b"%", b"%%")
+
+
 def render(
-    heads: Sequence[bytes],
-    tails: Sequence[bytes],
+    templates: Sequence[bytes],
     version_json: bytes,
     ranked: Ranked,
     unknown: Sequence[str] = (),
     degraded: bool = False,
 ) -> bytes:
-    """An answer's JSON from each item's bytes around its score, built once per catalogue."""
-    count = len(ranked.indices)
-    parts: list[bytes] = [b","] * (4 * count)
-    if count:
-        picked = ranked.indices.tolist()
-        parts[0::4] = [heads[i] for i in picked]
-        # Scores to 6 decimals, fixed-point: printf's rounding is 2.5× cheaper than the
-        # shortest round-trip form json.dumps prints (75 → 30 µs for 100 scores).
+    """An answer's JSON from its items' templates (`item_template`, built once per catalogue):
+    joined, then every score printed by one formatting call — fixed-point to 6 decimals,
+    printf's rounding, 2.5× cheaper than the shortest round-trip form json.dumps prints, and
+    one call rather than one per item (19 → 12 µs for 50 items)."""
+    items = b""
+    if len(ranked.indices):
         scores = ranked.scores
         if not np.isfinite(scores).all():  # never from a sane model; never invalid JSON
             scores = np.nan_to_num(scores, posinf=0.0, neginf=0.0)
-        parts[1::4] = [b"%.6f" % score for score in scores.tolist()]
-        parts[2::4] = [tails[i] for i in picked]
-    items = b"".join(parts[:-1])
+        joined = b",".join([templates[i] for i in ranked.indices.tolist()])
+        items = joined % tuple(scores.tolist())
     return b'{"model_version":%s,"source":"%s","degraded":%s,"unknown_items":%s,"items":[%s]' % (
         version_json,
         ranked.source.encode(),
@@ -273,10 +293,6 @@ def render(
         _json(list(unknown)),
         items,
     )
-
-
-def item_head(item_id: str) -> bytes:
-    return b'{"item_id":%s,"score":' % _json(item_id)
 
 
 def finish(answer: bytes, cached: bool) -> bytes:

@@ -185,7 +185,7 @@ class RedisCache:
             return
         if not all(isinstance(r, NoScriptError) for r in replies if isinstance(r, Exception)):
             raise next(r for r in replies if isinstance(r, Exception))
-        await self._client.script_load(_SET)
+        await lane.call("SCRIPT", "LOAD", self._set.script)  # with the lane's timeout
         for reply in await lane.call_many(refused):
             if isinstance(reply, Exception):
                 raise reply

@@ -27,6 +27,9 @@ async def run_script(
             return await lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
         return await script.registered_client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
+        if lane is not None:  # loaded on the lane too: with its timeout, not redis-py's
+            await lane.call("SCRIPT", "LOAD", script.script)
+            return await lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
         return await script(keys=keys, args=args)
 
 

@@ -130,6 +130,11 @@ def leave(code: int = 0) -> int:
     machine), failing a finished run. Outside torchrun: returns `code`."""
     if not (dist.is_available() and dist.is_initialized()):
         return code
+    if code != 0:  # failed: the others may wait in another collective than a barrier (a
+        # broadcast from this rank) until gloo's 30-minute timeout; torchrun ends them now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     dist.barrier()  # no rank leaves while another still talks to it
     dist.destroy_process_group()
     sys.stdout.flush()
