@@ -6,10 +6,15 @@ failing later on a request.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Settings renamed since a release: under the old name a value would be silently ignored
+# (unknown CDDAE_* names are, for the training jobs' own), so the old name stops the start.
+RENAMED = {"CDDAE_CACHE_WRITE_TIMEOUT_SECONDS": "CDDAE_BACKGROUND_WRITE_TIMEOUT_SECONDS"}
 
 
 class Settings(BaseSettings):
@@ -133,6 +138,15 @@ class Settings(BaseSettings):
         default=Path("data/interactions.jsonl"),
         description="append-only store for new interactions and profiles when Redis is unset",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_old_names(cls, data: object) -> object:
+        for old, new in RENAMED.items():
+            if any(name.upper() == old for name in os.environ):
+                raise ValueError(f"{old} is now {new} (it covers every background write): "
+                                 "set that instead")  # fmt: skip
+        return data
 
     @model_validator(mode="after")
     def _token_from_file(self) -> Settings:

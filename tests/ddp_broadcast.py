@@ -39,6 +39,14 @@ if __name__ == "__main__":
         except ValueError:
             sys.exit(leave(2))
         sys.exit(leave(0))
+    if sys.argv[2:] == ["disagree"]:  # rank 1 announces a shape rank 0 did not compute
+        shape = SHAPE if world.rank == 0 else (SHAPE[0] + 1, SHAPE[1])
+        try:
+            world.computed_by_main(lambda: ease_start(train(), 5.0), shape)
+        except ValueError:
+            (out / f"refused{world.rank}").touch()
+            sys.exit(leave(3))
+        sys.exit(leave(0))
     calls: list[str] = []
 
     def ease() -> torch.Tensor:

@@ -54,3 +54,15 @@ def test_open_writes_ignore_the_token_file(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("CDDAE_WRITE_TOKEN", "t")
     with pytest.raises(ValueError, match="contradict"):
         Settings()
+
+
+def test_a_renamed_setting_stops_the_start_naming_its_new_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ignored like any unknown name, the old timeout would have left the default in force."""
+    monkeypatch.setenv("CDDAE_CACHE_WRITE_TIMEOUT_SECONDS", "2")
+    with pytest.raises(ValueError, match="is now CDDAE_BACKGROUND_WRITE_TIMEOUT_SECONDS"):
+        Settings()
+    monkeypatch.delenv("CDDAE_CACHE_WRITE_TIMEOUT_SECONDS")
+    monkeypatch.setenv("CDDAE_BACKGROUND_WRITE_TIMEOUT_SECONDS", "2")
+    assert Settings().background_write_timeout_seconds == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,11 +39,32 @@ def _torchrun(args: list[str], cwd: Path, expect: int = 0) -> subprocess.Complet
     try:
         stdout, stderr = process.communicate(timeout=240 if expect == 0 else 60)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        # torchrun starts each worker in a session of its own: killing its group alone left
+        # hung workers holding the pipes, and this wait with them.
+        for pid in [process.pid, *_descendants(process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         process.communicate()
         raise
     assert (process.returncode == 0) == (expect == 0), stdout[-2000:] + stderr[-4000:]
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(stat[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def test_two_ranks_step_the_weights_one_process_steps_on_the_averaged_shares(
@@ -82,6 +104,38 @@ def test_cddae_trains_under_torchrun_and_rank_0_writes(synthetic_dir: Path, tmp_
     assert meta["params"]["sampled_negatives"] == negatives
     assert meta["metrics"]["R"][9] > 0.5  # the planted pattern; chance ≈ 0.14
     assert Checkpoint.load(tmp_path / "ck").meta["world_size"] == 2
+
+
+def test_ranks_follow_rank_0s_decision_to_build_the_item_item_paths(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """Rank 1 reads a memory limit the items × items paths do not fit (another node's memory):
+    it follows rank 0, which builds them; deciding for itself, it waited in another collective
+    than rank 0 until gloo's 30-minute timeout."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model": {"hidden": [16], "linear_path": "auto", "short_head_share": 0.5,
+                  "short_head_neighbours": 0.5},
+        "train": {"epochs": 3, "patience": 3, "batch_size": 32, "negatives": 0},
+    }))  # fmt: skip
+    out = tmp_path / "out.json"
+    _torchrun(
+        ["-m", "tests.ddp_limited", "train", "--model", "cddae", "--data", str(synthetic_dir),
+         "--config", str(config), "--output", str(tmp_path / "ck"), "--json", str(out),
+         "--quiet"], tmp_path,
+    )  # fmt: skip
+    params = json.loads(out.read_text())["params"]
+    assert params["linear_path"].startswith("ease"), params
+    assert params["short_head_neighbours"].startswith("item cosine"), params
+
+
+def test_a_shape_rank_0_did_not_announce_stops_every_rank(tmp_path: Path) -> None:
+    """Rank 1 announces another shape than rank 0 computed: every rank raises, at once;
+    rank 1 received into a buffer of its own shape, silently, before."""
+    started = time.monotonic()
+    _torchrun(["-m", "tests.ddp_broadcast", str(tmp_path), "disagree"], Path.cwd(), expect=3)
+    assert time.monotonic() - started < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["refused0", "refused1"]
 
 
 def test_retrain_trains_in_two_processes_and_promotes(

@@ -68,14 +68,17 @@ class World:
         every rank, on `device`. For the items × items matrices (EASE's closed form, the
         neighbours' similarities): each rank computing its own held the closed form's float64
         working copies once per rank on one machine, and split its cores between them."""
-        if self.size == 1:
-            return compute().to(device)
         if self.main:
             tensor = compute().to(device=device, dtype=torch.float32).contiguous()
-            if tuple(tensor.shape) != tuple(shape):
-                raise ValueError(f"computed {tuple(tensor.shape)}, announced {tuple(shape)}")
-        else:
-            tensor = torch.empty(shape, dtype=torch.float32, device=device)
+        # Every rank sees rank 0's shape and every rank's announcement, so all raise or none.
+        shapes = self.gather((tuple(tensor.shape) if self.main else None, tuple(shape)))
+        received = shapes[0][0]
+        if any(announced != received for _, announced in shapes):
+            raise ValueError(f"computed {received}, announced {[a for _, a in shapes]}")
+        if self.size == 1:
+            return tensor
+        if not self.main:
+            tensor = torch.empty(received, dtype=torch.float32, device=device)
         dist.broadcast(tensor, src=0)
         return tensor
 

@@ -230,7 +230,11 @@ class AutoencoderRecommender:
         self.short_net = self._train_for(short, ctx, train, epochs, "short head", rng, lr_scale)
         config = self.model_config
         weight, n_items = config.short_head_neighbours, train.shape[1]
-        built, self.neighbours_note = neighbours.resolve(weight, n_items, config.short_history_max)
+        # Rank 0 decides for all: ranks that disagreed (memory read per node) would wait in
+        # different collectives for ever.
+        built, self.neighbours_note = self.world.from_main(
+            neighbours.resolve(weight, n_items, config.short_history_max)
+        )
         if built:
             shrink = config.short_head_neighbour_shrink
             similar = self.world.computed_by_main(  # rank 0 computes, every rank receives
@@ -250,7 +254,7 @@ class AutoencoderRecommender:
         judges, every rank gets the choice). A scale of 0 leaves the network alone."""
         config, net = self.model_config, self.net
         assert net is not None
-        built, self.linear_note = self._linear_fits(train.shape[1])
+        built, self.linear_note = self.world.from_main(self._linear_fits(train.shape[1]))
         if not built or scale == 0.0:
             net.linear = None
             self.linear_scale = 0.0 if built else None
