@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import subprocess
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,6 +23,7 @@ from service.state.cache import RedisCache
 from service.state.lane import Lane, pack
 from service.state.scripts import run_script
 from service.state.store import RedisStore, StoreUnavailable
+from tests.inprocess import serving, small_bundles
 
 URL = "redis://127.0.0.1:6379/11"
 
@@ -84,14 +89,21 @@ def test_pack_encodes_as_redis_py_does() -> None:
     )
 
 
-def test_only_plain_tcp_urls_get_a_lane() -> None:
+def test_urls_get_a_lane_of_their_kind() -> None:
     lane = Lane.from_url("redis://user:secret@example.org:6380/4", 1.0)
     assert lane is not None
     assert (lane.host, lane.port, lane.db, lane.username, lane.password) == (
         "example.org", 6380, 4, "user", "secret",
     )  # fmt: skip
-    assert Lane.from_url("rediss://example.org:6380/0", 1.0) is None
-    assert Lane.from_url("unix:///run/redis.sock", 1.0) is None
+    assert lane.tls is None and lane.path is None
+    tls = Lane.from_url("rediss://example.org:6380/0", 1.0)
+    assert tls is not None and tls.tls is not None and tls.tls.check_hostname
+    assert tls.tls.verify_mode == ssl.CERT_REQUIRED  # redis-py's default, kept
+    relaxed = Lane.from_url("rediss://example.org:6380/0?ssl_cert_reqs=none", 1.0)
+    assert relaxed is not None and relaxed.tls is not None
+    assert relaxed.tls.verify_mode == ssl.CERT_NONE  # asked for in the URL, as redis-py reads it
+    unix = Lane.from_url("unix:///run/redis.sock?db=2", 1.0)
+    assert unix is not None and (unix.path, unix.db, unix.tls) == ("/run/redis.sock", 2, None)
 
 
 def test_replies_match_redis_py_and_keep_their_order_under_concurrency() -> None:
@@ -334,3 +346,100 @@ def test_the_cache_and_the_catalogue_generation_read_through_the_lane() -> None:
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def tls_and_socket_redis(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server of its own, stopped by PID: TLS on a port (a certificate for localhost
+    signed by a CA of the test's making) and a unix socket; yields (tls port, socket, CA)."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca, key, cert = folder / "ca.pem", folder / "server.key", folder / "server.pem"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test ca",
+            "-keyout", "ca.key", "-out", str(ca))  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key),
+            "-out", "server.csr")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", str(ca), "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", str(cert))  # fmt: skip
+    port, sock = _free_port(), folder / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--unixsocket", str(sock), "--save", "", "--appendonly",
+         "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sock.exists(), "redis-server did not start"
+        yield port, sock, ca
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_tls_and_unix_socket_urls_get_a_lane_that_verifies_as_redis_py_does(
+    tls_and_socket_redis,
+) -> None:
+    """A managed Redis behind TLS, or a local one on a socket: the same lane as plain TCP (they
+    kept redis-py and the reads' timeout for impressions, whose late replies counted recorded
+    batches as lost). Verification is redis-py's: an untrusted certificate is refused by both."""
+    port, sock, ca = tls_and_socket_redis
+    trusted = f"rediss://localhost:{port}/2?ssl_ca_certs={ca}"
+    urls = [trusted, f"unix://{sock}?db=3"]
+
+    async def scenario() -> None:
+        for url in urls:
+            lane = Lane.from_url(url, 2.0)
+            assert lane is not None, url
+            client = aioredis.Redis.from_url(url)
+            try:
+                await client.set("lane-key", url)
+                assert await lane.call("GET", "lane-key") == url.encode()  # the same db
+                assert await lane.call_many([("SET", "k", "1"), ("GET", "k")]) == [b"OK", b"1"]
+            finally:
+                lane.close()
+                await client.aclose()
+        untrusted = f"rediss://localhost:{port}/2"  # the system's CAs do not know ours
+        lane = Lane.from_url(untrusted, 2.0)
+        assert lane is not None
+        with pytest.raises(ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await lane.call("PING")
+        client = aioredis.Redis.from_url(untrusted)
+        with pytest.raises(ConnectionError):
+            await client.ping()
+        await client.aclose()
+
+    asyncio.run(scenario())
+    uvloop.run(scenario())
+
+
+def test_the_service_answers_caches_and_records_over_tls(
+    tls_and_socket_redis, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """The whole service on a `rediss://` URL: reads, the cache's writes and the impressions
+    each on their lane, every list counted."""
+    port, _, ca = tls_and_socket_redis
+    models = tmp_path / "models"
+    small_bundles(synthetic_dir, models)
+    url = f"rediss://localhost:{port}/5?ssl_ca_certs={ca}"
+    # A TLS handshake under this suite's load can pass the reads' 50 ms: the lanes are under
+    # test here, not the timeout (a failed read bypasses the cache, and the test would see it).
+    with serving(models, tmp_path, redis_url=url, redis_timeout_seconds=1.0) as client:
+        served = client.state.recommendations
+        assert served is not None
+        lanes = (served.store._lane, served.cache._write_lane, served.online._lane)
+        assert all(lane is not None and lane.tls is not None for lane in lanes)
+        first = client.get("/users/1/recommendations", params={"n": 5})
+        assert first.status_code == 200 and first.json()["cached"] is False
+        client.settle()  # the cache's write, in the background
+        assert client.get("/users/1/recommendations", params={"n": 5}).json()["cached"] is True
+        client.settle()
+        counts = client.portal.call(client.state.recommendations.online.counts)
+    assert sum(row[0] for row in counts.cells.values()) == 2

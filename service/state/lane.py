@@ -11,19 +11,25 @@ moment); the store's writes keep redis-py and its handling.
 Failure is the same as redis-py's to the caller: `redis.exceptions.ConnectionError` or
 `TimeoutError` (RedisError), which the store turns into StoreUnavailable. A reply late past the
 timeout drops the connection and fails everything waiting on it (its replies can no longer be
-matched to requests); the next call connects again. Plain TCP URLs only (`redis://`); others
-(TLS, unix sockets) keep redis-py for every call (`Lane.from_url` returns None).
+matched to requests); the next call connects again. `redis://`, `rediss://` (TLS, its context
+built by redis-py from the URL's `ssl_*` options, so both clients verify alike) and `unix://`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.connection import (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -99,8 +105,12 @@ class Lane:
         username: str | None,
         password: str | None,
         timeout: float,
+        *,
+        tls: ssl.SSLContext | None = None,
+        path: str | None = None,
     ):
-        self.host, self.port, self.db = host, port, db
+        """A lane to `host`:`port`, over TLS with `tls`, or to the unix socket `path`."""
+        self.host, self.port, self.db, self.tls, self.path = host, port, db, tls, path
         self.username, self.password, self.timeout = username, password, timeout
         self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -108,18 +118,21 @@ class Lane:
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> Lane | None:
-        """A lane to the Redis at `url`, or None where it is not plain TCP."""
+        """A lane to the Redis at `url` (redis://, rediss://, unix://), or None for a
+        connection class redis-py knows and this does not."""
         options = parse_url(url)
-        if options.get("connection_class", Connection) is not Connection:
-            return None
-        return cls(
-            options.get("host", "localhost"),
-            int(options.get("port", 6379)),
-            int(options.get("db", 0) or 0),
-            options.get("username"),
-            options.get("password"),
-            timeout,
-        )
+        kind = options.pop("connection_class", Connection)
+        credentials = (int(options.get("db", 0) or 0), options.get("username"),
+                       options.get("password"), timeout)  # fmt: skip
+        host, port = options.get("host", "localhost"), int(options.get("port", 6379))
+        if kind is Connection:
+            return cls(host, port, *credentials)
+        if kind is UnixDomainSocketConnection:
+            return cls("", 0, *credentials, path=options["path"])
+        if kind is SSLConnection:
+            tls = {k: v for k, v in options.items() if k.startswith("ssl_")}
+            return cls(host, port, *credentials, tls=SSLConnection(**tls).ssl_context.get())
+        return None
 
     async def call(self, *args: Any) -> Any:
         """One command's reply (bytes, int, None or a list of them, as redis-py gives without
@@ -196,10 +209,15 @@ class Lane:
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(_Protocol, self.host, self.port), self.timeout
-            )
-        except (OSError, TimeoutError) as error:
+            if self.path is not None:
+                opening = loop.create_unix_connection(_Protocol, self.path)
+            else:
+                opening = loop.create_connection(
+                    _Protocol, self.host, self.port, ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None,
+                )  # fmt: skip
+            transport, protocol = await asyncio.wait_for(opening, self.timeout)
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
             raise ConnectionError(f"cannot connect to Redis: {error}") from None
         protocol.transport = transport  # uvloop may call connection_made a moment later
         try:
