@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import RedisError
 
 # Settings renamed since a release: under the old name a value would be silently ignored
 # (unknown CDDAE_* names are, for the training jobs' own), so the old name stops the start.
@@ -18,7 +20,10 @@ RENAMED = {"CDDAE_CACHE_WRITE_TIMEOUT_SECONDS": "CDDAE_BACKGROUND_WRITE_TIMEOUT_
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CDDAE_", extra="ignore")
+    # Errors never echo a value: a Redis URL or a token may hold a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="CDDAE_", extra="ignore", hide_input_in_errors=True
+    )
 
     models_dir: Path = Path("models")
     redis_url: str | None = Field(
@@ -142,10 +147,10 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _no_old_names(cls, data: object) -> object:
-        for old, new in RENAMED.items():
-            if any(name.upper() == old for name in os.environ):
+        for old, new in RENAMED.items():  # empty: compose passing an unset variable on
+            if any(name.upper() == old and value.strip() for name, value in os.environ.items()):
                 raise ValueError(f"{old} is now {new} (it covers every background write): "
-                                 "set that instead")  # fmt: skip
+                                 "remove the old name, set the new one")  # fmt: skip
         return data
 
     @model_validator(mode="after")
@@ -194,4 +199,18 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        # Every option as redis-py takes it, read now: an option it does not take failed every
+        # request on the first connect (500s), a unix URL without a path at the start.
+        try:
+            options = parse_url(value)
+        except ValueError as error:
+            raise ValueError(f"CDDAE_REDIS_URL cannot be read: {error}") from None
+        kind = options.pop("connection_class", Connection)
+        if kind is UnixDomainSocketConnection and not options.get("path", "").startswith("/"):
+            raise ValueError("CDDAE_REDIS_URL: a unix:// URL names the socket by its absolute "
+                             "path (unix:///run/redis/redis.sock)")  # fmt: skip
+        try:
+            kind(**options)  # a connection made, not opened
+        except (TypeError, ValueError, RedisError) as error:
+            raise ValueError(f"CDDAE_REDIS_URL: an option redis-py refuses: {error}") from None
         return value

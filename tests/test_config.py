@@ -66,3 +66,36 @@ def test_a_renamed_setting_stops_the_start_naming_its_new_name(
     monkeypatch.delenv("CDDAE_CACHE_WRITE_TIMEOUT_SECONDS")
     monkeypatch.setenv("CDDAE_BACKGROUND_WRITE_TIMEOUT_SECONDS", "2")
     assert Settings().background_write_timeout_seconds == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "an option redis-py refuses"),
+        ("rediss://h:6380/0?socket_connect_timeout_ms=5", "an option redis-py refuses"),
+        ("rediss://h:6380/0?ssl_cert_reqs=bogus", "an option redis-py refuses"),
+        ("unix://redis.sock", "absolute path"),
+        ("redis://h:port/0", "cannot be read"),
+    ],
+)
+def test_a_redis_url_redis_py_would_refuse_stops_the_start(url: str, why: str) -> None:
+    """Read only at the first connect, such options made every request a 500, and a unix URL
+    without a path crashed the start without naming the setting."""
+    with pytest.raises(ValueError, match=f"CDDAE_REDIS_URL.*{why}"):
+        Settings(redis_url=url)
+    for fine in ("rediss://u:p@h:6380/2?ssl_cert_reqs=none", "unix:///run/redis.sock?db=2"):
+        assert Settings(redis_url=fine).redis_url == fine
+
+
+def test_a_refused_setting_never_echoes_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis URL (or a token) may hold a secret; the start's message goes to the logs."""
+    monkeypatch.setenv("CDDAE_REDIS_URL", "redis://user:s3cret-pw@h:port/0")
+    with pytest.raises(ValueError) as refused:
+        Settings()
+    assert "CDDAE_REDIS_URL" in str(refused.value) and "s3cret-pw" not in str(refused.value)
+
+
+def test_the_old_name_left_empty_is_no_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose passes an unset variable as empty: that sets nothing, old name or not."""
+    monkeypatch.setenv("CDDAE_CACHE_WRITE_TIMEOUT_SECONDS", "")
+    assert Settings().background_write_timeout_seconds == 1.0

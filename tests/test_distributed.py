@@ -106,15 +106,16 @@ def test_cddae_trains_under_torchrun_and_rank_0_writes(synthetic_dir: Path, tmp_
     assert Checkpoint.load(tmp_path / "ck").meta["world_size"] == 2
 
 
+@pytest.mark.parametrize("linear", ["auto", "ease"])
 def test_ranks_follow_rank_0s_decision_to_build_the_item_item_paths(
-    synthetic_dir: Path, tmp_path: Path
+    synthetic_dir: Path, tmp_path: Path, linear: str
 ) -> None:
     """Rank 1 reads a memory limit the items × items paths do not fit (another node's memory):
     it follows rank 0, which builds them; deciding for itself, it waited in another collective
-    than rank 0 until gloo's 30-minute timeout."""
+    than rank 0 until gloo's 30-minute timeout (`auto`), or refused the run (`ease`)."""
     config = tmp_path / "config.json"
     config.write_text(json.dumps({
-        "model": {"hidden": [16], "linear_path": "auto", "short_head_share": 0.5,
+        "model": {"hidden": [16], "linear_path": linear, "short_head_share": 0.5,
                   "short_head_neighbours": 0.5},
         "train": {"epochs": 3, "patience": 3, "batch_size": 32, "negatives": 0},
     }))  # fmt: skip

@@ -97,11 +97,11 @@ def test_urls_get_a_lane_of_their_kind() -> None:
     )  # fmt: skip
     assert lane.tls is None and lane.path is None
     tls = Lane.from_url("rediss://example.org:6380/0", 1.0)
-    assert tls is not None and tls.tls is not None and tls.tls.check_hostname
-    assert tls.tls.verify_mode == ssl.CERT_REQUIRED  # redis-py's default, kept
+    assert tls is not None and tls.tls_context().check_hostname
+    assert tls.tls_context().verify_mode == ssl.CERT_REQUIRED  # redis-py's default, kept
     relaxed = Lane.from_url("rediss://example.org:6380/0?ssl_cert_reqs=none", 1.0)
-    assert relaxed is not None and relaxed.tls is not None
-    assert relaxed.tls.verify_mode == ssl.CERT_NONE  # asked for in the URL, as redis-py reads it
+    assert relaxed is not None  # asked for in the URL, as redis-py reads it
+    assert relaxed.tls_context().verify_mode == ssl.CERT_NONE
     unix = Lane.from_url("unix:///run/redis.sock?db=2", 1.0)
     assert unix is not None and (unix.path, unix.db, unix.tls) == ("/run/redis.sock", 2, None)
 
@@ -443,3 +443,54 @@ def test_the_service_answers_caches_and_records_over_tls(
         client.settle()
         counts = client.portal.call(client.state.recommendations.online.counts)
     assert sum(row[0] for row in counts.cells.values()) == 2
+
+
+def test_tls_files_are_read_at_connect_and_a_bad_one_is_a_connection_error(
+    tls_and_socket_redis, tmp_path: Path
+) -> None:
+    """A CA mounted after the start is read at the next connect; until then (or with a key
+    that is encrypted and no password) the lane fails as a connection, naming the file — it
+    crashed the start (FileNotFoundError without a name), or asked for a pass phrase on a
+    terminal."""
+    port, _, ca = tls_and_socket_redis
+    later = tmp_path / "mounted-later.pem"
+    lane = Lane.from_url(f"rediss://localhost:{port}/0?ssl_ca_certs={later}", 2.0)
+    assert lane is not None  # nothing read yet
+    locked, cert = tmp_path / "locked.key", tmp_path / "client.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-passout", "pass:pw",
+                    "-subj", "/CN=client", "-days", "1", "-keyout", str(locked), "-out",
+                    str(cert)], check=True, capture_output=True)  # fmt: skip
+    with_key = Lane.from_url(
+        f"rediss://localhost:{port}/0?ssl_ca_certs={ca}&ssl_certfile={cert}&ssl_keyfile={locked}",
+        2.0,
+    )
+    assert with_key is not None
+
+    async def scenario() -> None:
+        with pytest.raises(ConnectionError, match=r"mounted-later\.pem"):
+            await lane.call("PING")
+        later.write_bytes(ca.read_bytes())
+        assert await lane.call("PING") == b"PONG"
+        lane.close()
+        with pytest.raises(ConnectionError, match="no ssl_password"):
+            await with_key.call("PING")
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_handshake_is_a_connection_error_as_redis_py_says(tls_and_socket_redis) -> None:
+    """A wrong password or a database out of range: the lane cannot be used, so its callers
+    get ConnectionError (the lane's contract, and redis-py's), not the handshake's reply."""
+    _, sock, _ = tls_and_socket_redis
+
+    async def scenario() -> None:
+        for url in (f"unix://nobody:wrong@{sock}", f"unix://{sock}?db=99"):
+            lane = Lane.from_url(url, 2.0)
+            assert lane is not None
+            try:
+                with pytest.raises(ConnectionError, match="handshake failed"):
+                    await lane.call("PING")
+            finally:
+                lane.close()
+
+    asyncio.run(scenario())

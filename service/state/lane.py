@@ -106,10 +106,11 @@ class Lane:
         password: str | None,
         timeout: float,
         *,
-        tls: ssl.SSLContext | None = None,
+        tls: dict[str, Any] | None = None,
         path: str | None = None,
     ):
-        """A lane to `host`:`port`, over TLS with `tls`, or to the unix socket `path`."""
+        """A lane to `host`:`port`, over TLS with redis-py's `ssl_*` options `tls`, or to the
+        unix socket `path`."""
         self.host, self.port, self.db, self.tls, self.path = host, port, db, tls, path
         self.username, self.password, self.timeout = username, password, timeout
         self._protocol: _Protocol | None = None
@@ -128,11 +129,24 @@ class Lane:
         if kind is Connection:
             return cls(host, port, *credentials)
         if kind is UnixDomainSocketConnection:
-            return cls("", 0, *credentials, path=options["path"])
+            return cls("", 0, *credentials, path=options.get("path") or "")
         if kind is SSLConnection:
             tls = {k: v for k, v in options.items() if k.startswith("ssl_")}
-            return cls(host, port, *credentials, tls=SSLConnection(**tls).ssl_context.get())
+            return cls(host, port, *credentials, tls=tls)
         return None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context as redis-py builds it from the same options, made at each connect as
+        redis-py does for each new connection: a certificate mounted or rotated after the start
+        is read then, and one missing or unreadable is a connection error (the service
+        degrades and retries), not a crash at start."""
+        assert self.tls is not None
+        options = {"ssl_password": _no_passphrase, **self.tls}  # never a prompt on a terminal
+        try:
+            return SSLConnection(**options).ssl_context.get()
+        except (OSError, ValueError, RedisError) as error:  # ssl.SSLError is an OSError
+            files = {k: v for k, v in self.tls.items() if k in TLS_FILES and v is not None}
+            raise ConnectionError(f"the TLS settings {files} cannot be used: {error}") from None
 
     async def call(self, *args: Any) -> Any:
         """One command's reply (bytes, int, None or a list of them, as redis-py gives without
@@ -212,13 +226,15 @@ class Lane:
             if self.path is not None:
                 opening = loop.create_unix_connection(_Protocol, self.path)
             else:
+                tls = self.tls_context() if self.tls is not None else None
                 opening = loop.create_connection(
-                    _Protocol, self.host, self.port, ssl=self.tls,
-                    server_hostname=self.host if self.tls is not None else None,
+                    _Protocol, self.host, self.port, ssl=tls,
+                    server_hostname=self.host if tls is not None else None,
                 )  # fmt: skip
             transport, protocol = await asyncio.wait_for(opening, self.timeout)
-        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
-            raise ConnectionError(f"cannot connect to Redis: {error}") from None
+        except (OSError, ValueError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            why = str(error) or f"no connection within {self.timeout:g} s"
+            raise ConnectionError(f"cannot connect to Redis: {why}") from None
         protocol.transport = transport  # uvloop may call connection_made a moment later
         try:
             if self.password is not None:  # the two-argument form, as redis-py's HELLO: a
@@ -228,8 +244,11 @@ class Lane:
                 )
             if self.db:
                 await self._send(loop, protocol, ("SELECT", self.db))
-        except BaseException:
+        except BaseException as error:
             protocol.fail(ConnectionError("the Redis handshake failed"))
+            if isinstance(error, ResponseError):  # WRONGPASS, NOAUTH, a db out of range: a
+                # connection that cannot be used, as redis-py reports it
+                raise ConnectionError(f"the Redis handshake failed: {error}") from None
             raise
         self._protocol = protocol
         return protocol
@@ -238,6 +257,16 @@ class Lane:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
+
+
+# The options naming files the TLS context reads.
+TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+
+
+def _no_passphrase() -> str:
+    """An encrypted key with no `ssl_password`: refused, where OpenSSL would ask on a
+    terminal and hold the start."""
+    raise ValueError("the key is encrypted and the URL gives no ssl_password")
 
 
 def _retrieved(future: asyncio.Future) -> None:

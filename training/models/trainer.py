@@ -160,8 +160,10 @@ class AutoencoderRecommender:
         cfg = self.train_config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self._linear_fits(ctx.train.shape[1])  # refuse an impossible `ease` before any epoch
         self.world = join(self.device)
+        if self.world.main:  # refuse an impossible `ease` before any epoch: rank 0 decides (a
+            # rank reading a smaller memory limit of its own node follows it, as in _attach_linear)
+            self._linear_fits(ctx.train.shape[1])
         if self.model_config.alternate and self.world.size > 1:
             raise ValueError(ALTERNATE_ALONE)
         if not ctx.valid.nnz:
@@ -234,6 +236,8 @@ class AutoencoderRecommender:
         # different collectives for ever.
         built, self.neighbours_note = self.world.from_main(
             neighbours.resolve(weight, n_items, config.short_history_max)
+            if self.world.main
+            else None
         )
         if built:
             shrink = config.short_head_neighbour_shrink
@@ -254,7 +258,10 @@ class AutoencoderRecommender:
         judges, every rank gets the choice). A scale of 0 leaves the network alone."""
         config, net = self.model_config, self.net
         assert net is not None
-        built, self.linear_note = self.world.from_main(self._linear_fits(train.shape[1]))
+        main = self.world.main  # the others never judge (`ease` would refuse on their limit)
+        built, self.linear_note = self.world.from_main(
+            self._linear_fits(train.shape[1]) if main else None
+        )
         if not built or scale == 0.0:
             net.linear = None
             self.linear_scale = 0.0 if built else None
