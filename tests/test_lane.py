@@ -210,6 +210,44 @@ def test_silence_times_out_everything_waiting_and_the_next_call_reconnects() -> 
     asyncio.run(scenario())
 
 
+def test_a_slow_handshake_fails_its_callers_in_time_and_connects_for_the_next() -> None:
+    """AUTH answered after 0.3 s (a TLS handshake or a reply read late by a busy loop): the
+    callers get a timeout within the lane's 0.1 s, the attempt goes on, and the next call uses
+    that one connection. Bounded by the 0.1 s too, every attempt failed and a new one began."""
+    connections = 0
+
+    async def slow_auth(reader, writer) -> None:
+        nonlocal connections
+        connections += 1
+        async for args in _commands(reader):
+            if args[0] == b"AUTH":
+                await asyncio.sleep(0.3)
+            writer.write(b"+OK\r\n" if args[0] == b"AUTH" else b"+PONG\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with fake_redis(slow_auth) as port:
+            lane = Lane.from_url(f"redis://:pw@127.0.0.1:{port}/0", 0.1)
+            assert lane is not None
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(RedisTimeoutError, match="still connecting"):
+                await lane.call("PING")
+            assert asyncio.get_running_loop().time() - started < 0.25
+            await asyncio.sleep(0.4)
+            assert await lane.call("PING") == b"PONG"
+            assert connections == 1
+            lane.close()
+            with pytest.raises(RedisTimeoutError):  # closed while connecting: nothing opens
+                await lane.call("PING")
+            lane.close()
+            await asyncio.sleep(0.4)
+            assert lane._protocol is None
+
+    asyncio.run(scenario())
+    connections = 0
+    uvloop.run(scenario())
+
+
 def test_a_lost_connection_fails_its_callers_and_a_refused_one_is_a_connection_error() -> None:
     async def hang_up(reader, writer) -> None:
         await reader.read(1)

@@ -33,6 +33,11 @@ from redis.asyncio.connection import (
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# The least a connection may take (TCP, a TLS handshake, AUTH, SELECT): under load the event
+# loop reads each step late, and a TLS handshake has several; bounded by the reads' 50 ms, a
+# lane over TLS could fail to reconnect for as long as the load lasted.
+CONNECT_SECONDS = 1.0
+
 
 def pack(args: tuple[Any, ...]) -> bytes:
     """A command in RESP: an array of bulk strings."""
@@ -113,6 +118,9 @@ class Lane:
         unix socket `path`."""
         self.host, self.port, self.db, self.tls, self.path = host, port, db, tls, path
         self.username, self.password, self.timeout = username, password, timeout
+        # A connection (TCP, TLS's handshake, AUTH, SELECT) may take longer than one reply:
+        # callers still wait at most `timeout`, the attempt goes on for the next ones.
+        self.connect_timeout = max(timeout, CONNECT_SECONDS)
         self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -197,13 +205,17 @@ class Lane:
         return transport
 
     async def _send(
-        self, loop: asyncio.AbstractEventLoop, protocol: _Protocol, args: tuple[Any, ...]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol: _Protocol,
+        args: tuple[Any, ...],
+        timeout: float | None = None,
     ) -> Any:
         transport = self._transport(protocol)
         future = loop.create_future()
         protocol.waiting.append(future)
         transport.write(pack(args))
-        timer = loop.call_later(self.timeout, self._expire, protocol, future)
+        timer = loop.call_later(timeout or self.timeout, self._expire, protocol, future)
         try:
             return await future
         finally:
@@ -215,11 +227,17 @@ class Lane:
             protocol.fail(RedisTimeoutError("Redis did not answer in time"))
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
-        """One connection attempt at a time; callers meanwhile wait for the same one."""
+        """One connection attempt at a time; callers meanwhile wait for the same one, each
+        at most `timeout` (the attempt itself may take `connect_timeout`)."""
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open(loop))
             self._connecting.add_done_callback(_retrieved)
-        return await asyncio.shield(self._connecting)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._connecting), self.timeout)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"no connection to Redis within {self.timeout:g} s (still connecting)"
+            ) from None
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         try:
@@ -231,19 +249,18 @@ class Lane:
                     _Protocol, self.host, self.port, ssl=tls,
                     server_hostname=self.host if tls is not None else None,
                 )  # fmt: skip
-            transport, protocol = await asyncio.wait_for(opening, self.timeout)
+            transport, protocol = await asyncio.wait_for(opening, self.connect_timeout)
         except (OSError, ValueError, TimeoutError) as error:  # ssl.SSLError is an OSError
-            why = str(error) or f"no connection within {self.timeout:g} s"
+            why = str(error) or f"no connection within {self.connect_timeout:g} s"
             raise ConnectionError(f"cannot connect to Redis: {why}") from None
         protocol.transport = transport  # uvloop may call connection_made a moment later
         try:
             if self.password is not None:  # the two-argument form, as redis-py's HELLO: a
                 # Redis whose default user has no password yet accepts it, as redis-py does
-                await self._send(
-                    loop, protocol, ("AUTH", self.username or "default", self.password)
-                )
+                auth = ("AUTH", self.username or "default", self.password)
+                await self._send(loop, protocol, auth, self.connect_timeout)
             if self.db:
-                await self._send(loop, protocol, ("SELECT", self.db))
+                await self._send(loop, protocol, ("SELECT", self.db), self.connect_timeout)
         except BaseException as error:
             protocol.fail(ConnectionError("the Redis handshake failed"))
             if isinstance(error, ResponseError):  # WRONGPASS, NOAUTH, a db out of range: a
@@ -254,6 +271,16 @@ class Lane:
         return protocol
 
     def close(self) -> None:
+        """The connection closed, and an attempt still under way stopped (it would open one
+        after the close, up to `connect_timeout` later)."""
+        connecting = self._connecting
+        if (
+            connecting is not None
+            and not connecting.done()
+            and not connecting.get_loop().is_closed()
+        ):
+            connecting.cancel()
+        self._connecting = None
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
