@@ -248,6 +248,35 @@ def test_a_slow_handshake_fails_its_callers_in_time_and_connects_for_the_next() 
     uvloop.run(scenario())
 
 
+def test_close_while_connecting_fails_the_waiting_callers_and_opens_nothing() -> None:
+    """close() at any step of an attempt (TCP, AUTH, SELECT): a caller waiting on it gets a
+    ConnectionError (it got a bare CancelledError, which the store does not catch), and no
+    connection is kept after the close (3.11's wait_for returned a connection whose cancel
+    came a moment late)."""
+
+    async def answering(reader, writer) -> None:
+        async for args in _commands(reader):
+            writer.write(b"+OK\r\n" if args[0] in (b"AUTH", b"SELECT") else b"+PONG\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with fake_redis(answering) as port:
+            for steps in range(1, 25):
+                lane = Lane.from_url(f"redis://:pw@127.0.0.1:{port}/2", 0.5)
+                assert lane is not None
+                caller = asyncio.ensure_future(lane.call("PING"))
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                lane.close()
+                outcome = (await asyncio.gather(caller, return_exceptions=True))[0]
+                assert outcome == b"PONG" or isinstance(outcome, ConnectionError), outcome
+                await asyncio.sleep(0.01)
+                assert lane._protocol is None, steps
+
+    asyncio.run(scenario())
+    uvloop.run(scenario())
+
+
 def test_a_lost_connection_fails_its_callers_and_a_refused_one_is_a_connection_error() -> None:
     async def hang_up(reader, writer) -> None:
         await reader.read(1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -124,6 +125,7 @@ class Lane:
         self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        self._closes = 0  # an attempt begun before a close must not leave a connection open
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> Lane | None:
@@ -232,14 +234,20 @@ class Lane:
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open(loop))
             self._connecting.add_done_callback(_retrieved)
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._connecting), self.timeout)
-        except TimeoutError:
+        attempt = self._connecting
+        # asyncio.wait, not wait_for: it leaves the attempt running on a timeout, and (unlike
+        # 3.11's wait_for) never swallows this caller's own cancellation.
+        done, _ = await asyncio.wait({attempt}, timeout=self.timeout)
+        if not done:
             raise RedisTimeoutError(
                 f"no connection to Redis within {self.timeout:g} s (still connecting)"
-            ) from None
+            )
+        if attempt.cancelled():  # close() stopped it: a connection error to this caller
+            raise ConnectionError("the connection to Redis was closed while it was opening")
+        return attempt.result()
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        closes = self._closes
         try:
             if self.path is not None:
                 opening = loop.create_unix_connection(_Protocol, self.path)
@@ -261,6 +269,8 @@ class Lane:
                 await self._send(loop, protocol, auth, self.connect_timeout)
             if self.db:
                 await self._send(loop, protocol, ("SELECT", self.db), self.connect_timeout)
+            if self._closes != closes:  # closed meanwhile; the cancel may have come too late
+                raise ConnectionError("the connection to Redis was closed while it was opening")
         except BaseException as error:
             protocol.fail(ConnectionError("the Redis handshake failed"))
             if isinstance(error, ResponseError):  # WRONGPASS, NOAUTH, a db out of range: a
@@ -272,7 +282,9 @@ class Lane:
 
     def close(self) -> None:
         """The connection closed, and an attempt still under way stopped (it would open one
-        after the close, up to `connect_timeout` later)."""
+        after the close, up to `connect_timeout` later). From the lane's loop's thread, as
+        every asyncio call."""
+        self._closes += 1
         connecting = self._connecting
         if (
             connecting is not None
@@ -281,9 +293,10 @@ class Lane:
         ):
             connecting.cancel()
         self._connecting = None
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
-        self._protocol = None
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already closed (tests)
+                protocol.transport.close()
 
 
 # The options naming files the TLS context reads.
