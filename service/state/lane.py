@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # loop reads each step late, and a TLS handshake has several; bounded by the reads' 50 ms, a
 # lane over TLS could fail to reconnect for as long as the load lasted.
 CONNECT_SECONDS = 1.0
+CLOSED_WHILE_OPENING = "the connection to Redis was closed while it was opening"
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
@@ -243,7 +244,7 @@ class Lane:
                 f"no connection to Redis within {self.timeout:g} s (still connecting)"
             )
         if attempt.cancelled():  # close() stopped it: a connection error to this caller
-            raise ConnectionError("the connection to Redis was closed while it was opening")
+            raise ConnectionError(CLOSED_WHILE_OPENING)
         return attempt.result()
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
@@ -270,7 +271,7 @@ class Lane:
             if self.db:
                 await self._send(loop, protocol, ("SELECT", self.db), self.connect_timeout)
             if self._closes != closes:  # closed meanwhile; the cancel may have come too late
-                raise ConnectionError("the connection to Redis was closed while it was opening")
+                raise ConnectionError(CLOSED_WHILE_OPENING)
         except BaseException as error:
             protocol.fail(ConnectionError("the Redis handshake failed"))
             if isinstance(error, ResponseError):  # WRONGPASS, NOAUTH, a db out of range: a
