@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.state.cache import RedisCache
 from service.state.lane import Lane, pack
-from service.state.scripts import run_script
+from service.state.scripts import run_script, run_script_many
 from service.state.store import RedisStore, StoreUnavailable
 from tests.inprocess import serving, small_bundles
 
@@ -177,6 +177,36 @@ def test_an_unknown_script_is_loaded_through_redis_py() -> None:
             await lane.call("EVALSHA", script.sha, 1, "k", "a")
         assert await run_script(script, ["k"], ["a"], lane) == [b"k", b"a", 7]
         assert await lane.call("EVALSHA", script.sha, 1, "k", "b") == [b"k", b"b", 7]
+        lane.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_many_script_calls_reload_a_lost_script_and_keep_their_order() -> None:
+    """Redis lost the script between two bursts: it is loaded once and only the refused calls
+    run again, each reply in its call's place; a refusal other than NOSCRIPT is raised."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(URL)
+        script = client.register_script(
+            "if ARGV[1] == 'bad' then return redis.error_reply('ERR bad argument') end "
+            "return redis.call('INCR', KEYS[1])"
+        )
+        lane = Lane.from_url(URL, 2.0)
+        assert lane is not None
+        await client.delete("count:a", "count:b")
+        await client.script_flush()
+        calls = [(["count:a"], ["x"]), (["count:b"], ["x"]), (["count:a"], ["x"])]
+        assert await run_script_many(script, calls, lane) == [1, 1, 2]  # each call ran once
+        assert await run_script_many(script, calls, lane) == [3, 2, 4]
+        await client.script_flush()
+        with pytest.raises(ResponseError, match="bad argument"):
+            await run_script_many(script, [(["count:a"], ["x"]), (["count:a"], ["bad"])], lane)
+        assert int(await client.get("count:a")) == 5  # loaded again, the good call ran once
+        with pytest.raises(ResponseError, match="bad argument"):
+            await run_script_many(script, [(["count:b"], ["bad"])], lane)
+        assert int(await client.get("count:b")) == 2
         lane.close()
         await client.aclose()
 

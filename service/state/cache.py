@@ -16,10 +16,10 @@ from collections import OrderedDict
 from typing import Protocol
 
 from redis import asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from service.state.lane import Lane, read
-from service.state.scripts import queue_script, run_script
+from service.state.scripts import queue_script, run_script, run_script_many
 
 PREFIX = "cddae:rec"
 
@@ -165,7 +165,8 @@ class RedisCache:
             return
         try:
             if self._write_lane is not None:
-                await self._set_on_lane(self._write_lane, entries)
+                calls = [([k], [f, v, self._ttl_now()]) for k, f, v in entries]
+                await run_script_many(self._set, calls, self._write_lane)
                 return
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, field, value in entries:
@@ -173,22 +174,6 @@ class RedisCache:
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError):
             self._failed()
-
-    async def _set_on_lane(self, lane: Lane, entries: list[tuple[str, str, bytes]]) -> None:
-        """The script by its hash; a Redis that lost it (restarted, flushed) gets it loaded
-        and the refused writes again."""
-        sha = self._set.sha
-        commands = [("EVALSHA", sha, 1, k, f, v, self._ttl_now()) for k, f, v in entries]
-        replies = await lane.call_many(commands)
-        refused = [c for c, r in zip(commands, replies, strict=True) if isinstance(r, Exception)]
-        if not refused:
-            return
-        if not all(isinstance(r, NoScriptError) for r in replies if isinstance(r, Exception)):
-            raise next(r for r in replies if isinstance(r, Exception))
-        await lane.call("SCRIPT", "LOAD", self._set.script)  # with the lane's timeout
-        for reply in await lane.call_many(refused):
-            if isinstance(reply, Exception):
-                raise reply
 
     async def check(self) -> bool:
         """Ping, whatever the back-off says: readiness probes are how recovery is noticed."""

@@ -33,6 +33,28 @@ async def run_script(
         return await script(keys=keys, args=args)
 
 
+async def run_script_many(
+    script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]], lane: Lane
+) -> list[Any]:
+    """`run_script` for many (keys, args) in one burst on `lane`: the replies in order. Where
+    Redis lost the script, it is loaded and the refused calls made again; any other refusal
+    is raised."""
+    commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+    replies = await lane.call_many(commands)
+    refused = [at for at, reply in enumerate(replies) if isinstance(reply, Exception)]
+    if not refused:
+        return replies
+    if not all(isinstance(replies[at], NoScriptError) for at in refused):
+        raise next(replies[at] for at in refused if not isinstance(replies[at], NoScriptError))
+    await lane.call("SCRIPT", "LOAD", script.script)  # with the lane's timeout
+    again = await lane.call_many([commands[at] for at in refused])
+    for at, reply in zip(refused, again, strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        replies[at] = reply
+    return replies
+
+
 def queue_script(
     pipe: Pipeline, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
 ) -> None:
