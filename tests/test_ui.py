@@ -13,23 +13,16 @@ import pytest
 from service.api.ui import rate_plot
 from service.experiment import CANDIDATE, start_experiment
 from service.state.store import StoreUnavailable
-from tests.inprocess import Client, serving, small_bundles
+from tests.inprocess import Client, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = 'adm;in "token"=1'  # characters a cookie must quote
 
 
-@pytest.fixture(scope="module")
-def source_models(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
-    """Two real exports of one small model; the first promoted."""
-    models = tmp_path_factory.mktemp("ui-models")
-    small_bundles(synthetic_dir, models, count=2)
-    return models
-
-
 @pytest.fixture
-def models(source_models: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(source_models, tmp_path / "models"))
+def models(two_small_bundles: Path, tmp_path: Path) -> Path:
+    """Two real exports of one small model; the first promoted."""
+    return Path(shutil.copytree(two_small_bundles, tmp_path / "models"))
 
 
 @pytest.fixture

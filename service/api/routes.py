@@ -255,13 +255,16 @@ async def post_interactions(
         sent.pop("recommendation_id", None)
     digest = body_digest(sent)
     recommendations = state.recommendations
-    try:  # attributed first: a list that is not this user's is a 422 before anything is written
-        attributed, note = await recommendations.attribute(
-            user_id, body.item_ids(), body.recommendation_id
-        )
+    items, list_id = body.item_ids(), body.recommendation_id
+    try:  # a list that is not this user's is a 422 before anything is written; a click is
+        # counted only once the interactions are (a refused write counts none; a retry with
+        # the same key counts the list once: clicks are per list)
+        attributed, note = await recommendations.attribute(user_id, items, list_id, mark=False)
         written, unknown = await recommendations.add_interactions(
-            user_id, body.item_ids(), body.timestamps(time.time()), key, digest
+            user_id, items, body.timestamps(time.time()), key, digest
         )
+        if attributed:
+            attributed, note = await recommendations.attribute(user_id, items, list_id)
     except UnknownList as error:
         raise HTTPException(422, str(error)) from None
     except HANDLED as error:

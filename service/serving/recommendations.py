@@ -363,19 +363,21 @@ class Recommendations:
         task.add_done_callback(self._background.discard)
 
     async def attribute(
-        self, user_id: str, items: Sequence[str], list_id: str | None
+        self, user_id: str, items: Sequence[str], list_id: str | None, mark: bool = True
     ) -> tuple[list[str], str | None]:
         """(the lists these interactions are attributed to, a note when the named list could
-        not be found). UnknownList (→ 422) when it is another user's. A list the store does
-        not hold (expired, never recorded, another replica's still on its way after a moment's
-        wait) is no reason to refuse the interactions: they are recorded, attributed to none."""
+        not be found), counted as clicked unless `mark` is False. UnknownList (→ 422) when it
+        is another user's. A list the store does not hold (expired, never recorded, another
+        replica's still on its way after a moment's wait) is no reason to refuse the
+        interactions: they are recorded, attributed to none."""
         if self.online is None:
             return [], None
         # A list answered a moment ago may still be queued here: recorded first, within bounds
         await self.recorded(within=RECORDED_WAIT_SECONDS)
         for wait in (0.05, 0.1, 0.2, 0.0):  # … from another replica, too: a moment more
             try:
-                return await self.online.attribute(user_id, items, list_id, time.time()), None
+                now = time.time()
+                return await self.online.attribute(user_id, items, list_id, now, mark), None
             except MissingList:
                 await asyncio.sleep(wait)
         note = (f"recommendation_id {list_id!r} is not in the store (expired after the "

@@ -166,10 +166,12 @@ class Online(Protocol):
     ) -> None: ...
 
     async def attribute(
-        self, user: str, items: Sequence[str], list_id: str | None, now: float
+        self, user: str, items: Sequence[str], list_id: str | None, now: float, mark: bool = True
     ) -> list[str]:
         """The ids of the lists these interactions are attributed to (UnknownList when
-        `list_id` names another user's list, MissingList when the store does not hold it)."""
+        `list_id` names another user's list, MissingList when the store does not hold it),
+        counted as clicked unless `mark` is False (a check before the interactions are
+        written: a refused write counts no click)."""
         ...
 
     async def counts(self) -> Counts: ...
@@ -203,9 +205,10 @@ return 1
 """
 
 # Attribution, all in one step. KEYS: the user's lists, clicked counts. ARGV: user, now,
-# window, list id or '', record key prefix, then the items. Returns the attributed ids, or
-# {'!foreign'} when the named list is another user's, {'!missing'} when it is not there. A list is
-# clicked once: its `:clicked` key (SET NX) decides.
+# window, list id or '', record key prefix, '1' to mark the lists clicked or '0' to only find
+# them, then the items. Returns the attributed ids, or {'!foreign'} when the named list is
+# another user's, {'!missing'} when it is not there. A list is clicked once: its `:clicked` key
+# (SET NX) decides.
 _ATTRIBUTE = """
 local prefix, window = ARGV[5], ARGV[3]
 local function load(id)  -- {user, cell, items}, or nil when the list is gone
@@ -223,6 +226,7 @@ local function load(id)  -- {user, cell, items}, or nil when the list is gone
   return nil
 end
 local function mark(id, list)
+  if ARGV[6] ~= '1' then return end
   if redis.call('set', prefix .. id .. ':clicked', '1', 'NX', 'EX', window) then
     redis.call('hincrby', KEYS[2], list[2], 1)
   end
@@ -237,7 +241,7 @@ end
 local ids = redis.call('zrevrangebyscore', KEYS[1], '+inf', tonumber(ARGV[2]) - tonumber(window))
 local lists, held = {}, {}  -- list id → its record; → the set of its items
 local out, seen = {}, {}
-for k = 6, #ARGV do
+for k = 7, #ARGV do
   for _, id in ipairs(ids) do
     if lists[id] == nil then
       lists[id], held[id] = load(id) or false, {}
@@ -293,9 +297,9 @@ class RedisOnline:
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the store (Redis) did not record impressions") from error
 
-    async def attribute(self, user, items, list_id, now) -> list[str]:
+    async def attribute(self, user, items, list_id, now, mark=True) -> list[str]:
         keys = [f"cddae:user:{user}:lists", COUNTS[1]]
-        args = [user, now, self.window, list_id or "", RECORD_PREFIX, *items]
+        args = [user, now, self.window, list_id or "", RECORD_PREFIX, "1" if mark else "0", *items]
         try:
             reply = await run_script(self._attribute, keys, args)
         except (TimeoutError, RedisError, OSError) as error:
@@ -509,7 +513,7 @@ class FileOnline:
         if records:
             await self._write(records)
 
-    async def attribute(self, user, items, list_id, now) -> list[str]:
+    async def attribute(self, user, items, list_id, now, mark=True) -> list[str]:
         if list_id is not None:
             listed = self._lists.get(list_id)
             if listed is None or now - listed.time > self.window:
@@ -527,6 +531,8 @@ class FileOnline:
                         if rid not in ids:
                             ids.append(rid)
                         break
+        if not mark:
+            return ids
         clicks = []
         for rid in ids:
             listed = self._lists[rid]
