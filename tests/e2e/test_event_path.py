@@ -43,7 +43,15 @@ def test_a_used_key_suppresses_no_other_write(
         assert retry.json()["replayed"] is True and retry.json()["recorded"] == 1
 
 
-@pytest.mark.parametrize("path", ["/users/3%00/recommendations", "/users/3%0A/recommendations"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/users/3%00/recommendations",
+        "/users/3%0A/recommendations",
+        "/users/3%FF/recommendations",  # not UTF-8: decoded to U+FFFD, as "3%FE" was — one user
+        "/users/%ED%A0%80/recommendations",  # a surrogate's UTF-8 form: not UTF-8 either
+    ],
+)
 def test_an_id_training_would_read_otherwise_is_refused_at_the_door(
     base_models: Path, tmp_path: Path, path: str
 ) -> None:
