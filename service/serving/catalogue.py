@@ -49,7 +49,7 @@ class CatalogueView:
         """`previous`: the last view of the same model, whose per-item work (the head's
         vectors, the answer bytes) is reused for items whose profile has not changed: a write
         costs the items it changed, not every item created so far."""
-        self.model, self.generation = model, catalogue.generation
+        self.model, self.generation, self.unread = model, catalogue.generation, catalogue.unread
         bundle, known = model.bundle, model.n_items
         spec = bundle.item_spec
         ids = sorted(catalogue.profiles)

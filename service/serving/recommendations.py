@@ -199,7 +199,7 @@ class Recommendations:
         return view
 
     async def _build_view(self, model: Model, bundle_only: bool) -> CatalogueView:
-        catalogue = Catalogue() if bundle_only else await self.store.catalogue()
+        catalogue = Catalogue(unread=True) if bundle_only else await self.store.catalogue()
         loop = asyncio.get_running_loop()
         previous = self._views.get(model.version)
         view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue, previous)
@@ -734,9 +734,12 @@ class Recommendations:
     async def item(self, item_id: str) -> tuple[ItemInfo, str, bool]:
         """(what the service knows of an item, the model version, whether the catalogue could
         not be read: then the last view answers). NotFound when nothing; an item the last view
-        lacks while the store is unreadable is a StoreUnavailable, never "unknown"."""
+        lacks while the store is unreadable is a StoreUnavailable, never "unknown", and so is
+        any item while no catalogue was ever read (whether it is hidden is not known)."""
         model = self.model()
         view, stale = await self.view(model)
+        if view.unread:
+            raise StoreUnavailable("the catalogue could not be read: availability not known")
         info = view.info(item_id)
         if info is None:
             if stale:

@@ -101,6 +101,9 @@ class Catalogue:
     hidden: set[str] = field(default_factory=set)
     # Items created new to the model in service, not yet in a model: what the cap counts.
     pending: set[str] = field(default_factory=set)
+    # True for the stand-in used when the store could not be read and no earlier read exists:
+    # then nothing is known of hidden items, and "available" would be a guess.
+    unread: bool = False
 
 
 @dataclass(frozen=True)
