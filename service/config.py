@@ -34,8 +34,9 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         le=30,
-        description="the writes no request waits on (the cache's, the impressions'): a burst, "
-        "or the connection they reopen, may take this long under load",
+        description="the writes no request waits on (the cache's, the impressions') and the "
+        "catalogue's whole read after an item write: a burst, a large read, or the connection "
+        "they reopen, may take this long under load",
     )
     redis_retry_seconds: float = Field(
         default=1.0, gt=0, description="after a Redis failure, bypass it this long, then retry"
@@ -126,11 +127,12 @@ class Settings(BaseSettings):
         "kept; the counts are kept apart)",
     )
     max_api_items: int = Field(
-        default=100_000,
+        default=10_000,
         ge=1,
         le=10_000_000,
         description="items that PUT /items/{id} may create beyond the model's catalogue (a "
-        "retrain folds them in)",
+        "retrain folds them in); each item write makes every process read and rebuild the "
+        "catalogue, ~0.26 s at 10,000 and ~3 s at 100,000 (docs/SERVICE.md)",
     )
     workers: int = Field(
         default=1,

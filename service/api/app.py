@@ -53,7 +53,15 @@ def build_state(settings: Settings) -> AppState:
             lane=lane,
             write_lane=Lane.from_url(settings.redis_url, settings.background_write_timeout_seconds),
         )
-        store = RedisStore(client, settings.max_history, settings.idempotency_ttl_seconds, lane)
+        store = RedisStore(
+            client,
+            settings.max_history,
+            settings.idempotency_ttl_seconds,
+            lane,
+            catalogue_lane=Lane.from_url(
+                settings.redis_url, settings.background_write_timeout_seconds
+            ),
+        )
         online: Online | None = RedisOnline(
             client,
             settings.attribution_window_seconds,

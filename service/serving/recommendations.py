@@ -47,6 +47,7 @@ MAX_PENDING_WRITES = 1_000  # background cache writes at once; beyond, an answer
 MAX_PENDING_IMPRESSIONS = 5_000  # impressions waiting for the store; beyond, answers wait
 IMPRESSION_BATCH_SECONDS = 0.01  # impressions wait at most this long to go in one store call
 RECORDED_WAIT_SECONDS = 0.5  # an attribution waits at most this long for queued impressions
+CATALOGUE_RETRY_SECONDS = 1.0  # after the catalogue's read failed, the last view serves
 MAX_SHADOWS = 64  # shadow scorings at once (a shadow experiment); beyond, users are skipped
 _VERSION = re.compile(rb'^\{"model_version":("(?:[^"\\]|\\.)*")')
 _ITEM_HEAD, _SCORE = b'{"item_id":', b',"score":'
@@ -98,7 +99,7 @@ class Recommendations:
         metrics: Metrics,
         max_n: int,
         batcher: MicroBatcher | None = None,
-        max_api_items: int = 100_000,
+        max_api_items: int = 10_000,
         online: Online | None = None,
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
@@ -108,6 +109,7 @@ class Recommendations:
         self._views: dict[str, CatalogueView] = {}
         self._view_flights: dict[str, tuple[int, asyncio.Future[CatalogueView]]] = {}
         self._flights = 0  # view rebuilds started
+        self._catalogue_retry_at = 0.0  # after a failed read, the last view serves until then
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
         # CPU work too large for the event loop (batches, long inputs) has threads of its own,
         # apart from the store's writes and model loads: one cannot starve the others.
@@ -167,9 +169,12 @@ class Recommendations:
             return await self._rebuilt(model, None), True
         if view is not None and view.model is model and view.generation == generation:
             return view, False
+        if view is not None and view.model is model and time.monotonic() < self._catalogue_retry_at:
+            return view, True  # a read failed a moment ago: not one more per request
         try:
             return await self._rebuilt(model, generation), False
         except StoreUnavailable:
+            self._catalogue_retry_at = time.monotonic() + CATALOGUE_RETRY_SECONDS
             if view is not None and view.model is model:
                 return view, True
             return await self._rebuilt(model, None), True

@@ -498,9 +498,15 @@ class RedisStore:
         max_history: int = MAX_HISTORY,
         idempotency_ttl: int = IDEMPOTENCY_TTL,
         lane: Lane | None = None,
+        catalogue_lane: Lane | None = None,
     ):
         self._client, self.max_history, self.idempotency_ttl = client, max_history, idempotency_ttl
         self._lane = lane  # the per-request read's own connection (service.state.lane)
+        # The whole catalogue's read: rare (once per catalogue generation and process) and as
+        # large as what the API created (10,000 profiles: 0.12 s), past any per-request read's
+        # timeout — on redis-py's client with the reads' 50 ms it failed from ~3,000 items on,
+        # and the service stayed degraded. A connection of its own, a background timeout.
+        self._catalogue_lane = catalogue_lane
         self._add = client.register_script(_ADD)
         self._profile = client.register_script(_PROFILE)
         self._read = client.register_script(_READ)
@@ -546,7 +552,11 @@ class RedisStore:
 
     async def catalogue(self) -> Catalogue:
         keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS, PENDING_ITEMS]
-        generation, pairs, hidden, pending = await self._call(self._catalogue, keys, [], "answer")
+        try:
+            reply = await run_script(self._catalogue, keys, [], self._catalogue_lane)
+        except (TimeoutError, RedisError, OSError) as error:
+            raise StoreUnavailable("the interaction store (Redis) did not answer") from error
+        generation, pairs, hidden, pending = reply
         profiles = {}
         for k in range(0, len(pairs), 2):
             with contextlib.suppress(ValueError):  # written by us, as JSON: never expected
@@ -603,5 +613,6 @@ class RedisStore:
         return {}
 
     def close(self) -> None:
-        if self._lane is not None:
-            self._lane.close()
+        for lane in (self._lane, self._catalogue_lane):
+            if lane is not None:
+                lane.close()
