@@ -24,14 +24,15 @@ run: install
 
 # Lint and the in-process suite (models, export, store, app through its ASGI client): under 5 min
 # (`--durations` lists the slowest, so a test that outgrows it shows in every run).
-SLOW_SUITES := tests/e2e tests/test_distributed.py tests/test_retrain.py tests/test_export_variants.py
+SLOW_SUITES := tests/e2e tests/test_distributed.py tests/test_retrain.py tests/test_export_variants.py \
+               tests/test_paper_report.py
 test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not contract" --durations=15 $(SLOW_SUITES:%=--ignore=%)
 
 # Real processes (uvicorn, the retraining job, torchrun) on loopback and Redis, and the retraining
 # job's runs in-process (train, export, gate, promote; 15–30 s each), the export of every model
-# variant: about 8 min
+# variant, the paper suite's quick report: about 9 min
 e2e: install
 	$(BIN)/python -m pytest -m "not contract" $(SLOW_SUITES)
 
