@@ -5,6 +5,7 @@ serves for a moment rather than every request trying again)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -82,4 +83,45 @@ def test_a_failed_read_is_not_tried_again_by_every_request(
         answers = [client.get(f"/items/{item}") for _ in range(20)]
         assert all(a.status_code == 200 and a.json()["degraded"] for a in answers)
         assert len(reads) == 1  # then the last view, for a second
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def test_before_any_view_a_failing_read_is_neither_joined_nor_repeated(
+    two_small_bundles: Path, tmp_path: Path
+) -> None:
+    """A fresh process (or a new model) has no view: a request whose own generation read
+    fails answers from the bundle at once rather than joining another's catalogue read and
+    failing with it (a 503 after the read's timeout), and a failed read is not started again by
+    every request that follows."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with serving(_models(two_small_bundles, tmp_path), tmp_path, redis_url=REDIS_URL) as client:
+        store = client.state.recommendations.store
+        user = client.state.recommendations.model().bundle.user_ids[0]
+        real_generation, reads = store.catalogue_generation, []
+
+        async def failing_read() -> None:
+            reads.append(1)
+            await asyncio.sleep(0.3)
+            raise StoreUnavailable("the interaction store (Redis) did not answer")
+
+        async def generation() -> int:  # GET's user read brings the generation with it
+            raise StoreUnavailable("the interaction store (Redis) did not answer")
+
+        store.catalogue, store.catalogue_generation = failing_read, generation
+        url = f"/users/{user}/recommendations?n=3"
+        item = client.state.recommendations.model().bundle.item_ids[0]
+
+        async def both():
+            first = asyncio.ensure_future(client.http.get(url))
+            await asyncio.sleep(0.05)  # the first request is reading the catalogue
+            second = asyncio.ensure_future(client.http.get(f"/items/{item}/similar?n=3"))
+            return await asyncio.gather(first, second)
+
+        for answer in client.portal.call(both):
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["degraded"] is True
+        store.catalogue_generation = real_generation
+        answers = [client.get(url) for _ in range(10)]
+        assert all(a.status_code == 200 and a.json()["degraded"] for a in answers)
+        assert len(reads) == 1  # then the bundle alone, for a second
     redis.Redis.from_url(REDIS_URL).flushdb()

@@ -72,3 +72,25 @@ def test_a_refused_write_counts_no_click(client: Client) -> None:
     assert again.status_code == 201 and again.json()["replayed"]
     assert again.json()["attributed_to"] == [rid]
     assert clicked(client) == 1
+
+
+def test_a_retry_attributed_by_the_window_counts_no_newer_list(client: Client) -> None:
+    """Without a recommendation_id the window picks the newest list holding the item: a retry
+    after a newer list was served would have clicked that one too."""
+    user = client.state.recommendations.model().bundle.user_ids[0]
+    url = f"/users/{user}/recommendations?n=5&exclude_seen=false"
+    first = client.get(url).json()
+    client.settle()
+    item = first["items"][0]["item_id"]
+    recorded = post(client, user, {"items": [item]}, key="w1")
+    assert recorded.json()["attributed_to"] == [first["recommendation_id"]]
+    assert clicked(client) == 1
+    newer = client.get(url).json()  # holds the item again
+    client.settle()
+    assert item in [i["item_id"] for i in newer["items"]]
+    again = post(client, user, {"items": [item]}, key="w1")
+    assert again.status_code == 201 and again.json()["replayed"]
+    assert (
+        again.json()["attributed_to"] == [] and "first recorded" in again.json()["attribution_note"]
+    )
+    assert clicked(client) == 1

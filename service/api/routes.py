@@ -224,6 +224,9 @@ async def require_writer(
 
 
 Writer = Annotated[None, Depends(require_writer)]
+REPLAYED_BY_WINDOW = (
+    "a retry of a recorded write: attributed (by the window) when it was first recorded"
+)
 
 
 def _write_key(given: str | None, response: Response) -> str:
@@ -257,14 +260,17 @@ async def post_interactions(
     recommendations = state.recommendations
     items, list_id = body.item_ids(), body.recommendation_id
     try:  # a list that is not this user's is a 422 before anything is written; a click is
-        # counted only once the interactions are (a refused write counts none; a retry with
-        # the same key counts the list once: clicks are per list)
+        # counted only once the interactions are: a refused write counts none
         attributed, note = await recommendations.attribute(user_id, items, list_id, mark=False)
         written, unknown = await recommendations.add_interactions(
             user_id, items, body.timestamps(time.time()), key, digest
         )
-        if attributed:
+        if attributed and (written.new or list_id is not None):
+            # a retry naming its list marks it again (a list is clicked once); by the window
+            # it would pick the newest list now, not the one the first attempt had
             attributed, note = await recommendations.attribute(user_id, items, list_id)
+        elif attributed:
+            attributed, note = [], REPLAYED_BY_WINDOW
     except UnknownList as error:
         raise HTTPException(422, str(error)) from None
     except HANDLED as error:

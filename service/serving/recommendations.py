@@ -107,6 +107,7 @@ class Recommendations:
         # One catalogue view per model served (the version in service, an experiment's
         # candidate), each rebuilt on its own.
         self._views: dict[str, CatalogueView] = {}
+        self._unread_views: dict[str, CatalogueView] = {}  # the bundle alone (_unread_view)
         self._view_flights: dict[str, tuple[int, asyncio.Future[CatalogueView]]] = {}
         self._flights = 0  # view rebuilds started
         self._catalogue_retry_at = 0.0  # after a failed read, the last view serves until then
@@ -157,29 +158,27 @@ class Recommendations:
 
     async def view(self, model: Model, generation: int | None = None) -> tuple[CatalogueView, bool]:
         """(the catalogue view of `model` at `generation` — read from the store when None —,
-        whether it may be stale: the store could not be read, so the last view serves). One
-        rebuild at a time: concurrent requests wait for the same one."""
+        whether it may be stale: the store could not be read, so the last view serves, or the
+        bundle alone where none was read yet). One rebuild at a time: concurrent requests wait
+        for the same one; after a failed one, the next waits CATALOGUE_RETRY_SECONDS."""
         view = self._views.get(model.version)
+        mine = view if view is not None and view.model is model else None
         try:
             if generation is None:
                 generation = await self.store.catalogue_generation()
         except StoreUnavailable:
-            if view is not None and view.model is model:
-                return view, True
-            return await self._rebuilt(model, None), True
-        if view is not None and view.model is model and view.generation == generation:
-            return view, False
-        if view is not None and view.model is model and time.monotonic() < self._catalogue_retry_at:
-            return view, True  # a read failed a moment ago: not one more per request
+            return mine or await self._unread_view(model), True
+        if mine is not None and mine.generation == generation:
+            return mine, False
+        if time.monotonic() < self._catalogue_retry_at:
+            return mine or await self._unread_view(model), True  # not one more read per request
         try:
             return await self._rebuilt(model, generation), False
         except StoreUnavailable:
             self._catalogue_retry_at = time.monotonic() + CATALOGUE_RETRY_SECONDS
-            if view is not None and view.model is model:
-                return view, True
-            return await self._rebuilt(model, None), True
+            return mine or await self._unread_view(model), True
 
-    async def _rebuilt(self, model: Model, generation: int | None) -> CatalogueView:
+    async def _rebuilt(self, model: Model, generation: int) -> CatalogueView:
         """A view of `model` that reflects the catalogue at least as it was when the caller
         read `generation`: a rebuild in flight is joined only if it started after that read or
         came back at that generation; else another one follows (a few at most, then the
@@ -191,33 +190,46 @@ class Recommendations:
             if flight is None or flight.done() or (seq <= entered and view is not None):
                 self._flights += 1
                 seq = self._flights
-                bundle_only = generation is None
-                flight = asyncio.ensure_future(self._build_view(model, bundle_only))
+                flight = asyncio.ensure_future(self._build_view(model))
                 self._view_flights[model.version] = (seq, flight)
             view = await asyncio.shield(flight)
-            fresh = seq > entered or generation is None or view.generation == generation
+            fresh = seq > entered or view.generation == generation
             if view.model is model and fresh:
                 return view
         assert view is not None
         if view.model is not model:  # the model changed under a churning catalogue
-            return await self._build_view(model, generation is None)
+            return await self._build_view(model)
         return view
 
-    async def _build_view(self, model: Model, bundle_only: bool) -> CatalogueView:
-        catalogue = Catalogue(unread=True) if bundle_only else await self.store.catalogue()
+    async def _build_view(self, model: Model) -> CatalogueView:
+        catalogue = await self.store.catalogue()
         loop = asyncio.get_running_loop()
         previous = self._views.get(model.version)
         view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue, previous)
-        if not bundle_only:
+        served = {m.version for m in self.models()}
+        for version in [v for v in self._views if v not in served]:  # bounded: 2 at most
+            del self._views[version]
+            self._view_flights.pop(version, None)
+        self._views[model.version] = view
+        learnt = view.pending_in_model()
+        if learnt:  # created through the API, now in the model: no longer waiting
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.settle_items(learnt)
+        return view
+
+    async def _unread_view(self, model: Model) -> CatalogueView:
+        """The bundle alone (no hidden or created item known): what serves while this process
+        has read no catalogue. Built once per model, never joined with a store read (a read
+        that fails would fail this request too)."""
+        view = self._unread_views.get(model.version)
+        if view is None or view.model is not model:
+            loop = asyncio.get_running_loop()
+            unread = Catalogue(unread=True)
+            view = await loop.run_in_executor(self.compute, CatalogueView, model, unread, None)
             served = {m.version for m in self.models()}
-            for version in [v for v in self._views if v not in served]:  # bounded: 2 at most
-                del self._views[version]
-                self._view_flights.pop(version, None)
-            self._views[model.version] = view
-            learnt = view.pending_in_model()
-            if learnt:  # created through the API, now in the model: no longer waiting
-                with contextlib.suppress(StoreUnavailable):
-                    await self.store.settle_items(learnt)
+            for version in [v for v in self._unread_views if v not in served]:
+                del self._unread_views[version]  # bounded: the models served
+            self._unread_views[model.version] = view
         return view
 
     def _filters(self, model: Model, texts: Sequence[str]) -> Filters:
