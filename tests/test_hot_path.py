@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -10,7 +11,7 @@ from unittest import mock
 import pytest
 
 from service.api.hot_path import HotPath, bodiless, plain_ask, score_body, single_score
-from tests.inprocess import Client, serving, small_bundles
+from tests.inprocess import Client, serving
 
 PATH = "/users/7/recommendations"
 JSON = [(b"content-type", b"application/json")]
@@ -85,16 +86,10 @@ def test_only_one_valid_user_is_scored_here() -> None:
         assert single_score(body) is None, body
 
 
-@pytest.fixture(scope="module")
-def source_models(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
-    models = tmp_path_factory.mktemp("hot-models")
-    small_bundles(synthetic_dir, models)
-    return models
-
-
 @pytest.fixture
-def client(source_models: Path, tmp_path: Path) -> Iterator[Client]:
-    with serving(source_models, tmp_path, max_n=50) as client:
+def client(two_small_bundles: Path, tmp_path: Path) -> Iterator[Client]:
+    models = Path(shutil.copytree(two_small_bundles, tmp_path / "models"))
+    with serving(models, tmp_path, max_n=50) as client:
         yield client
 
 
@@ -180,3 +175,11 @@ def test_a_wrong_method_names_the_allowed_ones(client: Client) -> None:
     wrong = client.request("PUT", "/users/1/recommendations")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
     assert client.request("GET", "/score").headers["allow"] == "POST"
+
+
+def test_an_unknown_id_in_both_items_and_weights_is_named_once(client: Client) -> None:
+    known = str(client.state.holder.model.bundle.item_ids[0])
+    body = {"items": [known, "new-1", "new-1"], "weights": {"new-1": 2.0, "new-2": 1.0}, "n": 3}
+    answer = client.request("POST", "/score", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["unknown_items"] == ["new-1", "new-2"]

@@ -649,6 +649,7 @@ class Recommendations:
             # 0 as the graph reads it (float32): 1e-46 is no weight, not a short history
             weights = {i: w for i, w in weights.items() if np.float32(w)}
             unknown += missing
+        unknown = list(dict.fromkeys(unknown))  # an id in both items and weights: named once
         features = model.encode_profile(request.profile)
         known = any(v is not None for v in (request.profile or {}).values())
         return Query(weights, features, -1, known), unknown
