@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="items that PUT /items/{id} may create beyond the model's catalogue (a "
         "retrain folds them in); each item write makes every process read and rebuild the "
-        "catalogue, ~0.26 s at 10,000 and ~3 s at 100,000 (docs/SERVICE.md)",
+        "catalogue, ~0.2 s at 10,000 and ~3 s at 100,000 (docs/SERVICE.md)",
     )
     workers: int = Field(
         default=1,
