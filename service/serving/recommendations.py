@@ -206,10 +206,7 @@ class Recommendations:
         loop = asyncio.get_running_loop()
         previous = self._views.get(model.version)
         view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue, previous)
-        served = {m.version for m in self.models()}
-        for version in [v for v in self._views if v not in served]:  # bounded: 2 at most
-            del self._views[version]
-            self._view_flights.pop(version, None)
+        self._forget_unserved(self._views, self._view_flights)
         self._views[model.version] = view
         learnt = view.pending_in_model()
         if learnt:  # created through the API, now in the model: no longer waiting
@@ -226,11 +223,17 @@ class Recommendations:
             loop = asyncio.get_running_loop()
             unread = Catalogue(unread=True)
             view = await loop.run_in_executor(self.compute, CatalogueView, model, unread, None)
-            served = {m.version for m in self.models()}
-            for version in [v for v in self._unread_views if v not in served]:
-                del self._unread_views[version]  # bounded: the models served
+            self._forget_unserved(self._unread_views)
             self._unread_views[model.version] = view
         return view
+
+    def _forget_unserved(self, *tables: dict[str, Any]) -> None:
+        """Drop what belongs to versions no longer served: each table stays at the models
+        served (2 at most)."""
+        served = {m.version for m in self.models()}
+        for table in tables:
+            for version in [v for v in table if v not in served]:
+                del table[version]
 
     def _filters(self, model: Model, texts: Sequence[str]) -> Filters:
         if not texts:
