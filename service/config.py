@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         "retrain folds them in); each item write makes every process read and rebuild the "
         "catalogue, ~0.2 s at 10,000 and ~3 s at 100,000 (docs/SERVICE.md)",
     )
+    max_api_users: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="users that PUT /users/{id}/profile may create before a retrain reads "
+        "them (then 409); the model in service settles those created before its events' mark",
+    )
     workers: int = Field(
         default=1,
         ge=1,

@@ -18,12 +18,14 @@ import redis
 from service.state.cache import redis_client
 from service.state.events import BadEvent, parse
 from service.state.store import (
+    STORE_ID_KEY,
     STREAM,
     CatalogueFull,
     FileStore,
     IdempotencyConflict,
     RedisStore,
     StoreUnavailable,
+    UsersFull,
     Written,
     body_digest,
 )
@@ -371,6 +373,57 @@ def test_the_catalogue_is_kept_counted_and_capped_atomically(tmp_path: Path, bac
             assert again.hidden == {"50"} and again.profiles == catalogue.profiles
             assert again.generation >= 9
             assert created[2] in again.pending
+
+    asyncio.run(scenario())
+
+
+def _log_name_and_mark(backend: str, store, tmp_path: Path) -> tuple[str, str]:
+    """What the retraining job would record of this store's log after reading all of it."""
+    if backend == "file":
+        return store.name, str((tmp_path / "events.jsonl").stat().st_size)
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.set(STORE_ID_KEY, "ours", nx=True)
+    return f"redis:{client.get(STORE_ID_KEY)}", client.xrevrange(STREAM, count=1)[0][0]
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_users_created_are_counted_capped_and_settled_by_a_models_mark(
+    tmp_path: Path, backend: str
+) -> None:
+    """Users created through the API count against the cap in the same step as their write,
+    even when writes arrive together; re-profiling or a retry is not another user; a model
+    whose training read the log up to a mark frees the places of the users created before
+    it — only a model of this store's log; the count survives a restart."""
+
+    async def create(store, users: list[str], cap: int = 3) -> list:
+        writes = [store.set_profile(u, {"age": 30}, f"k-{u}", "d", True, cap) for u in users]
+        return await asyncio.gather(*writes, return_exceptions=True)
+
+    async def scenario() -> None:
+        async with store_of(backend, tmp_path) as store:
+            outcomes = await create(store, [f"u{i}" for i in range(8)])
+            assert sum(isinstance(o, UsersFull) for o in outcomes) == 5
+            made = [f"u{i}" for i, o in enumerate(outcomes) if isinstance(o, Written)]
+            again = await store.set_profile(made[0], {"age": 30}, f"k-{made[0]}", "d", True, 3)
+            assert again == Written(False, 1, True)  # a retry: answered, not refused
+            await store.set_profile(made[1], {"age": 40}, "other", "d2", False, 3)  # re-profile
+            await store.add_interactions(made[0], ["i1"], [1.0], "k", "d")
+            assert isinstance((await create(store, ["late"]))[0], UsersFull)
+            await asyncio.sleep(0.005)  # the mark lies in a later millisecond than the users
+            await store.add_interactions("someone", ["i2"], [1.0], "k", "d")
+            source, mark = _log_name_and_mark(backend, store, tmp_path)
+            assert await store.settle_users("redis:another" if backend == "file" else
+                                            "file:another", mark) == 0  # fmt: skip
+            assert await store.settle_users(source + "x", mark) == 0
+            assert isinstance((await create(store, ["late"]))[0], UsersFull)
+            assert await store.settle_users(source, mark) == 3
+            assert await store.settle_users(source, mark) == 0
+            outcomes = await create(store, ["a", "b", "c", "d"])
+            assert sum(isinstance(o, UsersFull) for o in outcomes) == 1
+        async with store_of(backend, tmp_path, fresh=False) as store:  # a restart
+            assert isinstance((await create(store, ["e"]))[0], UsersFull)
+            await store.settle_users(source, mark)  # the file store's replay counts all again
+            assert isinstance((await create(store, ["e"]))[0], UsersFull)  # 3 after the mark
 
     asyncio.run(scenario())
 

@@ -88,7 +88,15 @@ def build_state(settings: Settings) -> AppState:
         online.close()
         online = None
     recommendations = Recommendations(
-        holder, cache, store, metrics, settings.max_n, batcher, settings.max_api_items, online
+        holder,
+        cache,
+        store,
+        metrics,
+        settings.max_n,
+        batcher,
+        settings.max_api_items,
+        online,
+        settings.max_api_users,
     )
     return AppState(settings, holder, cache, store, backend, metrics, recommendations)
 

@@ -42,7 +42,7 @@ from service.serving.recommendations import MAX_NAMED, NoModel, NotFound
 from service.state.online import UnknownList
 from service.state.stats import experiment_summary, online_table
 from service.state.store import (
-    CatalogueFull,
+    Full,
     IdempotencyConflict,
     StoreUnavailable,
     body_digest,
@@ -91,7 +91,7 @@ ERRORS = {
     404: {"description": "unknown user or item"},
     409: {
         "description": "an Idempotency-Key already used for another request; or the maximum of "
-        "items created through the API is reached"
+        "items or users created through the API is reached"
     },
     413: {"description": "body too large"},
     422: {"description": "invalid input; the detail names the offending values"},
@@ -113,12 +113,12 @@ def _http_error(error: Exception) -> HTTPException:
         return HTTPException(422, str(error))
     if isinstance(error, IdempotencyConflict):
         return HTTPException(409, f"{error}: a retry must repeat the request it retries")
-    if isinstance(error, CatalogueFull):
+    if isinstance(error, Full):
         return HTTPException(409, str(error))
     return HTTPException(503, str(error))  # our own words: no driver text, hosts or ports
 
 
-HANDLED = (NotFound, InputError, NoModel, StoreUnavailable, IdempotencyConflict, CatalogueFull)
+HANDLED = (NotFound, InputError, NoModel, StoreUnavailable, IdempotencyConflict, Full)
 
 
 @router.get(

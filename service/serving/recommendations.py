@@ -36,6 +36,7 @@ from service.state.store import (
     CatalogueFull,
     Store,
     StoreUnavailable,
+    UsersFull,
     UserState,
     Written,
 )
@@ -101,9 +102,12 @@ class Recommendations:
         batcher: MicroBatcher | None = None,
         max_api_items: int = 10_000,
         online: Online | None = None,
+        max_api_users: int = 100_000,
     ):
         self.holder, self.cache, self.store, self.metrics = holder, cache, store, metrics
         self.max_n, self.batcher, self.max_api_items = max_n, batcher, max_api_items
+        self.max_api_users = max_api_users
+        self._users_settled_by: tuple[str, str] | None = None  # the log and mark that did
         # One catalogue view per model served (the version in service, an experiment's
         # candidate), each rebuilt on its own.
         self._views: dict[str, CatalogueView] = {}
@@ -627,8 +631,30 @@ class Recommendations:
         if user_id not in model.user_index:
             state = await self.store.user_state(user_id)
             created = state.profile is None and not state.added
-        written = await self.store.set_profile(user_id, profile, key, digest, created)
+        if created:
+            await self._settle_users(model)
+        try:
+            written = await self.store.set_profile(
+                user_id, profile, key, digest, created, self.max_api_users
+            )
+        except UsersFull:
+            raise UsersFull(
+                f"{self.max_api_users} users created through the API wait for a retrain: the "
+                "maximum (CDDAE_MAX_API_USERS); the next retrain reads them"
+            ) from None
         return written.created, written  # a retry answers as its first attempt did
+
+    async def _settle_users(self, model: Model) -> None:
+        """Once per model in service (its log and mark): the users created before the mark of
+        the log it was trained on no longer wait for a retrain. A store that cannot be read now
+        is asked again at the next creation."""
+        events = model.bundle.manifest.get("events") or {}
+        log_and_mark = (str(events.get("source")), str(events.get("mark")))
+        if not events.get("mark") or self._users_settled_by == log_and_mark:
+            return
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.settle_users(*log_and_mark)
+            self._users_settled_by = log_and_mark
 
     # --- ad-hoc users --------------------------------------------------------------------------
 

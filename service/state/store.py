@@ -58,6 +58,10 @@ STREAM = "cddae:events"
 ITEM_PROFILES = "cddae:items:profile"  # item id → its profile (JSON), as the API last set it
 HIDDEN_ITEMS = "cddae:items:hidden"  # the set of items taken out of every list
 PENDING_ITEMS = "cddae:items:pending"  # created new to the model in service, not yet learnt
+# Users created through the API that no retrain has read yet: what the users' cap counts. A
+# sorted set scored by the millisecond of the creating event's stream id, so that a model's
+# mark settles every user created before it in one step.
+PENDING_USERS = "cddae:users:pending"
 CATALOGUE_GEN = "cddae:items:gen"  # bumped with every item write
 STORE_ID_KEY = "cddae:store-id"  # a Redis store's identity, set once by whoever comes first
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
@@ -70,8 +74,16 @@ class StoreUnavailable(RuntimeError):
     pass
 
 
-class CatalogueFull(RuntimeError):
-    """As many items created through the API as allowed wait for a retrain (→ 409)."""
+class Full(RuntimeError):
+    """As many of something created through the API as allowed wait for a retrain (→ 409)."""
+
+
+class CatalogueFull(Full):
+    """Items created through the API, up to the cap."""
+
+
+class UsersFull(Full):
+    """Users created through the API, up to the cap."""
 
 
 class IdempotencyConflict(ValueError):
@@ -155,10 +167,23 @@ class Store(Protocol):
         ...
 
     async def set_profile(
-        self, user: str, profile: dict[str, Any], key: str, digest: str, created: bool = False
+        self,
+        user: str,
+        profile: dict[str, Any],
+        key: str,
+        digest: str,
+        created: bool = False,
+        cap: int | None = None,
     ) -> Written:
         """Record the profile; `created`: this write creates the user (kept with the key, so
-        that a retry answers as the first attempt did)."""
+        that a retry answers as the first attempt did), and counts it as waiting for a retrain —
+        refused (`UsersFull`) when `cap` users wait already, checked in the same atomic step."""
+        ...
+
+    async def settle_users(self, source: str, mark: str) -> int:
+        """A model trained on this store's log (`source`, the retraining job's name for it) up
+        to `mark` is in service: the users created up to there are read by a retrain, no longer
+        waiting. How many were settled; none when the model's log is another store's."""
         ...
 
     async def catalogue_generation(self) -> int: ...
@@ -226,6 +251,9 @@ class FileStore:
         self._users: dict[str, UserState] = {}
         self._catalogue = Catalogue()
         self._histories: dict[str, OrderedDict[str, None]] = {}
+        # users created through the API → the byte offset after their creating record (a
+        # retrain's mark in this log): those waiting for a retrain, what the users' cap counts
+        self._pending_users: dict[str, int] = {}
         # scoped key → the first attempt's (digest, items recorded, created)
         self._keys: OrderedDict[str, tuple[str, int, bool]] = OrderedDict()
         self._lock = threading.Lock()
@@ -278,7 +306,7 @@ class FileStore:
                     except (ValueError, BadEvent) as error:
                         self.quarantine.add(f"byte {offset}", f"line {number}: {error}", line)
                     else:
-                        self._apply(record, events)
+                        self._apply(record, events, offset + len(line))
                 offset += len(line)
         if torn is not None:
             log.warning("%s: cut a torn last line of %d bytes at byte %d", self.path, torn, offset)
@@ -288,7 +316,8 @@ class FileStore:
         os.ftruncate(self._handle.fileno(), size)
         os.fsync(self._handle.fileno())
 
-    def _apply(self, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    def _apply(self, record: dict[str, Any], events: list[dict[str, Any]], end: int) -> None:
+        """Fold one record, which ends at byte `end` of the log, into the view."""
         if record.get("type") in ITEM_EVENTS:
             for event in events:
                 if event["type"] == "item":
@@ -302,6 +331,8 @@ class FileStore:
             self._catalogue.generation += 1
             return
         user = record["user"]
+        if record.get("created"):
+            self._pending_users[user] = end
         state = self._users.setdefault(user, UserState())
         history = self._histories.setdefault(user, OrderedDict())
         for event in events:
@@ -336,6 +367,9 @@ class FileStore:
                 if seen[0] != record["digest"]:
                     raise IdempotencyConflict("this Idempotency-Key was used for another request")
                 return Written(False, seen[1], seen[2])
+            creates = record.get("created") and record["user"] not in self._pending_users
+            if creates and cap is not None and len(self._pending_users) >= cap:
+                raise UsersFull(f"{len(self._pending_users)} users wait for a retrain")
             try:
                 if self._torn_at is not None:  # an earlier append failed and could not be cut
                     self._cut(self._torn_at)
@@ -354,7 +388,7 @@ class FileStore:
                     raise
             except OSError as error:
                 raise StoreUnavailable(f"cannot append to {self.path.name}: {error}") from None
-            self._apply(record, events)
+            self._apply(record, events, start + len(payload))
             return Written(True, len(events), bool(record.get("created")))
 
     async def user_state(self, user: str, probe: Probe | None = None) -> UserState:
@@ -392,11 +426,20 @@ class FileStore:
                   "key": scoped_key("interactions", user, key), "digest": digest}  # fmt: skip
         return await self._write(record)
 
-    async def set_profile(self, user, profile, key, digest, created=False) -> Written:
+    async def set_profile(self, user, profile, key, digest, created=False, cap=None) -> Written:
         record = {"type": "profile", "user": user, "profile": profile,
                   "key": scoped_key("profile", user, key), "digest": digest,
                   "created": created}  # fmt: skip
-        return await self._write(record)
+        return await self._write(record, cap)
+
+    async def settle_users(self, source, mark) -> int:
+        if source != self.name:
+            return 0
+        with self._lock:
+            settled = [u for u, end in self._pending_users.items() if end <= int(mark)]
+            for user in settled:
+                del self._pending_users[user]
+        return len(settled)
 
     def health(self) -> dict[str, Any]:
         return {"quarantined_records": len(self.quarantine)}
@@ -454,6 +497,9 @@ redis.call('zremrangebyrank', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. n, 'EX', ARGV[1])
 return {1, n}
 """
+# A profile write: as above, and a write that creates the user counts it as waiting for a
+# retrain, refused (-2) when the cap is reached. KEYS: key marker, stream, profile, generation,
+# users waiting. ARGV: key TTL, user, digest, profile JSON, created (1/0), cap (0: none).
 _PROFILE = """
 local seen = redis.call('get', KEYS[1])
 if seen then
@@ -461,7 +507,12 @@ if seen then
   if digest ~= ARGV[3] then return {-1, 0} end
   return {0, tonumber(created)}
 end
-redis.call('xadd', KEYS[2], '*', 'type', 'profile', 'user', ARGV[2], 'profile', ARGV[4])
+local creates = ARGV[5] == '1' and not redis.call('zscore', KEYS[5], ARGV[2])
+local cap = tonumber(ARGV[6])
+if creates and cap > 0 and redis.call('zcard', KEYS[5]) >= cap then return {-2, 0} end
+local id = redis.call('xadd', KEYS[2], '*', 'type', 'profile', 'user', ARGV[2],
+                      'profile', ARGV[4])
+if creates then redis.call('zadd', KEYS[5], tonumber(string.match(id, '^(%d+)')), ARGV[2]) end
 redis.call('set', KEYS[3], ARGV[4])
 redis.call('incr', KEYS[4])
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. ARGV[5], 'EX', ARGV[1])
@@ -484,6 +535,13 @@ if ARGV[2] == '1' then redis.call('srem', KEYS[1], ARGV[1])
 else redis.call('sadd', KEYS[1], ARGV[1]) end
 redis.call('xadd', KEYS[2], '*', 'type', 'availability', 'item', ARGV[1], 'available', ARGV[2])
 return redis.call('incr', KEYS[3])
+"""
+# Users a model read: those created in a millisecond before its mark's (a stream id), when the
+# model's log is this Redis's. KEYS: users waiting, the store's id. ARGV: the model's log name,
+# its mark's millisecond.
+_SETTLE_USERS = """
+if 'redis:' .. (redis.call('get', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+return redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. ARGV[2])
 """
 _CATALOGUE = """
 return {redis.call('get', KEYS[1]) or '0', redis.call('hgetall', KEYS[2]),
@@ -513,6 +571,7 @@ class RedisStore:
         self._item = client.register_script(_ITEM)
         self._availability = client.register_script(_AVAILABILITY)
         self._catalogue = client.register_script(_CATALOGUE)
+        self._settle_users = client.register_script(_SETTLE_USERS)
 
     def _keys(self, user: str) -> list[str]:
         return [_key(user, "gen"), _key(user, "recent"), _key(user, "profile"),
@@ -593,6 +652,8 @@ class RedisStore:
             raise StoreUnavailable("the interaction store (Redis) did not confirm") from error
         if status == -1:
             raise IdempotencyConflict("this Idempotency-Key was used for another request")
+        if status == -2:
+            raise UsersFull("the users created through the API wait for a retrain")
         return Written(bool(status), int(recorded))
 
     async def add_interactions(self, user, items, timestamps, key, digest) -> Written:
@@ -602,12 +663,20 @@ class RedisStore:
         args = [self.idempotency_ttl, user, digest, self.max_history, *pairs]
         return await self._run(self._add, user, keys, args)
 
-    async def set_profile(self, user, profile, key, digest, created=False) -> Written:
+    async def set_profile(self, user, profile, key, digest, created=False, cap=None) -> Written:
         keys = [f"cddae:idem:{scoped_key('profile', user, key)}", STREAM,
-                _key(user, "profile"), _key(user, "gen")]  # fmt: skip
-        args = [self.idempotency_ttl, user, digest, json.dumps(profile), int(created)]
+                _key(user, "profile"), _key(user, "gen"), PENDING_USERS]  # fmt: skip
+        args = [self.idempotency_ttl, user, digest, json.dumps(profile), int(created), cap or 0]
         written = await self._run(self._profile, user, keys, args)
         return Written(written.new, 1, bool(written.recorded))
+
+    async def settle_users(self, source, mark) -> int:
+        millisecond = mark.split("-")[0]
+        if not millisecond.isdigit():
+            return 0  # not a stream id: a mark in another kind of log
+        args = [source, millisecond]
+        return int(await self._call(self._settle_users, [PENDING_USERS, STORE_ID_KEY], args,
+                                    "confirm"))  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         return {}

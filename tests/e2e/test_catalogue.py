@@ -90,7 +90,7 @@ class Shop:
 def shop(request, shop_models: Path, shop_data: Path, tmp_path_factory) -> Iterator[Shop]:
     workdir = tmp_path_factory.mktemp(f"shop-{request.param}")
     url = REDIS_URL if request.param == "redis" else None
-    with running(shop_models, workdir, url) as server:
+    with running(shop_models, workdir, url, CDDAE_MAX_API_USERS="1") as server:
         shop = Shop(server, request.param, shop_data, workdir)
         try:
             yield shop
@@ -192,6 +192,9 @@ def test_a_hidden_item_leaves_every_list_at_once_and_stays_out(shop: Shop) -> No
 def test_a_new_item_ranks_at_once_from_its_profile_and_joins_the_next_version(
     shop: Shop,
 ) -> None:
+    # A user created through the API holds its place until a retrain reads it (the cap is 1)
+    assert shop.put("/users/api-1/profile", {"age": 30}).status_code == 201
+    assert shop.put("/users/api-2/profile", {"age": 30}).status_code == 409
     profile = {"title": "Tomorrow's Action Film", "genres": [GENRE[0]], "year": 1994}
     created = shop.put("/items/new-action-1", profile)
     assert created.status_code == 201, created.text
@@ -225,6 +228,7 @@ def test_a_new_item_ranks_at_once_from_its_profile_and_joins_the_next_version(
     assert recorded.status_code == 201 and recorded.json()["unknown_items"] == []
     assert "new-action-1" not in shop.items(shop.get("/users/1/recommendations", n=50))
     shop.retrain()
+    assert shop.put("/users/api-2/profile", {"age": 30}).status_code == 201
     after = shop.get("/items/new-action-1").json()
     assert after["in_model"] is True and after["profile"] == profile
     learnt = {**fan, "candidates": ["new-action-1", "21", "22"]}  # scored by its own weights
