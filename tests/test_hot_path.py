@@ -183,3 +183,44 @@ def test_an_unknown_id_in_both_items_and_weights_is_named_once(client: Client) -
     answer = client.request("POST", "/score", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["unknown_items"] == ["new-1", "new-2"]
+
+
+def test_a_parameter_given_twice_is_refused_unless_it_takes_a_list(client: Client) -> None:
+    """`?n=5&n=50` took the last value silently: which one the caller meant is theirs to say."""
+    user = str(client.state.holder.model.bundle.user_ids[0])
+    items = [str(i) for i in client.state.holder.model.bundle.item_ids[:2]]
+    twice = client.get(f"/users/{user}/recommendations?n=5&n=50")
+    assert twice.status_code == 422 and "'n' given more than once" in twice.json()["detail"]
+    flags = client.get(f"/users/{user}/recommendations?exclude_seen=true&exclude_seen=false")
+    assert flags.status_code == 422 and "'exclude_seen'" in flags.json()["detail"]
+    lists = client.get(f"/users/{user}/recommendations?n=5&exclude={items[0]}&exclude={items[1]}")
+    assert lists.status_code == 200 and not {i["item_id"] for i in lists.json()["items"]} & {*items}
+    similar = client.get(f"/items/{items[0]}/similar?n=3&n=4")
+    assert similar.status_code == 422 and "'n'" in similar.json()["detail"]
+    long = client.get(f"/users/{user}/recommendations?{'k' * 500}=1&{'k' * 500}=2")
+    assert long.status_code == 422 and len(long.json()["detail"]) < 200  # the name cut short
+
+
+def test_a_body_declared_as_something_else_than_json_is_a_415(client: Client) -> None:
+    items = [str(i) for i in client.state.holder.model.bundle.item_ids[:3]]
+    body = json.dumps({"items": items, "n": 4}).encode()
+    for declared in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        refused = client.request("POST", "/score", content=body, headers={"content-type": declared})
+        assert refused.status_code == 415, (declared, refused.text)
+        assert "Content-Type: application/json" in refused.json()["detail"]
+        profile = client.request(
+            "PUT",
+            "/users/u-415/profile",
+            content=b'{"age": 30}',
+            headers={"content-type": declared},
+        )
+        assert profile.status_code == 415, (declared, profile.text)
+    undeclared = client.request("PUT", "/users/u-415/profile", content=b'{"age": 30}')
+    assert undeclared.status_code == 415, undeclared.text  # FastAPI reads no JSON either
+    for accepted in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        answer = client.request("POST", "/score", content=body, headers={"content-type": accepted})
+        assert answer.status_code == 200, (accepted, answer.text)
+    wrong = client.request(
+        "POST", "/score", content=b'{"n": 0}', headers={"content-type": "application/json"}
+    )
+    assert wrong.status_code == 422  # a JSON body that is wrong stays a 422

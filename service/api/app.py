@@ -153,6 +153,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 MAX_ERRORS = 5  # a 422 names at most this many problems, each input cut to a short text
+NOT_JSON = "the body must be JSON, sent with Content-Type: application/json"
+
+
+def _not_json(request: Request) -> bool:
+    """A body not declared as JSON, or not declared at all (FastAPI then hands the route
+    bytes, and its 422 would say "a valid dictionary")."""
+    declared = request.headers.get("content-type", "")
+    media = declared.split(";", 1)[0].strip().lower()
+    return not (media == "application/json" or (media.startswith("application/")
+                                                 and media.endswith("+json")))  # fmt: skip
 
 
 async def validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -160,6 +170,13 @@ async def validation_error(request: Request, error: Exception) -> JSONResponse:
     described briefly instead of echoed (or failing to serialise into a 500)."""
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
+    raw = [
+        p
+        for p in problems
+        if p.get("loc", ("",))[0] == "body" and isinstance(p.get("input"), bytes)
+    ]
+    if raw and _not_json(request):  # the route was handed bytes: the body was not read as JSON
+        return JSONResponse({"detail": NOT_JSON}, status_code=415)
     detail = [
         {
             "loc": list(problem.get("loc", ())),

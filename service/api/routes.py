@@ -48,7 +48,24 @@ from service.state.store import (
     body_digest,
 )
 
-router = APIRouter()
+REPEATABLE = frozenset({"exclude", "filter"})  # the query parameters that take a list
+
+
+def one_value_each(request: Request) -> None:
+    """422 for a query parameter given twice that takes one value (`?n=5&n=50`): which one
+    was meant is the caller's to say, not the framework's (it would take the last)."""
+    query = request.query_params
+    if len(query) == len(query.multi_items()):
+        return
+    repeated = sorted({k for k, _ in query.multi_items()} - REPEATABLE
+                      - {k for k in query if len(query.getlist(k)) == 1})  # fmt: skip
+    if repeated:
+        names = ", ".join(repr(name[:40]) for name in repeated[:5])
+        raise HTTPException(422, f"query parameter(s) {names} given more than once; each takes "
+                                 "one value (only exclude and filter repeat)")  # fmt: skip
+
+
+router = APIRouter(dependencies=[Depends(one_value_each)])
 MAX_EXCLUDED = 1000  # ids one GET may exclude (a query string of ~10 KB)
 ExcludedId = Annotated[
     str,
@@ -97,6 +114,7 @@ ERRORS = {
     422: {"description": "invalid input; the detail names the offending values"},
     503: {"description": "no model loaded, or the interaction store is unavailable"},
 }
+BODY_ERRORS = {**ERRORS, 415: {"description": "a body sent with a Content-Type other than JSON"}}
 
 
 class JSONBytes(Response):
@@ -159,7 +177,7 @@ async def answer_for_user(
 @router.post(
     "/score",
     response_model=RecommendationsResponse | BatchScoreResponse,
-    responses=ERRORS,
+    responses=BODY_ERRORS,
 )
 async def post_score(request: Request, body: ScoreRequest | BatchScoreRequest) -> Response:
     """Recommendations for ad-hoc users: one request, or a batch as {"users": [...]}."""
@@ -239,7 +257,7 @@ def _write_key(given: str | None, response: Response) -> str:
     "/users/{user_id}/interactions",
     response_model=InteractionsResponse,
     status_code=201,
-    responses=ERRORS,
+    responses=BODY_ERRORS,
 )
 async def post_interactions(
     state: AppStateDep,
@@ -283,7 +301,7 @@ async def post_interactions(
 @router.put(
     "/users/{user_id}/profile",
     response_model=ProfileResponse,
-    responses={**ERRORS, 201: {"model": ProfileResponse, "description": "user created"}},
+    responses={**BODY_ERRORS, 201: {"model": ProfileResponse, "description": "user created"}},
 )
 async def put_profile(
     state: AppStateDep,
@@ -329,7 +347,7 @@ async def get_item(state: AppStateDep, item_id: ItemIdPath) -> dict:
 @router.put(
     "/items/{item_id}",
     response_model=ItemResponse,
-    responses={**ERRORS, 201: {"model": ItemResponse, "description": "item created"}},
+    responses={**BODY_ERRORS, 201: {"model": ItemResponse, "description": "item created"}},
 )
 async def put_item(
     state: AppStateDep, item_id: ItemIdPath, body: ItemProfile, response: Response, _: Writer
@@ -347,7 +365,9 @@ async def put_item(
     return _item_answer(info, version, stale, created)
 
 
-@router.put("/items/{item_id}/availability", response_model=AvailabilityResponse, responses=ERRORS)
+@router.put(
+    "/items/{item_id}/availability", response_model=AvailabilityResponse, responses=BODY_ERRORS
+)
 async def put_availability(
     state: AppStateDep, item_id: ItemIdPath, body: Availability, _: Writer
 ) -> dict:
