@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import redis
@@ -77,3 +79,20 @@ def test_users_created_through_the_api_are_capped_until_a_retrain_reads_them(
         assert put("new-5", "k-new-5").status_code == 409
     if backend == "redis":
         redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def test_a_user_an_experiments_candidate_knows_is_not_created(
+    two_small_bundles: Path, tmp_path: Path
+) -> None:
+    """Issue found by the attack: during an experiment, users only the candidate knows were
+    counted as new (409 at the cap), though their interactions and lists were served."""
+    models = Path(shutil.copytree(two_small_bundles, tmp_path / "models"))
+    with serving(models, tmp_path, max_api_users=1) as client:
+        recommendations = client.state.recommendations
+        served = recommendations.model()
+        candidate = SimpleNamespace(user_index={"cand-user": 0})
+        body, key = {"age": 30}, {"Idempotency-Key": "k"}
+        assert client.request("PUT", "/users/new-1/profile", json=body).status_code == 201
+        with mock.patch.object(recommendations, "models", return_value=[served, candidate]):
+            known = client.request("PUT", "/users/cand-user/profile", json=body, headers=key)
+        assert known.status_code == 200 and known.json()["created"] is False, known.text

@@ -628,7 +628,7 @@ class Recommendations:
         model.encode_profile(profile)  # unknown fields or values: 422 before anything is written
         profile = {k: v for k, v in profile.items() if v is not None}
         created = False
-        if user_id not in model.user_index:
+        if all(user_id not in m.user_index for m in self.models()):  # an experiment's too
             state = await self.store.user_state(user_id)
             created = state.profile is None and not state.added
         if created:

@@ -433,9 +433,11 @@ class FileStore:
         return await self._write(record, cap)
 
     async def settle_users(self, source, mark) -> int:
-        if source != self.name:
+        if source not in (self.name, f"file:{self.path.resolve()}"):  # the latter: before ids
             return 0
         with self._lock:
+            if int(mark) > os.fstat(self._handle.fileno()).st_size:
+                return 0  # a mark past the end: the log was replaced since (as the job says)
             settled = [u for u, end in self._pending_users.items() if end <= int(mark)]
             for user in settled:
                 del self._pending_users[user]
@@ -538,9 +540,11 @@ return redis.call('incr', KEYS[3])
 """
 # Users a model read: those created in a millisecond before its mark's (a stream id), when the
 # model's log is this Redis's. KEYS: users waiting, the store's id. ARGV: the model's log name,
-# its mark's millisecond.
+# its mark's millisecond, the name the retraining job gave this log before stores had ids.
 _SETTLE_USERS = """
-if 'redis:' .. (redis.call('get', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+if ARGV[1] ~= 'redis:' .. (redis.call('get', KEYS[2]) or '') and ARGV[1] ~= ARGV[3] then
+  return 0
+end
 return redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. ARGV[2])
 """
 _CATALOGUE = """
@@ -674,7 +678,7 @@ class RedisStore:
         millisecond = mark.split("-")[0]
         if not millisecond.isdigit():
             return 0  # not a stream id: a mark in another kind of log
-        args = [source, millisecond]
+        args = [source, millisecond, f"redis:{STREAM}"]
         return int(await self._call(self._settle_users, [PENDING_USERS, STORE_ID_KEY], args,
                                     "confirm"))  # fmt: skip
 
