@@ -47,8 +47,9 @@ class ItemInfo:
 class CatalogueView:
     def __init__(self, model: Model, catalogue: Catalogue, previous: CatalogueView | None = None):
         """`previous`: the last view of the same model, whose per-item work (the head's
-        vectors, the answer bytes) is reused for items whose profile has not changed: a write
-        costs the items it changed, not every item created so far."""
+        vectors, the answer templates, the filter rows) is reused for items whose profile has
+        not changed: a write costs the items it changed, not every item created so far (the
+        rest is array copies and a pass over the ids, docs/SERVICE.md)."""
         self.model, self.generation, self.unread = model, catalogue.generation, catalogue.unread
         bundle, known = model.bundle, model.n_items
         spec = bundle.item_spec
@@ -59,11 +60,15 @@ class CatalogueView:
         self.n_items = known + len(self.new_ids)
         self._api_profiles = catalogue.profiles
         self._pending = catalogue.pending
-        overridden = {int(at): catalogue.profiles[item] for item, at in zip(ids, found) if at >= 0}  # noqa: B905
+        self._hidden = catalogue.hidden
+        overridden = {item: int(at) for item, at in zip(ids, found, strict=True) if at >= 0}
         raw_new = [catalogue.profiles[item] for item in self.new_ids]
+        before = previous if previous is not None and previous.model is model else None
+        if before is not None and not before._api_profiles.keys() <= catalogue.profiles.keys():
+            before = None  # profiles gone (a store emptied): nothing of `before` is trusted
 
-        # Per new item: (profile, vector, bias, answer tail), reused while the profile stays.
-        carried = previous._derived if previous is not None and previous.model is model else {}
+        # Per new item: (profile, vector, bias, answer template), reused while the profile stays.
+        carried = before._derived if before is not None else {}
         self._derived: dict[str, tuple[dict, np.ndarray | None, float, bytes]] = {}
         fresh = [k for k, item in enumerate(self.new_ids)
                  if item not in carried or carried[item][0] != raw_new[k]]  # fmt: skip
@@ -76,23 +81,63 @@ class CatalogueView:
         for k, item in enumerate(self.new_ids):
             if k in fresh_set:
                 vector, bias = vectors.get(k, (None, 0.0))
-                tail = item_tail(*_shown(raw_new[k]), "profile")
-                self._derived[item] = (raw_new[k], vector, bias, tail)
+                template = item_template(item, item_tail(*_shown(raw_new[k]), "profile"))
+                self._derived[item] = (raw_new[k], vector, bias, template)
             else:
                 self._derived[item] = carried[item]
+        # Rows to make anew: the fresh new items, and the model's items the API re-described
+        # since `before` (or all of them without one); the others are copied from `before`.
+        redone = [known + k for k in fresh]
+        if before is None:
+            redone_overrides = overridden
+        else:
+            old = before._api_profiles
+            redone_overrides = {item: at for item, at in overridden.items()
+                                if old.get(item) != catalogue.profiles[item]}  # fmt: skip
+            # where each new item's row lies in `before` (-1: not there, or made anew)
+            source = np.array([before.new_index.get(item, -1) for item in self.new_ids], int)
+            source[fresh] = -1
+        carry = (source >= 0) if before is not None else np.zeros(len(self.new_ids), bool)
+        # The common write (a profile or an availability changed, nothing created): the rows
+        # stand where they stood, so arrays are copied whole (or shared) rather than gathered.
+        same_rows = before is not None and before.new_ids == self.new_ids
 
         # Scoring: the model's items by the graph; new ones by the head, where there is one.
         self.cold_vectors = self.cold_bias = None
         rankable = np.ones(self.n_items, dtype=bool)
         if self.new_ids and model.cold_output is not None:
-            rows = [self._derived[item] for item in self.new_ids]
-            self.cold_vectors = np.stack([row[1] for row in rows]).astype(np.float32)
-            self.cold_bias = np.array([row[2] for row in rows], dtype=np.float32)
+            if same_rows and not fresh:
+                self.cold_vectors, self.cold_bias = before.cold_vectors, before.cold_bias
+            elif same_rows:
+                self.cold_vectors = before.cold_vectors.copy()
+                self.cold_bias = before.cold_bias.copy()
+                self.cold_vectors[fresh] = np.stack([vectors[k][0] for k in fresh])
+                self.cold_bias[fresh] = [vectors[k][1] for k in fresh]
+            elif before is not None and before.cold_vectors is not None and carry.any():
+                width = before.cold_vectors.shape[1]
+                self.cold_vectors = np.empty((len(self.new_ids), width), np.float32)
+                self.cold_bias = np.empty(len(self.new_ids), np.float32)
+                self.cold_vectors[carry] = before.cold_vectors[source[carry] - known]
+                self.cold_bias[carry] = before.cold_bias[source[carry] - known]
+                if fresh:
+                    self.cold_vectors[fresh] = np.stack([vectors[k][0] for k in fresh])
+                    self.cold_bias[fresh] = [vectors[k][1] for k in fresh]
+            else:
+                rows = [self._derived[item] for item in self.new_ids]
+                self.cold_vectors = np.stack([row[1] for row in rows]).astype(np.float32)
+                self.cold_bias = np.array([row[2] for row in rows], dtype=np.float32)
         elif self.new_ids:
             rankable[known:] = False  # no profile path in this model: listed, not ranked
-        hidden = self.lookup(sorted(catalogue.hidden))
-        self.available = np.ones(self.n_items, dtype=bool)
-        self.available[hidden[hidden >= 0]] = False
+        if (
+            before is not None
+            and before._hidden == catalogue.hidden
+            and before.n_items == self.n_items
+        ):
+            self.available = before.available  # immutable once built: shared
+        else:
+            hidden = self.lookup(sorted(catalogue.hidden))
+            self.available = np.ones(self.n_items, dtype=bool)
+            self.available[hidden[hidden >= 0]] = False
         self.blocked = ~(self.available & rankable)
         self.popularity = np.concatenate([model.popularity, np.zeros(len(self.new_ids))])
 
@@ -101,27 +146,40 @@ class CatalogueView:
         self.numbers: dict[str, np.ndarray] = {}
         base = _base_fields(model)
         for field in spec.fields:
-            patch = {at: p.get(field.name) for at, p in overridden.items()}
-            patch.update((known + k, p.get(field.name)) for k, p in enumerate(raw_new))
+            patch = {at: catalogue.profiles[item].get(field.name)
+                     for item, at in redone_overrides.items()}  # fmt: skip
+            patch.update((at, raw_new[at - known].get(field.name)) for at in redone)
             if field.kind in LABEL_KINDS:
-                matrix = np.zeros((self.n_items, len(field.values)), dtype=bool, order="F")
-                matrix[:known] = base[field.name]
+                width = len(field.values)
+                matrix = np.zeros((self.n_items, width), dtype=bool, order="F")
+                if before is None:
+                    matrix[:known] = base[field.name]
+                elif same_rows:
+                    matrix[:] = before.labels[field.name]
+                else:
+                    matrix[:known] = before.labels[field.name][:known]
+                    matrix[known:][carry] = before.labels[field.name][source[carry]]
                 _set_labels(matrix, patch, field.values)
                 self.labels[field.name] = matrix
             else:
                 numbers = np.concatenate([base[field.name], np.full(len(raw_new), np.nan)])
+                if same_rows:
+                    numbers[:] = before.numbers[field.name]
+                elif before is not None:
+                    numbers[:known] = before.numbers[field.name][:known]
+                    numbers[known:][carry] = before.numbers[field.name][source[carry]]
                 for at, value in patch.items():
                     numbers[at] = _as_number(value)
                 self.numbers[field.name] = numbers
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
 
         # Each item's JSON template: the model's, re-made where the API re-described.
-        self.templates = list(model._templates)
-        for at, profile in overridden.items():
+        self.templates = list(model._templates if before is None else before.templates[:known])
+        for item, at in redone_overrides.items():
             self.templates[at] = item_template(
-                model._item_ids[at], item_tail(*_shown(profile), "model")
+                model._item_ids[at], item_tail(*_shown(catalogue.profiles[item]), "model")
             )
-        self.templates += [item_template(i, self._derived[i][3]) for i in self.new_ids]
+        self.templates += [self._derived[i][3] for i in self.new_ids]
 
     # --- lookups -------------------------------------------------------------------------------
 
