@@ -74,7 +74,7 @@ def test_a_failed_read_is_not_tried_again_by_every_request(
         assert client.get(f"/items/{item}").json()["degraded"] is False  # read once
         store, reads = recommendations.store, []
 
-        async def failing() -> None:
+        async def failing(since=None) -> None:
             reads.append(1)
             raise StoreUnavailable("the interaction store (Redis) did not answer")
 
@@ -99,7 +99,7 @@ def test_before_any_view_a_failing_read_is_neither_joined_nor_repeated(
         user = client.state.recommendations.model().bundle.user_ids[0]
         real_generation, reads = store.catalogue_generation, []
 
-        async def failing_read() -> None:
+        async def failing_read(since=None) -> None:
             reads.append(1)
             await asyncio.sleep(0.3)
             raise StoreUnavailable("the interaction store (Redis) did not answer")

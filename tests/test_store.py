@@ -18,6 +18,9 @@ import redis
 from service.state.cache import redis_client
 from service.state.events import BadEvent, parse
 from service.state.store import (
+    CATALOGUE_GEN,
+    ITEM_CHANGES,
+    ITEM_PROFILES,
     STORE_ID_KEY,
     STREAM,
     CatalogueFull,
@@ -427,6 +430,55 @@ def test_users_created_are_counted_capped_and_settled_by_a_models_mark(
             assert isinstance((await create(store, ["e"]))[0], UsersFull)
             await store.settle_users(source, mark)  # the file store's replay counts all again
             assert isinstance((await create(store, ["e"]))[0], UsersFull)  # 3 after the mark
+
+    asyncio.run(scenario())
+
+
+def _same_catalogue(a, b) -> None:
+    assert (a.generation, a.profiles, a.hidden, a.pending) == (
+        b.generation, b.profiles, b.hidden, b.pending)  # fmt: skip
+
+
+def test_a_catalogue_read_since_an_earlier_one_is_the_whole_read(tmp_path: Path) -> None:
+    """Redis hands over only what changed since a process's last read (the changes list), and
+    the whole catalogue when that list no longer reaches back, or the store was emptied."""
+
+    async def scenario() -> None:
+        sync = redis.Redis.from_url(REDIS_URL)
+        async with store_of("redis", tmp_path) as store:
+            for k in range(5):
+                await store.set_item(f"n{k}", {"title": f"N{k}"}, True, 100)
+            await store.set_availability("n1", False)
+            first = await store.catalogue()
+            await store.set_item("n0", {"title": "again"}, True, 100)  # re-described
+            await store.set_item("late", {"genres": ["Comedy"]}, True, 100)  # created
+            await store.set_availability("n1", True)
+            await store.set_availability("n2", False)
+            await store.set_availability("50", False)  # one of the model's
+            await store.settle_items(["n3"])  # no generation: not a change, as the view says
+            since = await store.catalogue(first)
+            whole = await store.catalogue()
+            assert since.pending == whole.pending | {"n3"}  # the process settles what it sees
+            since.pending.discard("n3")
+            _same_catalogue(since, whole)
+            assert since.hidden == {"n2", "50"} and since.profiles["n0"] == {"title": "again"}
+            _same_catalogue(await store.catalogue(whole), whole)  # nothing since
+            # Only the changes list is read: a profile written past it is not seen...
+            sync.hset(ITEM_PROFILES, "behind-its-back", json.dumps({"title": "x"}))
+            await store.set_availability("n4", False)
+            assert "behind-its-back" not in (await store.catalogue(whole)).profiles
+            # ... but the whole catalogue is, when the list no longer reaches back,
+            sync.ltrim(ITEM_CHANGES, -1, -1)
+            sync.incr(CATALOGUE_GEN)
+            assert "behind-its-back" in (await store.catalogue(whole)).profiles
+            # or when the store was emptied and written again up to the same generation.
+            latest = await store.catalogue()
+            sync.flushdb()
+            for k in range(latest.generation):
+                await store.set_availability(f"m{k}", False)
+            again = await store.catalogue(latest)
+            assert again.generation == latest.generation and again.profiles == {}
+            _same_catalogue(again, await store.catalogue())
 
     asyncio.run(scenario())
 

@@ -56,20 +56,27 @@ class CatalogueView:
         ids = sorted(catalogue.profiles)
         found = model.item_index.lookup(np.asarray(ids, dtype=str)) if ids else np.zeros(0, int)
         self.new_ids = [item for item, at in zip(ids, found, strict=True) if at < 0]
-        self.new_index = {item: known + k for k, item in enumerate(self.new_ids)}
+        before = previous if previous is not None and previous.model is model else None
+        if before is not None and not before._api_profiles.keys() <= catalogue.profiles.keys():
+            before = None  # profiles gone (a store emptied): nothing of `before` is trusted
+        # The common write (a profile or an availability changed, nothing created): the rows
+        # stand where they stood, so arrays are copied whole (or shared) rather than gathered.
+        same_rows = before is not None and before.new_ids == self.new_ids
+        if same_rows:
+            self.new_index = before.new_index  # type: ignore[union-attr]
+        else:
+            self.new_index = {item: known + k for k, item in enumerate(self.new_ids)}
         self.n_items = known + len(self.new_ids)
         self._api_profiles = catalogue.profiles
         self._pending = catalogue.pending
         self._hidden = catalogue.hidden
         overridden = {item: int(at) for item, at in zip(ids, found, strict=True) if at >= 0}
         raw_new = [catalogue.profiles[item] for item in self.new_ids]
-        before = previous if previous is not None and previous.model is model else None
-        if before is not None and not before._api_profiles.keys() <= catalogue.profiles.keys():
-            before = None  # profiles gone (a store emptied): nothing of `before` is trusted
 
         # Per new item: (profile, vector, bias, answer template), reused while the profile stays.
         carried = before._derived if before is not None else {}
-        self._derived: dict[str, tuple[dict, np.ndarray | None, float, bytes]] = {}
+        self._derived: dict[str, tuple[dict, np.ndarray | None, float, bytes]]
+        self._derived = dict(carried) if same_rows else {}
         fresh = [k for k, item in enumerate(self.new_ids)
                  if item not in carried or carried[item][0] != raw_new[k]]  # fmt: skip
         vectors: dict[int, tuple[np.ndarray | None, float]] = {}
@@ -77,14 +84,14 @@ class CatalogueView:
             features = spec.encode_many([spec.project(raw_new[k]) for k in fresh])
             fresh_vectors, fresh_bias = cold_weights(bundle.cold_layers, features)
             vectors = {k: (fresh_vectors[j], float(fresh_bias[j])) for j, k in enumerate(fresh)}
-        fresh_set = set(fresh)
-        for k, item in enumerate(self.new_ids):
-            if k in fresh_set:
-                vector, bias = vectors.get(k, (None, 0.0))
-                template = item_template(item, item_tail(*_shown(raw_new[k]), "profile"))
-                self._derived[item] = (raw_new[k], vector, bias, template)
-            else:
-                self._derived[item] = carried[item]
+        for k in fresh:
+            item = self.new_ids[k]
+            vector, bias = vectors.get(k, (None, 0.0))
+            template = item_template(item, item_tail(*_shown(raw_new[k]), "profile"))
+            self._derived[item] = (raw_new[k], vector, bias, template)
+        if not same_rows:
+            self._derived = {item: self._derived.get(item) or carried[item]
+                             for item in self.new_ids}  # fmt: skip
         # Rows to make anew: the fresh new items, and the model's items the API re-described
         # since `before` (or all of them without one); the others are copied from `before`.
         redone = [known + k for k in fresh]
@@ -94,13 +101,12 @@ class CatalogueView:
             old = before._api_profiles
             redone_overrides = {item: at for item, at in overridden.items()
                                 if old.get(item) != catalogue.profiles[item]}  # fmt: skip
+        carry = np.zeros(len(self.new_ids), bool)
+        if before is not None and not same_rows:
             # where each new item's row lies in `before` (-1: not there, or made anew)
             source = np.array([before.new_index.get(item, -1) for item in self.new_ids], int)
             source[fresh] = -1
-        carry = (source >= 0) if before is not None else np.zeros(len(self.new_ids), bool)
-        # The common write (a profile or an availability changed, nothing created): the rows
-        # stand where they stood, so arrays are copied whole (or shared) rather than gathered.
-        same_rows = before is not None and before.new_ids == self.new_ids
+            carry = source >= 0
 
         # Scoring: the model's items by the graph; new ones by the head, where there is one.
         self.cold_vectors = self.cold_bias = None
@@ -174,12 +180,17 @@ class CatalogueView:
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
 
         # Each item's JSON template: the model's, re-made where the API re-described.
-        self.templates = list(model._templates if before is None else before.templates[:known])
+        if same_rows:
+            self.templates = list(before.templates)  # type: ignore[union-attr]
+            for k in fresh:
+                self.templates[known + k] = self._derived[self.new_ids[k]][3]
+        else:
+            self.templates = list(model._templates if before is None else before.templates[:known])
+            self.templates += [self._derived[i][3] for i in self.new_ids]
         for item, at in redone_overrides.items():
             self.templates[at] = item_template(
                 model._item_ids[at], item_tail(*_shown(catalogue.profiles[item]), "model")
             )
-        self.templates += [self._derived[i][3] for i in self.new_ids]
 
     # --- lookups -------------------------------------------------------------------------------
 

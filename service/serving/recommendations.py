@@ -112,6 +112,7 @@ class Recommendations:
         # candidate), each rebuilt on its own.
         self._views: dict[str, CatalogueView] = {}
         self._unread_views: dict[str, CatalogueView] = {}  # the bundle alone (_unread_view)
+        self._catalogue: Catalogue | None = None  # the last read of the store's catalogue
         self._view_flights: dict[str, tuple[int, asyncio.Future[CatalogueView]]] = {}
         self._flights = 0  # view rebuilds started
         self._catalogue_retry_at = 0.0  # after a failed read, the last view serves until then
@@ -206,7 +207,8 @@ class Recommendations:
         return view
 
     async def _build_view(self, model: Model) -> CatalogueView:
-        catalogue = await self.store.catalogue()
+        # What changed since the last read (any model's), not the whole catalogue again.
+        catalogue = self._catalogue = await self.store.catalogue(self._catalogue)
         loop = asyncio.get_running_loop()
         previous = self._views.get(model.version)
         view = await loop.run_in_executor(self.compute, CatalogueView, model, catalogue, previous)
@@ -216,6 +218,8 @@ class Recommendations:
         if learnt:  # created through the API, now in the model: no longer waiting
             with contextlib.suppress(StoreUnavailable):
                 await self.store.settle_items(learnt)
+                if self._catalogue is catalogue:  # settling bumps no generation: no change read
+                    self._catalogue = replace(catalogue, pending=catalogue.pending - set(learnt))
         return view
 
     async def _unread_view(self, model: Model) -> CatalogueView:

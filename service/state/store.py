@@ -63,6 +63,13 @@ PENDING_ITEMS = "cddae:items:pending"  # created new to the model in service, no
 # mark settles every user created before it in one step.
 PENDING_USERS = "cddae:users:pending"
 CATALOGUE_GEN = "cddae:items:gen"  # bumped with every item write
+# The item each catalogue generation changed, the newest CHANGES_KEPT: a process that read the
+# catalogue at generation g reads what changed since (docs/SERVICE.md), not the whole of it.
+ITEM_CHANGES = "cddae:items:changes"
+# Set at the first item write of a catalogue (Redis's clock): a store emptied and written
+# again has another, so a generation read before never passes for one read after.
+CATALOGUE_EPOCH = "cddae:items:epoch"
+CHANGES_KEPT = 10_000
 STORE_ID_KEY = "cddae:store-id"  # a Redis store's identity, set once by whoever comes first
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
 LOCAL_KEYS = 100_000  # keys the file store remembers in memory (the newest)
@@ -116,6 +123,7 @@ class Catalogue:
     # True for the stand-in used when the store could not be read and no earlier read exists:
     # then nothing is known of hidden items, and "available" would be a guess.
     unread: bool = False
+    epoch: str = ""  # which catalogue the generation counts in (Redis: CATALOGUE_EPOCH)
 
 
 @dataclass(frozen=True)
@@ -188,8 +196,9 @@ class Store(Protocol):
 
     async def catalogue_generation(self) -> int: ...
 
-    async def catalogue(self) -> Catalogue:
-        """The whole catalogue state, consistent at one generation."""
+    async def catalogue(self, since: Catalogue | None = None) -> Catalogue:
+        """The whole catalogue state, consistent at one generation; `since`, one read before,
+        lets a store read only what changed after it (and patch a copy)."""
         ...
 
     async def set_item(self, item: str, profile: dict[str, Any], new: bool, cap: int) -> int:
@@ -402,8 +411,10 @@ class FileStore:
     async def catalogue_generation(self) -> int:
         return self._catalogue.generation
 
-    async def catalogue(self) -> Catalogue:
-        with self._lock:  # the writer thread applies under it: one consistent copy
+    async def catalogue(self, since: Catalogue | None = None) -> Catalogue:
+        # In memory: a copy costs less than finding what changed. The writer thread applies
+        # under the lock: one consistent copy.
+        with self._lock:
             now = self._catalogue
             return Catalogue(now.generation, dict(now.profiles), set(now.hidden), set(now.pending))
 
@@ -520,24 +531,44 @@ redis.call('incr', KEYS[4])
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. ARGV[5], 'EX', ARGV[1])
 return {1, tonumber(ARGV[5])}
 """
+# Every item write ends here: the generation bumped, the item written down as what that
+# generation changed (the newest CHANGES_KEPT kept), the catalogue's epoch set if it has none.
+_CHANGED = f"""
+local function changed(item, changes, epoch, generation)
+  if redis.call('exists', epoch) == 0 then
+    local now = redis.call('time')
+    redis.call('set', epoch, now[1] .. '.' .. now[2])
+  end
+  redis.call('rpush', changes, item)
+  redis.call('ltrim', changes, -{CHANGES_KEPT}, -1)
+  return redis.call('incr', generation)
+end
+"""
 # Item writes: the state, the log entry and the catalogue's generation in one step; a new item
 # counted against the cap in the same step (-1: full). KEYS: profiles or hidden set, stream,
-# catalogue generation, pending set. ARGV: item, profile JSON or 1/0, new (1/0), cap.
-_ITEM = """
+# catalogue generation, (profiles only) pending set, then the changes list and the epoch.
+# ARGV: item, profile JSON or 1/0, new (1/0), cap.
+_ITEM = (
+    _CHANGED
+    + """
 if ARGV[3] == '1' and redis.call('hexists', KEYS[1], ARGV[1]) == 0 then
   if redis.call('scard', KEYS[4]) >= tonumber(ARGV[4]) then return -1 end
   redis.call('sadd', KEYS[4], ARGV[1])
 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('xadd', KEYS[2], '*', 'type', 'item', 'item', ARGV[1], 'profile', ARGV[2])
-return redis.call('incr', KEYS[3])
+return changed(ARGV[1], KEYS[5], KEYS[6], KEYS[3])
 """
-_AVAILABILITY = """
+)
+_AVAILABILITY = (
+    _CHANGED
+    + """
 if ARGV[2] == '1' then redis.call('srem', KEYS[1], ARGV[1])
 else redis.call('sadd', KEYS[1], ARGV[1]) end
 redis.call('xadd', KEYS[2], '*', 'type', 'availability', 'item', ARGV[1], 'available', ARGV[2])
-return redis.call('incr', KEYS[3])
+return changed(ARGV[1], KEYS[4], KEYS[5], KEYS[3])
 """
+)
 # Users a model read: those created in a millisecond before its mark's (a stream id), when the
 # model's log is this Redis's. KEYS: users waiting, the store's id. ARGV: the model's log name,
 # its mark's millisecond, the name the retraining job gave this log before stores had ids.
@@ -547,10 +578,48 @@ if ARGV[1] ~= 'redis:' .. (redis.call('get', KEYS[2]) or '') and ARGV[1] ~= ARGV
 end
 return redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. ARGV[2])
 """
+# The catalogue: what changed since the reader's generation when the changes list still holds
+# all of it in the same epoch (each changed item once: its profile or false, hidden, pending),
+# else the whole of it. KEYS: generation, profiles, hidden, pending, changes, epoch. ARGV: the
+# reader's generation and epoch ('' for none).
 _CATALOGUE = """
-return {redis.call('get', KEYS[1]) or '0', redis.call('hgetall', KEYS[2]),
+local generation = tonumber(redis.call('get', KEYS[1]) or '0')
+local epoch = redis.call('get', KEYS[6]) or ''
+local behind = generation - tonumber(ARGV[1])
+if ARGV[2] ~= '' and epoch == ARGV[2] and behind >= 0
+   and behind <= redis.call('llen', KEYS[5]) then
+  local changed, seen = {}, {}
+  if behind > 0 then
+    for _, item in ipairs(redis.call('lrange', KEYS[5], -behind, -1)) do
+      if not seen[item] then
+        seen[item] = true
+        changed[#changed + 1] = item
+        changed[#changed + 1] = redis.call('hget', KEYS[2], item)
+        changed[#changed + 1] = redis.call('sismember', KEYS[3], item)
+        changed[#changed + 1] = redis.call('sismember', KEYS[4], item)
+      end
+    end
+  end
+  return {'since', generation, epoch, changed}
+end
+return {'whole', generation, epoch, redis.call('hgetall', KEYS[2]),
         redis.call('smembers', KEYS[3]), redis.call('smembers', KEYS[4])}
 """
+
+
+def _patched(since: Catalogue, generation: int, epoch: str, changed: list) -> Catalogue:
+    """`since` (never changed: a view holds it) copied, with the changed items' state."""
+    profiles, hidden, pending = dict(since.profiles), set(since.hidden), set(since.pending)
+    for k in range(0, len(changed), 4):
+        item, profile = changed[k].decode(), changed[k + 1]
+        if profile is None:
+            profiles.pop(item, None)
+        else:
+            with contextlib.suppress(ValueError):  # written by us, as JSON: never expected
+                profiles[item] = json.loads(profile)
+        (hidden.add if changed[k + 2] else hidden.discard)(item)
+        (pending.add if changed[k + 3] else pending.discard)(item)
+    return Catalogue(generation, profiles, hidden, pending, epoch=epoch)
 
 
 class RedisStore:
@@ -613,26 +682,34 @@ class RedisStore:
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
 
-    async def catalogue(self) -> Catalogue:
-        keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS, PENDING_ITEMS]
+    async def catalogue(self, since: Catalogue | None = None) -> Catalogue:
+        keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS, PENDING_ITEMS, ITEM_CHANGES,
+                CATALOGUE_EPOCH]  # fmt: skip
+        known = since is not None and not since.unread and since.epoch
+        args = [since.generation, since.epoch] if known and since else [0, ""]
         try:
-            reply = await run_script(self._catalogue, keys, [], self._catalogue_lane)
+            reply = await run_script(self._catalogue, keys, args, self._catalogue_lane)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
-        generation, pairs, hidden, pending = reply
+        generation, epoch = int(reply[1]), reply[2].decode()
+        if reply[0] == b"since":
+            assert since is not None
+            return _patched(since, generation, epoch, reply[3])
+        pairs, hidden, pending = reply[3:]
         profiles = {}
         for k in range(0, len(pairs), 2):
             with contextlib.suppress(ValueError):  # written by us, as JSON: never expected
                 profiles[pairs[k].decode()] = json.loads(pairs[k + 1])
         return Catalogue(
-            int(generation),
+            generation,
             profiles,
             {m.decode() for m in hidden},
             {m.decode() for m in pending},
+            epoch=epoch,
         )
 
     async def set_item(self, item, profile, new, cap) -> int:
-        keys = [ITEM_PROFILES, STREAM, CATALOGUE_GEN, PENDING_ITEMS]
+        keys = [ITEM_PROFILES, STREAM, CATALOGUE_GEN, PENDING_ITEMS, ITEM_CHANGES, CATALOGUE_EPOCH]
         args = [item, json.dumps(profile), "1" if new else "0", cap]
         generation = int(await self._call(self._item, keys, args, "confirm"))
         if generation < 0:
@@ -646,7 +723,8 @@ class RedisStore:
             raise StoreUnavailable("the interaction store (Redis) did not confirm") from error
 
     async def set_availability(self, item, available) -> int:
-        keys, args = [HIDDEN_ITEMS, STREAM, CATALOGUE_GEN], [item, "1" if available else "0"]
+        keys = [HIDDEN_ITEMS, STREAM, CATALOGUE_GEN, ITEM_CHANGES, CATALOGUE_EPOCH]
+        args = [item, "1" if available else "0"]
         return int(await self._call(self._availability, keys, args, "confirm"))
 
     async def _run(self, script, user: str, keys: list[str], args: list) -> Written:

@@ -162,10 +162,13 @@ class _Unreadable:
     async def set_profile(self, *args) -> bool:
         raise StoreUnavailable("the interaction store (Redis) did not confirm")
 
+    async def settle_users(self, *args) -> int:
+        raise StoreUnavailable("the interaction store (Redis) did not confirm")
+
     async def catalogue_generation(self) -> int:
         raise StoreUnavailable("the interaction store (Redis) did not answer")
 
-    async def catalogue(self):
+    async def catalogue(self, since=None):
         raise StoreUnavailable("the interaction store (Redis) did not answer")
 
     async def set_item(self, *args) -> int:
@@ -334,8 +337,8 @@ class _SlowCatalogue(FileStore):
     """A file store whose catalogue reads take a while: a rebuild of the view is in flight
     when the next write lands (the race the attack on issue 20 found)."""
 
-    async def catalogue(self):
-        snapshot = await super().catalogue()
+    async def catalogue(self, since=None):
+        snapshot = await super().catalogue(since)
         await asyncio.sleep(0.05)
         return snapshot
 
