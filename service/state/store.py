@@ -62,13 +62,14 @@ PENDING_ITEMS = "cddae:items:pending"  # created new to the model in service, no
 # sorted set scored by the millisecond of the creating event's stream id, so that a model's
 # mark settles every user created before it in one step.
 PENDING_USERS = "cddae:users:pending"
-CATALOGUE_GEN = "cddae:items:gen"  # bumped with every item write
-# The item each catalogue generation changed, the newest CHANGES_KEPT: a process that read the
-# catalogue at generation g reads what changed since (docs/SERVICE.md), not the whole of it.
+# Moved by every item write. With Redis it is Redis's clock in microseconds (or the last one
+# plus one, whichever is larger), not a count: a store emptied, or restored from an older
+# snapshot, and written again never comes back to a generation a process has already read.
+CATALOGUE_GEN = "cddae:items:gen"
+# What each of the newest CHANGES_KEPT generations changed: a sorted set of "<generation>:<item>"
+# scored by the generation. A process that read the catalogue up to one of them reads what
+# changed since (docs/SERVICE.md), not the whole of it.
 ITEM_CHANGES = "cddae:items:changes"
-# Set at the first item write of a catalogue (Redis's clock): a store emptied and written
-# again has another, so a generation read before never passes for one read after.
-CATALOGUE_EPOCH = "cddae:items:epoch"
 CHANGES_KEPT = 10_000
 STORE_ID_KEY = "cddae:store-id"  # a Redis store's identity, set once by whoever comes first
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
@@ -123,7 +124,9 @@ class Catalogue:
     # True for the stand-in used when the store could not be read and no earlier read exists:
     # then nothing is known of hidden items, and "available" would be a guess.
     unread: bool = False
-    epoch: str = ""  # which catalogue the generation counts in (Redis: CATALOGUE_EPOCH)
+    # Redis: the last entry of ITEM_CHANGES this state includes, when it is the generation's
+    # own ("" when not known): where the next read may start from.
+    mark: str = ""
 
 
 @dataclass(frozen=True)
@@ -531,22 +534,27 @@ redis.call('incr', KEYS[4])
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. ARGV[5], 'EX', ARGV[1])
 return {1, tonumber(ARGV[5])}
 """
-# Every item write ends here: the generation bumped, the item written down as what that
-# generation changed (the newest CHANGES_KEPT kept), the catalogue's epoch set if it has none.
+# Every item write ends here: the generation moved, and what it changed written down (the
+# newest CHANGES_KEPT kept). A generation the changes do not end at was moved by a writer that
+# kept no changes (a process of an earlier version): the changes cannot be trusted across it,
+# and are dropped — every reader then reads the whole catalogue once.
 _CHANGED = f"""
-local function changed(item, changes, epoch, generation)
-  if redis.call('exists', epoch) == 0 then
-    local now = redis.call('time')
-    redis.call('set', epoch, now[1] .. '.' .. now[2])
-  end
-  redis.call('rpush', changes, item)
-  redis.call('ltrim', changes, -{CHANGES_KEPT}, -1)
-  return redis.call('incr', generation)
+local function changed(item, changes, generation)
+  local before = tonumber(redis.call('get', generation) or '0')
+  local last = redis.call('zrange', changes, -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) ~= before then redis.call('del', changes) end
+  local now = redis.call('time')
+  local moved = math.max(before + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
+  local text = string.format('%.0f', moved)
+  redis.call('set', generation, text)
+  redis.call('zadd', changes, moved, text .. ':' .. item)
+  redis.call('zremrangebyrank', changes, 0, -{CHANGES_KEPT + 1})
+  return moved
 end
 """
 # Item writes: the state, the log entry and the catalogue's generation in one step; a new item
 # counted against the cap in the same step (-1: full). KEYS: profiles or hidden set, stream,
-# catalogue generation, (profiles only) pending set, then the changes list and the epoch.
+# catalogue generation, (profiles only) pending set, then the changes.
 # ARGV: item, profile JSON or 1/0, new (1/0), cap.
 _ITEM = (
     _CHANGED
@@ -557,7 +565,7 @@ if ARGV[3] == '1' and redis.call('hexists', KEYS[1], ARGV[1]) == 0 then
 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('xadd', KEYS[2], '*', 'type', 'item', 'item', ARGV[1], 'profile', ARGV[2])
-return changed(ARGV[1], KEYS[5], KEYS[6], KEYS[3])
+return changed(ARGV[1], KEYS[5], KEYS[3])
 """
 )
 _AVAILABILITY = (
@@ -566,7 +574,7 @@ _AVAILABILITY = (
 if ARGV[2] == '1' then redis.call('srem', KEYS[1], ARGV[1])
 else redis.call('sadd', KEYS[1], ARGV[1]) end
 redis.call('xadd', KEYS[2], '*', 'type', 'availability', 'item', ARGV[1], 'available', ARGV[2])
-return changed(ARGV[1], KEYS[4], KEYS[5], KEYS[3])
+return changed(ARGV[1], KEYS[4], KEYS[3])
 """
 )
 # Users a model read: those created in a millisecond before its mark's (a stream id), when the
@@ -578,36 +586,37 @@ if ARGV[1] ~= 'redis:' .. (redis.call('get', KEYS[2]) or '') and ARGV[1] ~= ARGV
 end
 return redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. ARGV[2])
 """
-# The catalogue: what changed since the reader's generation when the changes list still holds
-# all of it in the same epoch (each changed item once: its profile or false, hidden, pending),
-# else the whole of it. KEYS: generation, profiles, hidden, pending, changes, epoch. ARGV: the
-# reader's generation and epoch ('' for none).
+# The catalogue: what changed since the reader's mark, when the changes still hold the mark at
+# its generation and end at the current one (each changed item once: its profile or false,
+# hidden, pending); else the whole of it, with the mark it ends at ('' when the changes do not
+# end at the generation). KEYS: generation, profiles, hidden, pending, changes. ARGV: the
+# reader's generation and mark ('' for none).
 _CATALOGUE = """
 local generation = tonumber(redis.call('get', KEYS[1]) or '0')
-local epoch = redis.call('get', KEYS[6]) or ''
-local behind = generation - tonumber(ARGV[1])
-if ARGV[2] ~= '' and epoch == ARGV[2] and behind >= 0
-   and behind <= redis.call('llen', KEYS[5]) then
+local last = redis.call('zrange', KEYS[5], -1, -1, 'WITHSCORES')
+local mark = ''
+if last[2] and tonumber(last[2]) == generation then mark = last[1] end
+local score = ARGV[2] ~= '' and redis.call('zscore', KEYS[5], ARGV[2])
+if mark ~= '' and score and tonumber(score) == tonumber(ARGV[1]) then
   local changed, seen = {}, {}
-  if behind > 0 then
-    for _, item in ipairs(redis.call('lrange', KEYS[5], -behind, -1)) do
-      if not seen[item] then
-        seen[item] = true
-        changed[#changed + 1] = item
-        changed[#changed + 1] = redis.call('hget', KEYS[2], item)
-        changed[#changed + 1] = redis.call('sismember', KEYS[3], item)
-        changed[#changed + 1] = redis.call('sismember', KEYS[4], item)
-      end
+  for _, entry in ipairs(redis.call('zrangebyscore', KEYS[5], '(' .. ARGV[1], '+inf')) do
+    local item = string.sub(entry, string.find(entry, ':', 1, true) + 1)
+    if not seen[item] then
+      seen[item] = true
+      changed[#changed + 1] = item
+      changed[#changed + 1] = redis.call('hget', KEYS[2], item)
+      changed[#changed + 1] = redis.call('sismember', KEYS[3], item)
+      changed[#changed + 1] = redis.call('sismember', KEYS[4], item)
     end
   end
-  return {'since', generation, epoch, changed}
+  return {'since', generation, mark, changed}
 end
-return {'whole', generation, epoch, redis.call('hgetall', KEYS[2]),
+return {'whole', generation, mark, redis.call('hgetall', KEYS[2]),
         redis.call('smembers', KEYS[3]), redis.call('smembers', KEYS[4])}
 """
 
 
-def _patched(since: Catalogue, generation: int, epoch: str, changed: list) -> Catalogue:
+def _patched(since: Catalogue, generation: int, mark: str, changed: list) -> Catalogue:
     """`since` (never changed: a view holds it) copied, with the changed items' state."""
     profiles, hidden, pending = dict(since.profiles), set(since.hidden), set(since.pending)
     for k in range(0, len(changed), 4):
@@ -619,7 +628,7 @@ def _patched(since: Catalogue, generation: int, epoch: str, changed: list) -> Ca
                 profiles[item] = json.loads(profile)
         (hidden.add if changed[k + 2] else hidden.discard)(item)
         (pending.add if changed[k + 3] else pending.discard)(item)
-    return Catalogue(generation, profiles, hidden, pending, epoch=epoch)
+    return Catalogue(generation, profiles, hidden, pending, mark=mark)
 
 
 class RedisStore:
@@ -683,18 +692,17 @@ class RedisStore:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
 
     async def catalogue(self, since: Catalogue | None = None) -> Catalogue:
-        keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS, PENDING_ITEMS, ITEM_CHANGES,
-                CATALOGUE_EPOCH]  # fmt: skip
-        known = since is not None and not since.unread and since.epoch
-        args = [since.generation, since.epoch] if known and since else [0, ""]
+        keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS, PENDING_ITEMS, ITEM_CHANGES]
+        known = since is not None and not since.unread and since.mark
+        args = [since.generation, since.mark] if known and since else [0, ""]
         try:
             reply = await run_script(self._catalogue, keys, args, self._catalogue_lane)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
-        generation, epoch = int(reply[1]), reply[2].decode()
+        generation, mark = int(reply[1]), reply[2].decode()
         if reply[0] == b"since":
             assert since is not None
-            return _patched(since, generation, epoch, reply[3])
+            return _patched(since, generation, mark, reply[3])
         pairs, hidden, pending = reply[3:]
         profiles = {}
         for k in range(0, len(pairs), 2):
@@ -705,11 +713,11 @@ class RedisStore:
             profiles,
             {m.decode() for m in hidden},
             {m.decode() for m in pending},
-            epoch=epoch,
+            mark=mark,
         )
 
     async def set_item(self, item, profile, new, cap) -> int:
-        keys = [ITEM_PROFILES, STREAM, CATALOGUE_GEN, PENDING_ITEMS, ITEM_CHANGES, CATALOGUE_EPOCH]
+        keys = [ITEM_PROFILES, STREAM, CATALOGUE_GEN, PENDING_ITEMS, ITEM_CHANGES]
         args = [item, json.dumps(profile), "1" if new else "0", cap]
         generation = int(await self._call(self._item, keys, args, "confirm"))
         if generation < 0:
@@ -723,7 +731,7 @@ class RedisStore:
             raise StoreUnavailable("the interaction store (Redis) did not confirm") from error
 
     async def set_availability(self, item, available) -> int:
-        keys = [HIDDEN_ITEMS, STREAM, CATALOGUE_GEN, ITEM_CHANGES, CATALOGUE_EPOCH]
+        keys = [HIDDEN_ITEMS, STREAM, CATALOGUE_GEN, ITEM_CHANGES]
         args = [item, "1" if available else "0"]
         return int(await self._call(self._availability, keys, args, "confirm"))
 
