@@ -42,12 +42,16 @@ def layer_arrays(layers: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, n
 def cold_weights(
     layers: Sequence[tuple[np.ndarray, np.ndarray]], features: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors items × width, biases items) for encoded item profiles (items × features)."""
-    x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    """(vectors items × width, biases items) for encoded item profiles (items × features).
+    Computed in float64 and rounded to float32: an item's row is then the same whichever items
+    it is computed with (in float32 BLAS rounds per batch, and two items with one profile made
+    in two batches tied differently in two processes)."""
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     for k, (weight, bias) in enumerate(layers):
-        x = x @ weight + bias
+        x = x @ weight.astype(np.float64) + bias
         if k < len(layers) - 1:
             x = np.maximum(x, 0.0)
+    x = x.astype(np.float32)
     return np.ascontiguousarray(x[:, :-1]), np.ascontiguousarray(x[:, -1])
 
 

@@ -499,6 +499,18 @@ def test_a_catalogue_read_since_an_earlier_one_is_the_whole_read(tmp_path: Path)
             restored = await store.catalogue(read)
             assert "lost" not in restored.profiles and restored.generation > read.generation
             _same_catalogue(restored, await store.catalogue())
+            # A generation set by hand to what is no whole number below 2^53 reads alike in
+            # every process, and the next write moves it to the clock: no 500, nothing stuck.
+            for odd in (b"abc", b"1.5", b"99999999999999999999"):
+                sync.set(CATALOGUE_GEN, odd)
+                stuck = await store.catalogue()
+                assert stuck.generation == (-1 if odd != b"99999999999999999999" else int(odd))
+                await store.set_availability("n3", odd != b"abc")
+                moved = await store.catalogue(stuck)
+                assert 0 < moved.generation < 2**53 and moved.generation != stuck.generation
+                _same_catalogue(moved, await store.catalogue())
+                assert ("n3" in moved.hidden) == (odd == b"abc")
+                restored = moved
             # and after the store was emptied: a generation never read before, the whole read.
             sync.flushdb()
             await store.set_availability("m0", False)

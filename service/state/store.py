@@ -69,7 +69,7 @@ CATALOGUE_GEN = "cddae:items:gen"
 # What each of the newest CHANGES_KEPT generations changed: a sorted set of "<generation>:<item>"
 # scored by the generation. A process that read the catalogue up to one of them reads what
 # changed since (docs/SERVICE.md), not the whole of it.
-ITEM_CHANGES = "cddae:items:changes"
+ITEM_CHANGES = "cddae:items:changed"
 CHANGES_KEPT = 10_000
 STORE_ID_KEY = "cddae:store-id"  # a Redis store's identity, set once by whoever comes first
 IDEMPOTENCY_TTL = 86_400  # seconds a write's key is remembered (a day of retries)
@@ -534,17 +534,25 @@ redis.call('incr', KEYS[4])
 redis.call('set', KEYS[1], ARGV[3] .. ':' .. ARGV[5], 'EX', ARGV[1])
 return {1, tonumber(ARGV[5])}
 """
-# Every item write ends here: the generation moved, and what it changed written down (the
-# newest CHANGES_KEPT kept). A generation the changes do not end at was moved by a writer that
-# kept no changes (a process of an earlier version): the changes cannot be trusted across it,
-# and are dropped — every reader then reads the whole catalogue once.
+# Every item write starts with `next_generation` and ends with `changed`. The generation moves
+# to Redis's clock in microseconds or the last plus one, whichever is larger; one that is not a
+# whole number below 2^53 (set by hand: Lua's numbers are doubles) moves to the clock, and the
+# changes are dropped. What it changed is written down (the newest CHANGES_KEPT kept). A
+# generation the changes do not end at was moved by a writer that keeps none (an earlier
+# version of the service): the changes cannot be trusted across it, and are dropped — every
+# reader then reads the whole catalogue once.
 _CHANGED = f"""
-local function changed(item, changes, generation)
-  local before = tonumber(redis.call('get', generation) or '0')
+local function next_generation(generation)
+  local text = redis.call('get', generation) or '0'
+  local before = tonumber(text)
+  local now = redis.call('time')
+  local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if not string.match(text, '^%d+$') or before >= 9007199254740991 then return -1, clock end
+  return before, math.max(before + 1, clock)
+end
+local function changed(item, changes, generation, before, moved)
   local last = redis.call('zrange', changes, -1, -1, 'WITHSCORES')
   if last[2] and tonumber(last[2]) ~= before then redis.call('del', changes) end
-  local now = redis.call('time')
-  local moved = math.max(before + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
   local text = string.format('%.0f', moved)
   redis.call('set', generation, text)
   redis.call('zadd', changes, moved, text .. ':' .. item)
@@ -559,22 +567,24 @@ end
 _ITEM = (
     _CHANGED
     + """
+local before, moved = next_generation(KEYS[3])
 if ARGV[3] == '1' and redis.call('hexists', KEYS[1], ARGV[1]) == 0 then
   if redis.call('scard', KEYS[4]) >= tonumber(ARGV[4]) then return -1 end
   redis.call('sadd', KEYS[4], ARGV[1])
 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('xadd', KEYS[2], '*', 'type', 'item', 'item', ARGV[1], 'profile', ARGV[2])
-return changed(ARGV[1], KEYS[5], KEYS[3])
+return changed(ARGV[1], KEYS[5], KEYS[3], before, moved)
 """
 )
 _AVAILABILITY = (
     _CHANGED
     + """
+local before, moved = next_generation(KEYS[3])
 if ARGV[2] == '1' then redis.call('srem', KEYS[1], ARGV[1])
 else redis.call('sadd', KEYS[1], ARGV[1]) end
 redis.call('xadd', KEYS[2], '*', 'type', 'availability', 'item', ARGV[1], 'available', ARGV[2])
-return changed(ARGV[1], KEYS[4], KEYS[3])
+return changed(ARGV[1], KEYS[4], KEYS[3], before, moved)
 """
 )
 # Users a model read: those created in a millisecond before its mark's (a stream id), when the
@@ -592,7 +602,8 @@ return redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. ARGV[2])
 # end at the generation). KEYS: generation, profiles, hidden, pending, changes. ARGV: the
 # reader's generation and mark ('' for none).
 _CATALOGUE = """
-local generation = tonumber(redis.call('get', KEYS[1]) or '0')
+local text = redis.call('get', KEYS[1]) or '0'
+local generation = tonumber(text)
 local last = redis.call('zrange', KEYS[5], -1, -1, 'WITHSCORES')
 local mark = ''
 if last[2] and tonumber(last[2]) == generation then mark = last[1] end
@@ -609,11 +620,21 @@ if mark ~= '' and score and tonumber(score) == tonumber(ARGV[1]) then
       changed[#changed + 1] = redis.call('sismember', KEYS[4], item)
     end
   end
-  return {'since', generation, mark, changed}
+  return {'since', text, mark, changed}
 end
-return {'whole', generation, mark, redis.call('hgetall', KEYS[2]),
+return {'whole', text, mark, redis.call('hgetall', KEYS[2]),
         redis.call('smembers', KEYS[3]), redis.call('smembers', KEYS[4])}
 """
+
+
+def _generation(value: bytes | str | int) -> int:
+    """The catalogue's generation as Redis holds it. A value that is no whole number (only
+    set by hand) reads as -1, the same for every process, until the next item write moves it
+    to the clock (`next_generation`): never a 500, and nothing a write can get stuck on."""
+    try:
+        return int(value)
+    except ValueError:
+        return -1
 
 
 def _patched(since: Catalogue, generation: int, mark: str, changed: list) -> Catalogue:
@@ -668,7 +689,7 @@ class RedisStore:
             reply = await run_script(self._read, self._keys(user), args, self._lane)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
-        generation, catalogue = int(reply[0]), int(reply[1])
+        generation, catalogue = int(reply[0]), _generation(reply[1])
         if reply[2] is not None:
             return UserState(generation, cached=reply[2], catalogue=catalogue)
         members, profile = reply[3], reply[4] if len(reply) > 4 else None
@@ -687,9 +708,10 @@ class RedisStore:
 
     async def catalogue_generation(self) -> int:
         try:
-            return int(await read(self._client, self._lane, "GET", CATALOGUE_GEN) or 0)
+            text = await read(self._client, self._lane, "GET", CATALOGUE_GEN)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
+        return _generation(text or 0)
 
     async def catalogue(self, since: Catalogue | None = None) -> Catalogue:
         keys = [CATALOGUE_GEN, ITEM_PROFILES, HIDDEN_ITEMS, PENDING_ITEMS, ITEM_CHANGES]
@@ -699,7 +721,7 @@ class RedisStore:
             reply = await run_script(self._catalogue, keys, args, self._catalogue_lane)
         except (TimeoutError, RedisError, OSError) as error:
             raise StoreUnavailable("the interaction store (Redis) did not answer") from error
-        generation, mark = int(reply[1]), reply[2].decode()
+        generation, mark = _generation(reply[1]), reply[2].decode()
         if reply[0] == b"since":
             assert since is not None
             return _patched(since, generation, mark, reply[3])
