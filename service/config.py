@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         description="items that PUT /items/{id} may create beyond the model's catalogue (a "
         "retrain folds them in); each item write makes every process read what changed and "
         "rebuild its view, ~10 ms at 10,000 and ~0.2 s at 100,000, and a process's start "
-        "read and build it all, 0.25 s and 4 s (docs/SERVICE.md)",
+        "read and build it all, 0.4 s and 5 s (docs/SERVICE.md)",
     )
     max_api_users: int = Field(
         default=100_000,
